@@ -1,0 +1,196 @@
+"""The composition root: builds clients, services, the outbox and sinks from a configuration."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from qualys_collector.config.schema import (
+    DEFAULT_TAGS,
+    CollectorConfig,
+    DevoOutput,
+    FileOutput,
+    FimInput,
+    ServiceOptions,
+    StdoutOutput,
+    VmInput,
+)
+from qualys_collector.engine.cycle import CycleStats, Job
+from qualys_collector.engine.outbox import Outbox
+from qualys_collector.engine.scheduler import Scheduler
+from qualys_collector.errors import CollectorError, ConfigError
+from qualys_collector.model import utcnow
+from qualys_collector.services.registry import REGISTRY
+from qualys_collector.sinks.base import Sink
+from qualys_collector.sinks.drain import Drainer
+from qualys_collector.sinks.file import FileSink
+from qualys_collector.sinks.stdout import StdoutSink
+
+logger = logging.getLogger("qualys_collector")
+
+DEFAULT_OUTPUT = "file"
+SENDER_STATS_EVERY = 300.0
+
+
+def default_events_path(state_dir: Path) -> Path:
+    """Where the default file output writes when the configuration has no outputs."""
+    return state_dir / "events.jsonl"
+
+
+def build_sinks(config: CollectorConfig, state_dir: Path) -> list[Sink]:
+    """One sink per configured output (a file sink under the state directory when there is none)."""
+    if not config.outputs:
+        return [FileSink(DEFAULT_OUTPUT, default_events_path(state_dir))]
+    sinks: list[Sink] = []
+    for name, output in config.outputs.items():
+        if isinstance(output, FileOutput):
+            path = Path(output.config.path) if output.config.path else state_dir / f"{name}.jsonl"
+            sinks.append(FileSink(name, path))
+        elif isinstance(output, StdoutOutput):
+            sinks.append(StdoutSink(name))
+        elif isinstance(output, DevoOutput):
+            from qualys_collector.sinks.devo import DevoSink
+
+            sinks.append(DevoSink.from_config(name, output.config, config.source_path))
+    return sinks
+
+
+def build_client(input_name: str, block: VmInput | FimInput) -> Any:
+    """The Qualys client of one input (one per subscription, shared by its services)."""
+    if isinstance(block, VmInput):
+        from qualys_collector.qualys.vm import VmClient
+
+        return VmClient.from_config(block)
+    from qualys_collector.qualys.fim import FimClient
+
+    return FimClient.from_config(block)
+
+
+def build_jobs(config: CollectorConfig) -> list[Job]:
+    """One job per enabled service of each enabled input."""
+    jobs: list[Job] = []
+    for input_name in ("qualys", "qualys_fim"):
+        block: VmInput | FimInput | None = getattr(config.inputs, input_name)
+        if block is None or not block.enabled:
+            continue
+        client = None
+        for service, options in block.services.items():
+            if not options.enabled:
+                continue
+            entry = REGISTRY.get(service)
+            if entry is None:
+                raise ConfigError(
+                    f"inputs.{input_name}.services.{service}",
+                    "this service is not available in this version",
+                    fix="remove it from the configuration or upgrade qualys-collector",
+                )
+            if client is None:
+                client = build_client(input_name, block)
+            jobs.append(
+                make_job(input_name, block.id, block.environment, options, entry.spec, entry.build(client, options))
+            )
+    return jobs
+
+
+def make_job(
+    input_name: str, input_id: str, environment: str | None, options: ServiceOptions, spec: Any, source: Any
+) -> Job:
+    """A job from a service's options."""
+    return Job(
+        input_name=input_name,
+        input_id=input_id,
+        spec=spec,
+        source=source,
+        tag=options.override_tag or DEFAULT_TAGS.get(spec.name, spec.default_tag),
+        start_time=options.start_time_utc,
+        environment=environment,
+        period=timedelta(seconds=options.request_period_in_seconds),
+        settle_lag=timedelta(seconds=options.settle_lag_seconds),
+        max_span=timedelta(seconds=options.max_window_seconds) if options.max_window_seconds else None,
+    )
+
+
+class Collector:
+    """A configured collector: outbox, sinks and jobs, run once or until stopped."""
+
+    def __init__(
+        self,
+        config: CollectorConfig,
+        *,
+        state_dir: Path | None = None,
+        clock: Callable[[], datetime] = utcnow,
+        jobs: list[Job] | None = None,
+        sinks: list[Sink] | None = None,
+        on_cycle: Callable[[Job, CycleStats | None], None] | None = None,
+    ) -> None:
+        self.config = config
+        self.state_dir = config.state_dir(state_dir)
+        self.outbox = Outbox(self.state_dir)
+        self.sinks = sinks if sinks is not None else build_sinks(config, self.state_dir)
+        self.outbox.register_outputs([s.name for s in self.sinks])
+        self.jobs = jobs if jobs is not None else build_jobs(config)
+        self.stop = threading.Event()
+        self.drainers = [Drainer(self.outbox, sink) for sink in self.sinks]
+        self.scheduler = Scheduler(
+            self.jobs, self.outbox, stop=self.stop, clock=clock, paused=self.outbox_full, on_cycle=on_cycle
+        )
+
+    def outbox_full(self) -> bool:
+        """Back-pressure: pause pulling while the outbox is over its size limit."""
+        return self.outbox.size_bytes() > self.config.globals.outbox_max_bytes
+
+    def drain(self, *, attempts: int = 3) -> bool:
+        """Deliver everything pending to every sink. False if a sink kept failing (events stay)."""
+        ok = True
+        for drainer in self.drainers:
+            failures = 0
+            while True:
+                try:
+                    if drainer.drain_once() == 0:
+                        break
+                except CollectorError as exc:
+                    failures += 1
+                    logger.error("%s (attempt %d of %d)", exc, failures, attempts)
+                    if failures >= attempts:
+                        ok = False
+                        break
+                    self.stop.wait(min(2.0**failures, 10.0))
+        return ok
+
+    def run_once(self) -> bool:
+        """Deliver what is pending, pull one cycle of every service, deliver. True if all succeeded."""
+        delivered_before = self.drain()
+        pulled = self.scheduler.run_once()
+        delivered = self.drain()
+        for drainer in self.drainers:
+            logger.info("%s", drainer.statistics_line())
+        return delivered_before and pulled and delivered
+
+    def run_forever(self) -> None:
+        """Pull and deliver until :attr:`stop` is set (SIGTERM/SIGINT)."""
+        threads = [
+            threading.Thread(target=d.run, args=(self.stop,), name=f"Sender({d.sink.name})", daemon=True)
+            for d in self.drainers
+        ]
+        for thread in threads:
+            thread.start()
+        threads += self.scheduler.start()
+        while not self.stop.wait(SENDER_STATS_EVERY):
+            for drainer in self.drainers:
+                logger.info(
+                    "Number of available senders: 1, sender manager internal queue size: %d",
+                    self.outbox.pending(drainer.sink.name),
+                )
+                logger.info("%s", drainer.statistics_line())
+        for thread in threads:
+            thread.join(timeout=60)
+
+    def close(self) -> None:
+        """Close sinks and the outbox."""
+        for sink in self.sinks:
+            sink.close()
+        self.outbox.close()

@@ -1,0 +1,163 @@
+"""Command line: parsing and exit codes only; the work happens in :mod:`qualys_collector.app`.
+
+Exit codes: 0 success, 1 a cycle or delivery failed, 2 invalid configuration or usage.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import sys
+from pathlib import Path
+from types import FrameType
+
+import click
+
+from qualys_collector import __version__
+from qualys_collector.config import load_config
+from qualys_collector.config.schema import CollectorConfig
+from qualys_collector.errors import CollectorError, ConfigError
+from qualys_collector.observability.logging import setup_logging
+
+logger = logging.getLogger("qualys_collector")
+
+EXIT_FAILURE = 1
+EXIT_CONFIG = 2
+
+config_option = click.option(
+    "-c", "--config", "config_path", required=True, type=click.Path(path_type=Path), help="YAML or JSON config."
+)
+state_option = click.option(
+    "--state-dir", type=click.Path(path_type=Path), default=None, help="Override globals.persistence."
+)
+format_option = click.option(
+    "--log-format", type=click.Choice(["seed", "json"]), default="seed", show_default=True, help="Log line format."
+)
+
+
+def _load(config_path: Path) -> CollectorConfig:
+    try:
+        return load_config(config_path, warn=lambda message: logger.warning("%s", message))
+    except ConfigError as exc:
+        logger.error("Invalid configuration: %s", exc)
+        sys.exit(EXIT_CONFIG)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="qualys-collector")
+def main() -> None:
+    """Pull Qualys VM and FIM data and deliver it, complete and exactly once, into a SIEM."""
+
+
+@main.command()
+@config_option
+@state_option
+@format_option
+@click.option("--once", is_flag=True, help="One cycle of every enabled service, then exit (0 only if all succeeded).")
+def run(config_path: Path, state_dir: Path | None, log_format: str, once: bool) -> None:
+    """Run the collector."""
+    setup_logging(fmt=log_format)
+    config = _load(config_path)
+    setup_logging(fmt=log_format, debug=config.globals.debug)
+    from qualys_collector.app import Collector
+
+    try:
+        collector = Collector(config, state_dir=state_dir)
+    except ConfigError as exc:
+        logger.error("Invalid configuration: %s", exc)
+        sys.exit(EXIT_CONFIG)
+    except CollectorError as exc:
+        logger.error("%s", exc)
+        sys.exit(EXIT_FAILURE)
+
+    def _stop(signum: int, _frame: FrameType | None) -> None:
+        logger.warning("Received %s: stopping after the current page", signal.Signals(signum).name)
+        collector.stop.set()
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    try:
+        if once:
+            ok = collector.run_once()
+            sys.exit(0 if ok else EXIT_FAILURE)
+        collector.run_forever()
+    finally:
+        collector.close()
+
+
+@main.command()
+@config_option
+def validate(config_path: Path) -> None:
+    """Check a configuration without any network call."""
+    setup_logging()
+    config = _load(config_path)
+    inputs = []
+    for name in ("qualys", "qualys_fim"):
+        block = getattr(config.inputs, name)
+        if block is not None:
+            enabled = [s for s, o in block.services.items() if o.enabled]
+            inputs.append(f"{name} (id {block.id}): {', '.join(enabled) or 'no enabled service'}")
+    outputs = ", ".join(f"{n} ({o.type})" for n, o in config.outputs.items()) or "file (default)"
+    click.echo(f"Configuration {config_path} is valid.")
+    click.echo(f"  inputs: {'; '.join(inputs)}")
+    click.echo(f"  outputs: {outputs}")
+    click.echo(f"  state directory: {config.state_dir()}")
+
+
+@main.group()
+def state() -> None:
+    """Inspect or reset checkpoints."""
+
+
+@state.command("show")
+@config_option
+@state_option
+def state_show(config_path: Path, state_dir: Path | None) -> None:
+    """Print every service's checkpoint and the outbox depth."""
+    setup_logging()
+    config = _load(config_path)
+    from qualys_collector.engine.outbox import Outbox
+
+    outbox = Outbox(config.state_dir(state_dir))
+    try:
+        rows = outbox.checkpoints()
+        if not rows:
+            click.echo("No checkpoints yet.")
+        for input_id, service, data, _updated in rows:
+            click.echo(f"{input_id}/{service}: {json.dumps(data, sort_keys=True)}")
+        click.echo(f"outbox: {outbox.pending()} events pending, {outbox.size_bytes()} bytes")
+    finally:
+        outbox.close()
+
+
+@state.command("reset")
+@config_option
+@state_option
+@click.option("--service", required=True, help="Service name, e.g. host_list_detection.")
+@click.option("--input", "input_name", default=None, help="qualys or qualys_fim (needed only if ambiguous).")
+def state_reset(config_path: Path, state_dir: Path | None, service: str, input_name: str | None) -> None:
+    """Forget one service's checkpoint: its next cycle starts again from start_time_utc."""
+    setup_logging()
+    config = _load(config_path)
+    from qualys_collector.engine.outbox import Outbox
+
+    ids = [
+        getattr(config.inputs, name).id
+        for name in ("qualys", "qualys_fim")
+        if getattr(config.inputs, name) is not None
+        and (input_name in (None, name))
+        and service in getattr(config.inputs, name).services
+    ]
+    if not ids:
+        click.echo(f"No configured input has a service named {service!r}.", err=True)
+        sys.exit(EXIT_CONFIG)
+    outbox = Outbox(config.state_dir(state_dir))
+    try:
+        for input_id in ids:
+            existed = outbox.reset_checkpoint(input_id, service)
+            logger.warning(
+                "Checkpoint of %s/%s %s", input_id, service, "reset" if existed else "did not exist; nothing to reset"
+            )
+    finally:
+        outbox.close()

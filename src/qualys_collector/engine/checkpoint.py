@@ -1,0 +1,111 @@
+"""The checkpoint of one service: the seed's ``last_event_time`` + ``last_ids``, plus window progress.
+
+``value`` is the low-water mark: everything with a cursor below it was delivered, and so were the
+records at exactly ``value`` whose keys are in ``ids``. ``window`` is set while a window is under way,
+so that a crash resumes inside it (same frozen end, same page token) instead of starting over.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from datetime import datetime
+from typing import Any
+
+from qualys_collector.model import JSON, format_seed_datetime, parse_iso_datetime
+
+PERSISTENCE_VERSION = 1
+
+
+@dataclass(frozen=True, slots=True)
+class WindowProgress:
+    """A window under way: its bounds, where to resume, and the running maximum seen so far."""
+
+    start: datetime
+    end: datetime
+    capped: bool = False
+    token: JSON | None = None
+    max_value: datetime | None = None
+    max_ids: tuple[str, ...] = ()
+    pages: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Checkpoint:
+    """A service's persisted position."""
+
+    start_time: datetime | None
+    value: datetime | None
+    ids: tuple[str, ...] = ()
+    window: WindowProgress | None = None
+    extra: JSON = field(default_factory=dict)
+
+    @classmethod
+    def initial(cls, start_time: datetime | None, default_start: datetime) -> Checkpoint:
+        """A fresh checkpoint at the configured start (or the service's default look-back)."""
+        return cls(start_time=start_time, value=start_time or default_start)
+
+    def with_window(self, window: WindowProgress | None) -> Checkpoint:
+        """A copy with ``window`` replaced."""
+        return replace(self, window=window)
+
+    def to_json(self) -> JSON:
+        """The stored form; keys follow the seed's persistence names where they exist."""
+        data: JSON = {
+            "@persistence_version": PERSISTENCE_VERSION,
+            "start_time_str": _fmt(self.start_time),
+            "last_event_time_str": _fmt(self.value),
+            "last_ids": list(self.ids),
+        }
+        if self.window is not None:
+            w = self.window
+            data["window"] = {
+                "start": _fmt(w.start),
+                "end": _fmt(w.end),
+                "capped": w.capped,
+                "token": w.token,
+                "max_value": _fmt(w.max_value),
+                "max_ids": list(w.max_ids),
+                "pages": w.pages,
+            }
+        if self.extra:
+            data["extra"] = self.extra
+        return data
+
+    @classmethod
+    def from_json(cls, data: JSON) -> Checkpoint:
+        """Inverse of :meth:`to_json`."""
+        window = None
+        if data.get("window"):
+            w: dict[str, Any] = data["window"]
+            window = WindowProgress(
+                start=_parse(w["start"]) or _required(w["start"]),
+                end=_parse(w["end"]) or _required(w["end"]),
+                capped=bool(w.get("capped", False)),
+                token=w.get("token"),
+                max_value=_parse(w.get("max_value")),
+                max_ids=tuple(w.get("max_ids") or ()),
+                pages=int(w.get("pages", 0)),
+            )
+        return cls(
+            start_time=_parse(data.get("start_time_str")),
+            value=_parse(data.get("last_event_time_str")),
+            ids=tuple(data.get("last_ids") or ()),
+            window=window,
+            extra=dict(data.get("extra") or {}),
+        )
+
+
+def _fmt(value: datetime | None) -> str | None:
+    if value is None:
+        return None
+    if value.microsecond:
+        return value.isoformat().replace("+00:00", "Z")
+    return format_seed_datetime(value)
+
+
+def _parse(value: str | None) -> datetime | None:
+    return None if value is None else parse_iso_datetime(value)
+
+
+def _required(value: Any) -> datetime:
+    raise ValueError(f"window bound missing in checkpoint: {value!r}")

@@ -1,0 +1,96 @@
+"""Runs each enabled service every ``request_period_in_seconds``, one thread per service.
+
+A failed cycle is logged with its numbered error and leaves the checkpoint at the last committed
+page; the service tries again after its period. ``run_once`` runs one cycle of every job and reports
+which succeeded.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from datetime import datetime
+
+from qualys_collector.engine.cycle import CycleStats, Job, run_cycle
+from qualys_collector.engine.outbox import Outbox
+from qualys_collector.errors import CollectorError
+from qualys_collector.model import utcnow
+
+logger = logging.getLogger("qualys_collector.puller")
+
+
+class Scheduler:
+    """Owns the puller threads."""
+
+    def __init__(
+        self,
+        jobs: list[Job],
+        outbox: Outbox,
+        *,
+        stop: threading.Event,
+        clock: Callable[[], datetime] = utcnow,
+        paused: Callable[[], bool] | None = None,
+        on_cycle: Callable[[Job, CycleStats | None], None] | None = None,
+    ) -> None:
+        self.jobs = jobs
+        self.outbox = outbox
+        self.stop = stop
+        self.clock = clock
+        self.paused = paused or (lambda: False)
+        self.on_cycle = on_cycle
+        self.results: dict[str, CycleStats | None] = {}
+
+    def cycle(self, job: Job) -> CycleStats | None:
+        """One cycle of ``job``; ``None`` when it failed (the error is logged)."""
+        stats: CycleStats | None = None
+        try:
+            stats = run_cycle(job, self.outbox, clock=self.clock, stop=self.stop)
+        except CollectorError as exc:
+            logger.error("%s. The checkpoint stays at the last committed page.", exc)
+        except Exception:
+            logger.exception("Unexpected failure in %s; the checkpoint stays at the last committed page", job.label)
+        if self.on_cycle is not None:
+            self.on_cycle(job, stats)
+        return stats
+
+    def run_once(self) -> bool:
+        """One cycle of every job, concurrently. True when every cycle completed."""
+        threads = [
+            threading.Thread(target=self._once, args=(job,), name=f"Puller({job.label})", daemon=True)
+            for job in self.jobs
+        ]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        return all(s is not None and s.completed for s in self.results.values()) and len(self.results) == len(self.jobs)
+
+    def _once(self, job: Job) -> None:
+        self.results[job.label] = self.cycle(job)
+
+    def start(self) -> list[threading.Thread]:
+        """Start one looping thread per job; they end when ``stop`` is set."""
+        threads = []
+        for job in self.jobs:
+            thread = threading.Thread(target=self._loop, args=(job,), name=f"Puller({job.label})", daemon=True)
+            thread.start()
+            threads.append(thread)
+        return threads
+
+    def _loop(self, job: Job) -> None:
+        period = job.period.total_seconds()
+        logger.info("Starting data collection every %d seconds", period)
+        warned = False
+        while not self.stop.is_set():
+            if self.paused():
+                if not warned:
+                    logger.warning("The outbox is full: pulling is paused until outputs deliver (nothing is dropped)")
+                    warned = True
+                self.stop.wait(1.0)
+                continue
+            warned = False
+            stats = self.cycle(job)
+            if stats is not None and not stats.completed:
+                continue  # interrupted by stop
+            self.stop.wait(period)

@@ -1,0 +1,106 @@
+"""One exception tree, grouped by what the caller must do.
+
+::
+
+    CollectorError                  numbered like the seeds' troubleshooting tables where they have a number
+    ├── ConfigError                 bad configuration: exit 2 before any network call
+    │     codes 1-3 are the seeds' InitVariablesError (start_time_utc)
+    ├── SourceError                 Qualys answered badly or not at all
+    │   ├── SetupError              100-103: authentication / permission; not retried in a loop
+    │   └── PullError               300 (HTTP error) / 301 (anything else while pulling)
+    │         .retryable            True when the caller may try again later (5xx, cut, 409...)
+    ├── DataError                   a payload we cannot parse (malformed XML/JSON/CSV) -> PullError 301 upstream
+    ├── StateError                  the state directory is unusable (read-only, full, corrupt)
+    └── DeliveryError               a sink could not confirm delivery; the outbox keeps the rows
+
+Every message says what happened, where (service, key path, URL without secrets) and the fix.
+Foreign exceptions are mapped at the seam that raised them and chained with ``from``.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+#: The seeds' error numbers and their type names, for the troubleshooting table and log lines.
+ERROR_TYPES: dict[int, str] = {
+    1: "InitVariablesError",
+    2: "InitVariablesError",
+    3: "InitVariablesError",
+    100: "SetupError",
+    101: "SetupError",
+    102: "SetupError",
+    103: "SetupError",
+    300: "PullError",
+    301: "PullError",
+}
+
+
+class CollectorError(Exception):
+    """Root of every error this package raises on purpose."""
+
+    kind: ClassVar[str] = "CollectorError"
+
+    def __init__(self, message: str, *, code: int | None = None, fix: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.code = code
+        self.fix = fix
+
+    def __str__(self) -> str:
+        head = f"[{ERROR_TYPES.get(self.code, self.kind)} {self.code}] " if self.code is not None else ""
+        tail = f" Fix: {self.fix}" if self.fix else ""
+        return f"{head}{self.message}{tail}"
+
+
+class ConfigError(CollectorError):
+    """The configuration is invalid. Raised before any network call; the CLI exits with status 2."""
+
+    kind = "ConfigError"
+
+    def __init__(self, path: str, message: str, *, fix: str | None = None, code: int | None = None) -> None:
+        super().__init__(f"{path}: {message}" if path else message, code=code, fix=fix)
+        self.path = path
+
+
+class SourceError(CollectorError):
+    """Qualys could not be read. ``retryable`` tells the engine whether a later attempt may succeed."""
+
+    kind = "SourceError"
+    retryable: bool = False
+
+
+class SetupError(SourceError):
+    """Authentication or permission failure (seed errors 100-103)."""
+
+    kind = "SetupError"
+
+
+class PullError(SourceError):
+    """Failure while pulling (seed errors 300: HTTP error, 301: anything else)."""
+
+    kind = "PullError"
+
+    def __init__(self, message: str, *, code: int = 301, fix: str | None = None, retryable: bool = False) -> None:
+        super().__init__(message, code=code, fix=fix)
+        self.retryable = retryable
+
+
+class DataError(CollectorError):
+    """A Qualys payload could not be parsed (malformed or truncated XML, JSON or CSV)."""
+
+    kind = "DataError"
+
+    def __init__(self, message: str, *, fix: str | None = None) -> None:
+        super().__init__(message, code=301, fix=fix)
+
+
+class StateError(CollectorError):
+    """The state directory or its database cannot be used."""
+
+    kind = "StateError"
+
+
+class DeliveryError(CollectorError):
+    """A sink could not confirm delivery. Nothing is removed from the outbox."""
+
+    kind = "DeliveryError"

@@ -1,0 +1,122 @@
+"""Value types shared by every layer: records, pages, events, and UTC time helpers.
+
+All cursor values are timezone-aware UTC datetimes; the helpers here are the only place that parse
+or format the wire formats (Qualys ``YYYY-MM-DDTHH:MM:SSZ``, FIM ``...SSS+0000``, epoch ms).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+SEED_DATETIME_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
+
+JSON = dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """One record as a service parsed it from a Qualys answer.
+
+    ``cursor`` is the record's value of the service's cursor field (``None`` for services that
+    window on a field Qualys does not return); ``key`` identifies the record for deduplication;
+    ``tag`` overrides the service's tag for records of another kind (incident events, summaries).
+    """
+
+    data: JSON
+    key: str
+    cursor: datetime | None = None
+    tag: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    """A batch of records and the token that resumes the pull right after it.
+
+    ``token`` is ``None`` when this page ends the window. ``requests`` counts the HTTP requests
+    spent to produce it (retries included), for the statistics line.
+    """
+
+    records: Sequence[Record]
+    token: JSON | None = None
+    requests: int = 1
+
+
+@dataclass(frozen=True, slots=True)
+class Window:
+    """The half-open interval ``[start, end)`` a pull cycle asks for; ``end`` is fixed at cycle start."""
+
+    start: datetime
+    end: datetime
+    capped: bool = False
+
+
+@dataclass(slots=True)
+class Event:
+    """What enters the outbox: a Devo tag and the event body."""
+
+    tag: str
+    body: JSON
+    service: str = ""
+    meta: JSON = field(default_factory=dict)
+
+    def to_json(self) -> str:
+        """Compact one-line JSON of the body (newlines inside values are escaped by JSON)."""
+        return json.dumps(self.body, separators=(",", ":"), ensure_ascii=False, default=str)
+
+
+def utcnow() -> datetime:
+    """The current time, aware, in UTC."""
+    return datetime.now(UTC)
+
+
+def parse_seed_datetime(value: str) -> datetime:
+    """Parse ``%Y-%m-%dT%H:%M:%SZ`` (the seeds' and Qualys' format) into an aware UTC datetime."""
+    return datetime.strptime(value, SEED_DATETIME_FORMAT).replace(tzinfo=UTC)
+
+
+def format_seed_datetime(value: datetime) -> str:
+    """Format an aware datetime as ``%Y-%m-%dT%H:%M:%SZ`` in UTC."""
+    return value.astimezone(UTC).strftime(SEED_DATETIME_FORMAT)
+
+
+def parse_iso_datetime(value: str) -> datetime:
+    """Parse the ISO-8601 variants Qualys emits (``Z``, ``+0000``, fractions) into aware UTC."""
+    text = value.strip()
+    if text.endswith("Z"):
+        text = text[:-1] + "+00:00"
+    elif len(text) > 5 and text[-5] in "+-" and text[-4:].isdigit():
+        text = f"{text[:-2]}:{text[-2:]}"
+    parsed = datetime.fromisoformat(text)
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=UTC)
+    return parsed.astimezone(UTC)
+
+
+def epoch_ms(value: datetime) -> int:
+    """Milliseconds since the epoch of an aware datetime."""
+    return int(value.timestamp() * 1000)
+
+
+def from_epoch_ms(value: int) -> datetime:
+    """Aware UTC datetime from epoch milliseconds."""
+    return datetime.fromtimestamp(value / 1000, tz=UTC)
+
+
+def content_key(data: Mapping[str, Any] | Sequence[Any]) -> str:
+    """A stable key for a record without a natural id: SHA-256 of its canonical JSON."""
+    canonical = json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class StoredEvent:
+    """An event as the outbox hands it to a sink: its sequence number, tag and JSON body."""
+
+    seq: int
+    tag: str
+    body: str

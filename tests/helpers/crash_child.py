@@ -1,0 +1,75 @@
+"""A collector process for crash tests: pulls N records page by page into a file sink, and SIGKILLs
+itself at the point named on the command line (``before_commit:<page>`` or ``after_write:<batch>``)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import threading
+from collections.abc import Iterator, Sequence
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from qualys_collector.engine.cycle import Job, run_cycle
+from qualys_collector.engine.outbox import Outbox
+from qualys_collector.model import Page, Record, StoredEvent, Window
+from qualys_collector.services.base import CursorMode, ServiceSpec
+from qualys_collector.sinks.drain import Drainer
+from qualys_collector.sinks.file import FileSink
+
+T0 = datetime(2024, 1, 1, tzinfo=UTC)
+N = 50
+PAGE = 10
+
+
+class Source:
+    def __init__(self, kill_page: int | None) -> None:
+        self.kill_page = kill_page
+
+    def pages(self, window: Window, token: dict[str, Any] | None) -> Iterator[Page]:
+        index = int(token["page"]) if token else 0
+        while index * PAGE < N:
+            if index == self.kill_page:
+                os.kill(os.getpid(), signal.SIGKILL)
+            records = [
+                Record(data={"id": f"r{i}"}, key=f"r{i}", cursor=T0 + timedelta(seconds=i))
+                for i in range(index * PAGE, min(N, (index + 1) * PAGE))
+            ]
+            index += 1
+            yield Page(records=records, token={"page": index} if index * PAGE < N else None)
+
+
+class KillingFileSink(FileSink):
+    def __init__(self, name: str, path: Path, kill_batch: int | None) -> None:
+        super().__init__(name, path)
+        self.kill_batch = kill_batch
+        self.batches = 0
+
+    def deliver(self, events: Sequence[StoredEvent]) -> None:
+        super().deliver(events)
+        if self.batches == self.kill_batch:
+            os.kill(os.getpid(), signal.SIGKILL)  # written and fsynced, not acknowledged
+        self.batches += 1
+
+
+def main() -> None:
+    state, out, point = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3]
+    kind, _, number = point.partition(":")
+    outbox = Outbox(state)
+    spec = ServiceSpec("fim_events", "monitor.qualys.fim.event", "processedTime", CursorMode.RECORD, is_sorted=True)
+    source = Source(int(number) if kind == "before_commit" else None)
+    sink = KillingFileSink("file", out, int(number) if kind == "after_write" else None)
+    outbox.register_outputs(["file"])
+    drainer = Drainer(outbox, sink, batch_size=PAGE)
+    drainer.run(threading.Event(), until_empty=True)  # pending first, as on every start
+    job = Job(input_name="qualys_fim", input_id="1", spec=spec, source=source, tag=spec.default_tag, start_time=T0)
+    run_cycle(job, outbox, clock=lambda: T0 + timedelta(hours=1))
+    drainer.run(threading.Event(), until_empty=True)
+    sink.close()
+    outbox.close()
+
+
+if __name__ == "__main__":
+    main()
