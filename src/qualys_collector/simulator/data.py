@@ -1,0 +1,405 @@
+"""A deterministic Qualys dataset generated from a seed, evolving with the simulator's clock.
+
+Nothing is materialised per detection: hosts, detections, scans, activity rows and FIM records are
+computed from ``(seed, index)`` when asked for, so 100k hosts x 10 detections cost a few MB.
+
+Time model: every record has fixed timestamps between ``base`` and ``base + span``; a record exists
+once the simulator clock has passed its timestamp. Hosts are re-processed every ``host_interval``, and
+each processing moves their detections one step through New -> Active -> Fixed -> Re-Opened, so a
+clock that advances produces status changes, finished scans, closed incidents and late FIM events.
+"""
+
+from __future__ import annotations
+
+import bisect
+import random
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+STATUS_CYCLE = ("New", "Active", "Active", "Fixed", "Re-Opened", "Active", "Fixed")
+OSES = ("Windows 2016/2019/10", "Ubuntu Linux 22.04", "Red Hat Enterprise Linux 8.6", "Amazon Linux 2", "macOS 14")
+TRACKING = ("IP", "DNS", "NETBIOS", "Cloud Agent", "EC2")
+ACTIONS = (
+    ("login", "auth", "user_logged in"),
+    ("request", "auth", "API: /api/2.0/fo/scan/index.php"),
+    ("launch", "scan", "Scan launched (ref: scan/{n})"),
+    ("update", "option", "API-IPs/Ranges updated: {ip}"),
+    ("finished", "report", "Report generation finished.(TITLE:,  ID:{n},  FORMAT:PDF)"),
+)
+UNICODE = "Ünïcödé ✓ 漢字 — «quoted» & <angle>"
+
+
+def iso(value: datetime) -> str:
+    """Qualys' XML timestamp format."""
+    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def fim_time(value: datetime) -> str:
+    """FIM's timestamp format: milliseconds and ``+0000``."""
+    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.") + f"{value.microsecond // 1000:03d}+0000"
+
+
+def ms(value: datetime) -> int:
+    """Epoch milliseconds."""
+    return int(value.timestamp() * 1000)
+
+
+@dataclass
+class SimConfig:
+    """Size and shape of the simulated subscription."""
+
+    seed: int = 1
+    hosts: int = 50
+    detections_per_host: int = 5
+    scans: int = 20
+    activity_rows: int = 200
+    fim_events: int = 500
+    fim_incidents: int = 20
+    base: datetime = field(default_factory=lambda: datetime.now(UTC).replace(microsecond=0) - timedelta(days=3))
+    span: timedelta = timedelta(days=3)
+    host_interval: timedelta = timedelta(hours=24)
+    results_bytes: int = 200
+
+
+@dataclass(frozen=True)
+class Host:
+    """One host and its processing schedule."""
+
+    index: int
+    id: int
+    first_processed: datetime
+    interval: timedelta
+
+    def processed_at(self, now: datetime) -> tuple[int, datetime] | None:
+        """(scan number, time) of the latest processing at ``now``; ``None`` before the first."""
+        if now < self.first_processed:
+            return None
+        k = int((now - self.first_processed) / self.interval)
+        return k, self.first_processed + k * self.interval
+
+
+class Dataset:
+    """The whole simulated subscription."""
+
+    def __init__(self, config: SimConfig) -> None:
+        self.config = config
+        c = config
+        self.host_ids = [100_000 + 3 * i for i in range(c.hosts)]
+        rng = random.Random(f"{c.seed}:hosts")  # noqa: S311 - test data, not crypto
+        span_s = int(c.span.total_seconds())
+        interval_s = max(60, int(c.host_interval.total_seconds()))
+        # processing times on whole minutes, so several hosts share one timestamp
+        self._first = [
+            c.base + timedelta(minutes=rng.randrange(max(1, min(span_s, interval_s) // 60))) for _ in range(c.hosts)
+        ]
+        self._activity = self._activity_times()
+        self._fim_processed = self._fim_times()
+
+    # ------------------------------------------------------------------ hosts and detections
+
+    def host(self, index: int) -> Host:
+        """Host number ``index`` (0-based)."""
+        return Host(index, self.host_ids[index], self._first[index], self.config.host_interval)
+
+    def host_index_from(self, id_min: int) -> int:
+        """Index of the first host whose ID is >= ``id_min``."""
+        return bisect.bisect_left(self.host_ids, id_min)
+
+    def host_fields(self, host: Host, scan: int, processed: datetime) -> dict[str, Any]:
+        """The host's attributes as Qualys names them."""
+        rng = random.Random(f"{self.config.seed}:host:{host.index}")  # noqa: S311
+        i = host.index
+        name = f"host-{i:06d}"
+        tracking = TRACKING[i % len(TRACKING)]
+        return {
+            "ID": host.id,
+            "ASSET_ID": 5_000_000 + i,
+            "IP": f"10.{(i >> 16) & 255}.{(i >> 8) & 255}.{i & 255}",
+            "TRACKING_METHOD": tracking,
+            "NETWORK_ID": 0,
+            "OS": rng.choice(OSES),
+            "DNS": f"{name}.corp.example",
+            "DNS_DATA": {"HOSTNAME": name, "DOMAIN": "corp.example", "FQDN": f"{name}.corp.example"},
+            "NETBIOS": name.upper().replace("-", ""),
+            "QG_HOSTID": str(uuid.UUID(int=rng.getrandbits(128))),
+            "LAST_SCAN_DATETIME": iso(processed - timedelta(minutes=2)),
+            "LAST_VM_SCANNED_DATE": iso(processed - timedelta(minutes=3)),
+            "LAST_VM_SCANNED_DURATION": 60 + rng.randrange(1200),
+            "TAGS": [{"TAG_ID": 700 + (i % 3), "NAME": ("Production", "Staging", "DMZ")[i % 3]}],
+            "CLOUD_TAGS": [{"NAME": "env", "VALUE": "prod", "LAST_SUCCESS_DATE": iso(processed)}],
+            "SCAN_NUMBER": scan,
+        }
+
+    def detections(self, host: Host, scan: int, processed: datetime) -> Iterator[dict[str, Any]]:
+        """The host's detections as of its processing number ``scan``."""
+        c = self.config
+        for j in range(c.detections_per_host):
+            rng = random.Random(f"{c.seed}:det:{host.index}:{j}")  # noqa: S311
+            offset = rng.randrange(len(STATUS_CYCLE))
+            status = STATUS_CYCLE[(scan + offset) % len(STATUS_CYCLE)] if scan or offset else "New"
+            has_port = rng.random() < 0.8
+            first_found = host.first_processed - timedelta(days=rng.randrange(30))
+            results = self._results(rng, host.index, j)
+            yield {
+                "UNIQUE_VULN_ID": host.id * 1000 + j,
+                "QID": 10_000 + j * 37 + rng.randrange(30),
+                "TYPE": "Confirmed" if rng.random() < 0.7 else "Potential",
+                "SEVERITY": 1 + rng.randrange(5),
+                "PORT": (22, 80, 443, 3389, 8080)[j % 5] if has_port else None,
+                "PROTOCOL": ("tcp" if j % 4 else "udp") if has_port else None,
+                "SSL": 1 if has_port and j % 5 == 2 else 0,
+                "RESULTS": results,
+                "STATUS": status,
+                "FIRST_FOUND_DATETIME": iso(first_found),
+                "LAST_FOUND_DATETIME": iso(processed if status != "Fixed" else processed - c.host_interval),
+                "TIMES_FOUND": scan + 1,
+                "LAST_TEST_DATETIME": iso(processed),
+                "LAST_UPDATE_DATETIME": iso(processed),
+                "LAST_FIXED_DATETIME": iso(processed) if status == "Fixed" else None,
+                "TIMES_REOPENED": sum(
+                    1 for k in range(scan + 1) if STATUS_CYCLE[(k + offset) % len(STATUS_CYCLE)] == "Re-Opened"
+                ),
+                "IS_IGNORED": 0,
+                "IS_DISABLED": 0,
+                "LAST_PROCESSED_DATETIME": iso(processed),
+            }
+
+    def _results(self, rng: random.Random, i: int, j: int) -> str:
+        size = self.config.results_bytes
+        if (i + j) % 17 == 0:
+            size = max(size, 4096)  # multi-KB RESULTS
+        base = f"Package\tInstalled Version\tRequired Version\nopenssl\t1.1.{j}\t1.1.{j + 1}\n"
+        if (i + j) % 11 == 0:
+            base += f"{UNICODE} ]]> end\n"
+        return (base * (size // len(base) + 1))[:size]
+
+    def hosts_processed(
+        self, now: datetime, after: datetime | None, before: datetime | None, id_from: int = 0
+    ) -> Iterator[tuple[Host, int, datetime]]:
+        """Hosts (ID ascending, from index ``id_from``) whose latest processing is strictly between the bounds."""
+        for index in range(id_from, len(self.host_ids)):
+            host = self.host(index)
+            state = host.processed_at(now)
+            if state is None:
+                continue
+            scan, processed = state
+            if after is not None and not processed > after:
+                continue
+            if before is not None and not processed < before:
+                continue
+            yield host, scan, processed
+
+    # ------------------------------------------------------------------ scans
+
+    def scans(self, now: datetime) -> Iterator[dict[str, Any]]:
+        """Scans launched by ``now``, newest first, with their state at ``now``."""
+        c = self.config
+        rows = []
+        for n in range(c.scans):
+            rng = random.Random(f"{c.seed}:scan:{n}")  # noqa: S311
+            launch = c.base + timedelta(seconds=int(c.span.total_seconds() * n / max(1, c.scans)))
+            if n % 5 == 4:  # two scans launched in the same second
+                launch = c.base + timedelta(seconds=int(c.span.total_seconds() * (n - 1) / max(1, c.scans)))
+            if launch > now:
+                continue
+            duration = timedelta(minutes=5 + rng.randrange(120))
+            finished = now >= launch + duration
+            state = ("Error" if n % 13 == 12 else "Finished") if finished else "Running"
+            elapsed = duration if finished else now - launch
+            hh, rem = divmod(int(elapsed.total_seconds()), 3600)
+            rows.append(
+                {
+                    "REF": f"scan/{int(launch.timestamp())}.{10_000 + n}",
+                    "TYPE": ("Scheduled", "On-Demand", "API")[n % 3],
+                    "TITLE": f"Weekly perimeter scan {n} — {UNICODE}" if n % 7 == 3 else f"Weekly perimeter scan {n}",
+                    "USER_LOGIN": "demo_user",
+                    "LAUNCH_DATETIME": iso(launch),
+                    "DURATION": f"{hh:02d}:{rem // 60:02d}:{rem % 60:02d}" if finished else "Running",
+                    "PROCESSING_PRIORITY": "0 - No Priority",
+                    "PROCESSED": 1 if finished else 0,
+                    "STATE": state,
+                    "SUB_STATE": "No_Vuln" if finished and n % 4 == 0 else None,
+                    "TARGET": f"10.0.{n}.0/24",
+                    "OPTION_PROFILE": "Initial Options",
+                }
+            )
+        rows.sort(key=lambda r: (r["LAUNCH_DATETIME"], r["REF"]), reverse=True)
+        yield from rows
+
+    # ------------------------------------------------------------------ activity log
+
+    def _activity_times(self) -> list[datetime]:
+        c = self.config
+        rng = random.Random(f"{c.seed}:activity")  # noqa: S311
+        times = []
+        for n in range(c.activity_rows):
+            t = c.base + timedelta(seconds=int(c.span.total_seconds() * n / max(1, c.activity_rows)))
+            if n and rng.random() < 0.25:
+                t = times[-1]  # several rows share one second
+            times.append(t)
+        return times
+
+    def activity(self, now: datetime, since: datetime | None, until: datetime | None) -> list[tuple[int, list[str]]]:
+        """(row id, CSV fields) of rows in ``[since, until]`` existing at ``now``, newest first.
+
+        Row ids grow with time, so ``id_max`` paging walks back in time as Qualys' does.
+        """
+        rows: list[list[str]] = []
+        for n, t in enumerate(self._activity):
+            action, module, details = ACTIONS[n % len(ACTIONS)]
+            details = details.format(n=n, ip=f"10.1.{n % 255}.{n % 200}")
+            if n % 9 == 0:
+                details = f'{{"json": "with ""quotes"" and, commas", "n": {n}}}'
+            user_ip = "N/A" if n % 6 == 5 else f"192.0.2.{n % 250}"
+            row = [iso(t), action, module, details, f"user{n % 4}", "Manager" if n % 3 else "Reader", user_ip]
+            rows.append(row)
+            if n % 23 == 7:  # an identical row in the same second, as real logs have
+                rows.append(list(row))
+        out = []
+        for row_id, row in enumerate(rows, start=1):
+            t = datetime.strptime(row[0], "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+            if t > now or (since is not None and t < since) or (until is not None and t > until):
+                continue
+            out.append((row_id, row))
+        out.reverse()
+        return out
+
+    # ------------------------------------------------------------------ FIM
+
+    def _fim_times(self) -> list[tuple[datetime, datetime]]:
+        c = self.config
+        rng = random.Random(f"{c.seed}:fim")  # noqa: S311
+        out = []
+        for n in range(c.fim_events):
+            processed = c.base + timedelta(milliseconds=int(c.span.total_seconds() * 1000 * n / max(1, c.fim_events)))
+            processed = processed.replace(microsecond=(processed.microsecond // 100_000) * 100_000)
+            if n and rng.random() < 0.2:
+                processed = out[-1][1]  # several events share one processedTime
+            late = timedelta(days=2) if n % 37 == 5 else timedelta(seconds=4 + rng.randrange(300))
+            out.append((processed - late, processed))
+        return out
+
+    def fim_event(self, n: int) -> dict[str, Any]:
+        """FIM event ``n`` with the field tree of the public samples."""
+        c = self.config
+        happened, processed = self._fim_processed[n]
+        rng = random.Random(f"{c.seed}:fimev:{n}")  # noqa: S311
+        host = n % max(1, c.hosts)
+        return {
+            "id": str(uuid.uuid5(uuid.NAMESPACE_URL, f"sim:{c.seed}:fim:{n}")),
+            "customerId": str(uuid.uuid5(uuid.NAMESPACE_URL, f"sim:{c.seed}:customer")),
+            "dateTime": fim_time(happened),
+            "processedTime": fim_time(processed),
+            "action": ("Create", "Delete", "Rename", "Attributes", "Content", "Security")[n % 6],
+            "type": "File",
+            "class": "Disk",
+            "platform": "WINDOWS" if n % 3 else "LINUX",
+            "severity": 1 + rng.randrange(5),
+            "name": f"file{n}.cfg",
+            "fullPath": f"C:\\ProgramData\\app\\file{n}.cfg" if n % 3 else f"/etc/app/file{n}.cfg",
+            "incidentId": None,
+            "changedAttributes": [1 + n % 3] if n % 6 == 3 else None,
+            "oldContent": None,
+            "newContent": None,
+            "actor": {
+                "process": "svchost.exe",
+                "processID": 1000 + n % 5000,
+                "imagePath": "C:\\Windows\\svchost.exe",
+                "userName": f"user{n % 4}",
+                "userID": "S-1-5-18",
+            },
+            "asset": {
+                "agentId": str(uuid.uuid5(uuid.NAMESPACE_URL, f"sim:{c.seed}:agent:{host}")),
+                "agentVersion": "5.1.0.0",
+                "assetType": "HOST",
+                "hostId": str(100_000 + 3 * host),
+                "name": f"host-{host:06d}",
+                "netbiosName": f"HOST{host:06d}",
+                "operatingSystem": OSES[host % 5],
+                "lastLoggedOnUser": f"user{n % 4}",
+                "created": fim_time(c.base),
+                "updated": fim_time(processed),
+                "lastCheckedIn": iso(processed),
+                "system": {"lastBoot": iso(c.base)},
+                "tags": [str(700 + host % 3)],
+                "ec2": None,
+                "interfaces": [
+                    {
+                        "address": f"10.0.0.{host % 250}",
+                        "hostname": f"host-{host:06d}",
+                        "interfaceName": "eth0",
+                        "macAddress": "00:00:5e:00:53:01",
+                    }
+                ],
+            },
+            "profiles": [
+                {
+                    "id": str(uuid.uuid5(uuid.NAMESPACE_URL, "sim:profile")),
+                    "name": "PCI profile",
+                    "type": "WINDOWS",
+                    "category": {"id": "1", "name": "PCI"},
+                    "rules": [
+                        {
+                            "id": str(uuid.uuid5(uuid.NAMESPACE_URL, "sim:rule")),
+                            "name": "Config files",
+                            "description": UNICODE,
+                            "number": 1,
+                            "section": None,
+                            "severity": 4,
+                            "type": "file",
+                        }
+                    ],
+                }
+            ],
+        }
+
+    def fim_events_at(self, now: datetime) -> Iterator[int]:
+        """Indexes of FIM events processed by ``now``."""
+        for n, (_happened, processed) in enumerate(self._fim_processed):
+            if processed <= now:
+                yield n
+
+    def fim_incident(self, n: int, now: datetime) -> dict[str, Any] | None:
+        """Incident ``n`` as of ``now`` (``None`` before it exists); it closes (and is updated) later."""
+        c = self.config
+        created = c.base + timedelta(seconds=int(c.span.total_seconds() * n / max(1, c.fim_incidents)))
+        if created > now:
+            return None
+        closes = created + timedelta(hours=6 + n % 12)
+        closed = now >= closes
+        user = {"id": str(uuid.uuid5(uuid.NAMESPACE_URL, "sim:user")), "name": "demo"}
+        return {
+            "id": str(uuid.uuid5(uuid.NAMESPACE_URL, f"sim:{c.seed}:incident:{n}")),
+            "name": f"Incident {n}",
+            "type": "AUTOMATED" if n % 2 else "DEFAULT",
+            "status": "CLOSED" if closed else "OPEN",
+            "approvalStatus": "APPROVED" if closed else "PENDING",
+            "approvalType": "MANUAL",
+            "approvalDate": fim_time(closes) if closed else None,
+            "changeType": "MANUAL",
+            "dispositionCategory": "PATCHING" if closed else None,
+            "comment": "closed by simulator" if closed else "",
+            "reviewers": ["demo"],
+            "filters": [f"incidentId: 'sim-{n}'"],
+            "filterFromDate": fim_time(created - timedelta(hours=1)),
+            "filterToDate": fim_time(created),
+            "assignDate": fim_time(created),
+            "createdBy": {"date": ms(created), "user": user},
+            "lastUpdatedBy": {"date": ms(closes if closed else created), "user": user},
+            "customerId": str(uuid.uuid5(uuid.NAMESPACE_URL, f"sim:{c.seed}:customer")),
+            "marked": False,
+            "deleted": False,
+            "markupStatus": None,
+            "ruleId": None,
+            "ruleName": None,
+            "slaDurationKey": None,
+            "slaViolationDate": None,
+        }
+
+    def incident_events(self, n: int) -> list[int]:
+        """Indexes of the FIM events that belong to incident ``n``."""
+        c = self.config
+        return [e for e in range(c.fim_events) if e % max(1, c.fim_incidents * 5) == n]

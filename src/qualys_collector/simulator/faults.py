@@ -1,0 +1,88 @@
+"""Faults on demand: ``--fault KIND[:key=value,...]`` or ``POST /__sim/faults``.
+
+Kinds (each applies to requests whose path contains ``path=``, ``times=`` times, ``-1`` for ever):
+
+* ``409`` with ``code=1960`` (concurrency) or ``code=1965`` (rate, ``wait=`` seconds) - Qualys VM blocks
+* ``429`` with ``wait=`` seconds - the FIM gateway's rate limit
+* ``500``/``502``/``503``/``504`` - server errors; ``999`` - the GENERIC_RETURN internal error
+* ``cut`` with ``after=`` bytes - the connection is dropped mid-body
+* ``slow`` with ``delay=`` seconds between chunks
+* ``malformed`` - a 200 whose body stops in the middle of the document
+* ``expire_token`` - the next gateway calls answer 401 as for an expired token
+* ``forbidden`` - valid credentials without FIM permission (403)
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+
+
+@dataclass
+class Fault:
+    """One armed fault."""
+
+    kind: str
+    path: str = ""
+    times: int = 1
+    code: int | None = None
+    wait: int = 1
+    after: int = 300
+    delay: float = 0.2
+
+    def matches(self, path: str) -> bool:
+        """Whether this fault applies to ``path``."""
+        return self.times != 0 and self.path in path
+
+
+def parse_fault(spec: str) -> Fault:
+    """Parse ``KIND[:key=value,...]``."""
+    kind, _, rest = spec.partition(":")
+    fault = Fault(kind=kind.strip())
+    for item in filter(None, (part.strip() for part in rest.split(","))):
+        key, _, value = item.partition("=")
+        if key == "path":
+            fault.path = value
+        elif key in ("times", "code", "wait", "after"):
+            setattr(fault, key, int(value))
+        elif key == "delay":
+            fault.delay = float(value)
+        else:
+            raise ValueError(f"unknown fault option {key!r} in {spec!r}")
+    known = {"409", "429", "500", "502", "503", "504", "999", "cut", "slow", "malformed", "expire_token", "forbidden"}
+    if fault.kind not in known:
+        raise ValueError(f"unknown fault kind {fault.kind!r}; use one of {', '.join(sorted(known))}")
+    return fault
+
+
+class FaultBook:
+    """The armed faults; ``take`` consumes one matching fault of the given kinds."""
+
+    def __init__(self) -> None:
+        self._faults: list[Fault] = []
+        self._lock = threading.Lock()
+
+    def arm(self, fault: Fault) -> None:
+        """Add a fault."""
+        with self._lock:
+            self._faults.append(fault)
+
+    def clear(self) -> None:
+        """Remove every fault."""
+        with self._lock:
+            self._faults.clear()
+
+    def take(self, path: str, kinds: set[str]) -> Fault | None:
+        """The first armed fault of one of ``kinds`` matching ``path``, consuming one of its uses."""
+        with self._lock:
+            for fault in self._faults:
+                if fault.kind in kinds and fault.matches(path):
+                    if fault.times > 0:
+                        fault.times -= 1
+                    return fault
+        return None
+
+    def active(self, path: str, kind: str) -> bool:
+        """Whether a persistent fault of ``kind`` applies (without consuming it)."""
+        with self._lock:
+            return any(f.kind == kind and f.matches(path) for f in self._faults)

@@ -1,0 +1,453 @@
+"""The Qualys VM "fo" API: scan list, host list, host list detection, activity log.
+
+XML is rendered as Qualys does (CDATA around free text, ``WARNING`` 1980 with a next-page URL, empty
+results as ``RESPONSE/DATETIME`` only) and streamed host by host, so any size costs constant memory.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import Iterator, Mapping
+from datetime import UTC, datetime, timedelta
+from typing import Any
+from urllib.parse import urlencode
+
+from qualys_collector.simulator.data import STATUS_CYCLE, Dataset, iso
+
+DEFAULT_STATUSES = ("New", "Active", "Re-Opened")
+HOST_LIST_PARAMS = {
+    "action",
+    "details",
+    "show_asset_id",
+    "show_tags",
+    "show_cloud_tags",
+    "vm_processed_after",
+    "vm_processed_before",
+    "id_min",
+    "id_max",
+    "ids",
+    "truncation_limit",
+    "echo_request",
+}
+HLD_PARAMS = HOST_LIST_PARAMS - {"details"} | {
+    "status",
+    "show_reopened_info",
+    "detection_updated_since",
+    "show_results",
+    "show_igs",
+    "output_format",
+}
+SCAN_PARAMS = {
+    "action",
+    "launched_after_datetime",
+    "launched_before_datetime",
+    "state",
+    "show_ags",
+    "show_op",
+    "show_status",
+    "show_last",
+    "processed",
+    "type",
+    "echo_request",
+    "scan_ref",
+    "target",
+    "user_login",
+}
+ACTIVITY_PARAMS = {
+    "action",
+    "since_datetime",
+    "until_datetime",
+    "truncation_limit",
+    "id_max",
+    "output_format",
+    "user_action",
+    "username",
+    "user_role",
+    "action_details",
+}
+
+
+class ApiError(Exception):
+    """A Qualys SIMPLE_RETURN error."""
+
+    def __init__(self, status: int, code: int, text: str) -> None:
+        super().__init__(text)
+        self.status, self.code, self.text = status, code, text
+
+
+def simple_return(code: int, text: str, now: datetime, items: Mapping[str, Any] | None = None) -> str:
+    """Qualys' SIMPLE_RETURN error document."""
+    item_list = ""
+    if items:
+        item_list = (
+            "<ITEM_LIST>"
+            + "".join(f"<ITEM><KEY>{k}</KEY><VALUE>{v}</VALUE></ITEM>" for k, v in items.items())
+            + "</ITEM_LIST>"
+        )
+    return (
+        '<?xml version="1.0" encoding="UTF-8" ?>\n'
+        '<!DOCTYPE SIMPLE_RETURN SYSTEM "https://qualysapi.qualys.com/api/2.0/simple_return.dtd">\n'
+        f"<SIMPLE_RETURN>\n  <RESPONSE>\n    <DATETIME>{iso(now)}</DATETIME>\n    <CODE>{code}</CODE>\n"
+        f"    <TEXT>{esc(text)}</TEXT>\n    {item_list}\n  </RESPONSE>\n</SIMPLE_RETURN>\n"
+    )
+
+
+def generic_return_999(now: datetime) -> str:
+    """The 999 internal error (GENERIC_RETURN)."""
+    return (
+        '<?xml version="1.0" encoding="UTF-8" ?>\n'
+        '<!DOCTYPE GENERIC_RETURN SYSTEM "https://qualysapi.qualys.com/generic_return.dtd">\n'
+        f'<GENERIC_RETURN>\n  <API name="index.php" username="demo" at="{iso(now)}">\n'
+        '    <RETURN status="FAILED" number="999">Internal error. Please contact customer support.</RETURN>\n'
+        "  </API>\n<!-- Incident signature: 0123456789abcdef0123456789abcdef //-->\n</GENERIC_RETURN>\n"
+    )
+
+
+def esc(text: str) -> str:
+    """XML text escape."""
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def cdata(text: str) -> str:
+    """CDATA section (``]]>`` split across two sections, as XML requires)."""
+    return "<![CDATA[" + text.replace("]]>", "]]]]><![CDATA[>") + "]]>"
+
+
+def parse_date(name: str, value: str, *, strict_iso: bool = False) -> datetime:
+    """``YYYY-MM-DD[THH:MM:SSZ]``; anything else is Qualys error 1905."""
+    for fmt in ("%Y-%m-%dT%H:%M:%SZ",) if strict_iso else ("%Y-%m-%dT%H:%M:%SZ", "%Y-%m-%d"):
+        try:
+            return datetime.strptime(value, fmt).replace(tzinfo=UTC)
+        except ValueError:
+            continue
+    raise ApiError(400, 1905, f"parameter {name} has invalid value: {value} (unsupported date format)")
+
+
+def check_params(params: Mapping[str, str], allowed: set[str]) -> None:
+    """1901 for parameters the endpoint does not know; 1903 without ``action``."""
+    unknown = sorted(set(params) - allowed)
+    if unknown:
+        raise ApiError(400, 1901, f"Unrecognized parameter(s): {', '.join(unknown)}")
+    if params.get("action") != "list":
+        raise ApiError(400, 1903, "Missing required parameter(s): action")
+
+
+def flag(params: Mapping[str, str], name: str, default: int = 0) -> int:
+    """A 0/1 parameter (1905 otherwise)."""
+    value = params.get(name, str(default))
+    if value not in ("0", "1"):
+        raise ApiError(400, 1905, f"parameter {name} has invalid value: {value}")
+    return int(value)
+
+
+def int_param(params: Mapping[str, str], name: str, default: int, low: int = 0, high: int = 1_000_000) -> int:
+    """A bounded integer parameter."""
+    value = params.get(name, str(default))
+    if not value.isdigit() or not low <= int(value) <= high:
+        raise ApiError(400, 1905, f"parameter {name} has invalid value: {value}")
+    return int(value)
+
+
+def id_filter(params: Mapping[str, str]) -> tuple[int, int | None, list[tuple[int, int]] | None]:
+    """``id_min``, ``id_max`` and ``ids`` (comma list of IDs and ranges)."""
+    id_min = int_param(params, "id_min", 0, 0, 10**12)
+    id_max = int_param(params, "id_max", 0, 0, 10**12) if "id_max" in params else None
+    ranges = None
+    if "ids" in params:
+        ranges = []
+        for part in params["ids"].split(","):
+            lo, _, hi = part.strip().partition("-")
+            if not lo.isdigit() or (hi and not hi.isdigit()):
+                raise ApiError(
+                    400,
+                    1905,
+                    f"parameter ids has invalid value: {part} (neither a positive integer nor a range: {part})",
+                )
+            ranges.append((int(lo), int(hi or lo)))
+    return id_min, id_max, ranges
+
+
+def _id_ok(host_id: int, id_max: int | None, ranges: list[tuple[int, int]] | None) -> bool:
+    if id_max is not None and host_id > id_max:
+        return False
+    return ranges is None or any(lo <= host_id <= hi for lo, hi in ranges)
+
+
+def _head(root: str, dtd: str, now: datetime) -> str:
+    return (
+        '<?xml version="1.0" encoding="UTF-8" ?>\n'
+        f'<!DOCTYPE {root} SYSTEM "https://qualysapi.qualys.com/api/2.0/fo/{dtd}">\n'
+        f"<{root}>\n  <RESPONSE>\n    <DATETIME>{iso(now)}</DATETIME>\n"
+    )
+
+
+def _warning(limit: int, base_url: str, params: Mapping[str, str], **cursor: int) -> str:
+    url = f"{base_url}?{urlencode({**params, **{k: str(v) for k, v in cursor.items()}}, safe=',:')}"
+    return (
+        f"    <WARNING>\n      <CODE>1980</CODE>\n      <TEXT>{limit} record limit exceeded. Use URL to get next "
+        f"batch of results.</TEXT>\n      <URL>\n        {cdata(url)}\n      </URL>\n    </WARNING>\n"
+    )
+
+
+def _host_xml(fields: dict[str, Any], params: Mapping[str, str], *, detailed: bool, detection: bool) -> list[str]:
+    out = [f"        <ID>{fields['ID']}</ID>\n"]
+    if flag(params, "show_asset_id"):
+        out.append(f"        <ASSET_ID>{fields['ASSET_ID']}</ASSET_ID>\n")
+    out.append(
+        f"        <IP>{fields['IP']}</IP>\n        <TRACKING_METHOD>{fields['TRACKING_METHOD']}</TRACKING_METHOD>\n"
+    )
+    out.append(f"        <NETWORK_ID>{fields['NETWORK_ID']}</NETWORK_ID>\n")
+    dns = fields["DNS_DATA"]
+    os_line = f"        <OS>{cdata(fields['OS'])}</OS>\n"
+    dns_line = f"        <DNS>\n          {cdata(fields['DNS'])}\n        </DNS>\n"
+    dns_data = (
+        f"        <DNS_DATA>\n          <HOSTNAME>{cdata(dns['HOSTNAME'])}</HOSTNAME>\n"
+        f"          <DOMAIN>{cdata(dns['DOMAIN'])}</DOMAIN>\n          <FQDN>{cdata(dns['FQDN'])}</FQDN>\n"
+        "        </DNS_DATA>\n"
+    )
+    netbios = f"        <NETBIOS>{cdata(fields['NETBIOS'])}</NETBIOS>\n"
+    if detection:
+        out += [os_line, dns_line, dns_data, netbios, f"        <QG_HOSTID>{cdata(fields['QG_HOSTID'])}</QG_HOSTID>\n"]
+        out.append(f"        <LAST_SCAN_DATETIME>{fields['LAST_SCAN_DATETIME']}</LAST_SCAN_DATETIME>\n")
+    else:
+        out += [dns_line, dns_data, netbios, os_line, f"        <QG_HOSTID>{cdata(fields['QG_HOSTID'])}</QG_HOSTID>\n"]
+    if flag(params, "show_tags"):
+        out.append(
+            "        <TAGS>\n"
+            + "".join(
+                f"          <TAG>\n            <TAG_ID>{t['TAG_ID']}</TAG_ID>\n            <NAME>{cdata(t['NAME'])}</NAME>\n"
+                "          </TAG>\n"
+                for t in fields["TAGS"]
+            )
+            + "        </TAGS>\n"
+        )
+    if flag(params, "show_cloud_tags"):
+        out.append(
+            "        <CLOUD_PROVIDER_TAGS>\n"
+            + "".join(
+                f"          <CLOUD_TAG>\n            <NAME>{cdata(t['NAME'])}</NAME>\n            <VALUE>{cdata(t['VALUE'])}"
+                f"</VALUE>\n            <LAST_SUCCESS_DATE>{t['LAST_SUCCESS_DATE']}</LAST_SUCCESS_DATE>\n          </CLOUD_TAG>\n"
+                for t in fields["CLOUD_TAGS"]
+            )
+            + "        </CLOUD_PROVIDER_TAGS>\n"
+        )
+    if detailed and not detection:
+        out.append(f"        <LAST_VULN_SCAN_DATETIME>{fields['LAST_SCAN_DATETIME']}</LAST_VULN_SCAN_DATETIME>\n")
+    if detailed or detection:
+        out.append(f"        <LAST_VM_SCANNED_DATE>{fields['LAST_VM_SCANNED_DATE']}</LAST_VM_SCANNED_DATE>\n")
+        out.append(
+            f"        <LAST_VM_SCANNED_DURATION>{fields['LAST_VM_SCANNED_DURATION']}</LAST_VM_SCANNED_DURATION>\n"
+        )
+    return out
+
+
+def _detection_xml(d: dict[str, Any], *, results: bool, reopened: bool) -> str:
+    parts = [
+        f"            <UNIQUE_VULN_ID>{d['UNIQUE_VULN_ID']}</UNIQUE_VULN_ID>\n",
+        f"            <QID>{d['QID']}</QID>\n            <TYPE>{d['TYPE']}</TYPE>\n",
+        f"            <SEVERITY>{d['SEVERITY']}</SEVERITY>\n",
+    ]
+    if d["PORT"] is not None:
+        parts.append(f"            <PORT>{d['PORT']}</PORT>\n            <PROTOCOL>{d['PROTOCOL']}</PROTOCOL>\n")
+    parts.append(f"            <SSL>{d['SSL']}</SSL>\n")
+    if results:
+        parts.append(f"            <RESULTS>{cdata(d['RESULTS'])}</RESULTS>\n")
+    parts.append(f"            <STATUS>{d['STATUS']}</STATUS>\n")
+    for key in ("FIRST_FOUND_DATETIME", "LAST_FOUND_DATETIME"):
+        parts.append(f"            <{key}>{d[key]}</{key}>\n")
+    parts.append(f"            <TIMES_FOUND>{d['TIMES_FOUND']}</TIMES_FOUND>\n")
+    for key in ("LAST_TEST_DATETIME", "LAST_UPDATE_DATETIME", "LAST_FIXED_DATETIME"):
+        if d[key] is not None:
+            parts.append(f"            <{key}>{d[key]}</{key}>\n")
+    if reopened and d["TIMES_REOPENED"]:
+        parts.append(f"            <TIMES_REOPENED>{d['TIMES_REOPENED']}</TIMES_REOPENED>\n")
+    parts.append(
+        f"            <IS_IGNORED>{d['IS_IGNORED']}</IS_IGNORED>\n            <IS_DISABLED>{d['IS_DISABLED']}</IS_DISABLED>\n"
+    )
+    parts.append(f"            <LAST_PROCESSED_DATETIME>{d['LAST_PROCESSED_DATETIME']}</LAST_PROCESSED_DATETIME>\n")
+    return "          <DETECTION>\n" + "".join(parts) + "          </DETECTION>\n"
+
+
+def statuses(params: Mapping[str, str]) -> set[str]:
+    """The ``status`` filter (default New, Active, Re-Opened; spaces and case as ServiceNow sends them)."""
+    if "status" not in params:
+        return set(DEFAULT_STATUSES)
+    wanted = set()
+    for part in params["status"].split(","):
+        name = {s.lower(): s for s in STATUS_CYCLE}.get(part.strip().lower())
+        if name is None:
+            raise ApiError(400, 1905, f"parameter status has invalid value: {part.strip()}")
+        wanted.add(name)
+    return wanted
+
+
+def host_list(
+    data: Dataset, now: datetime, params: Mapping[str, str], base_url: str, *, detection: bool
+) -> Iterator[str]:
+    """Host list (``detection=False``) or host list detection, streamed host by host."""
+    check_params(params, HLD_PARAMS if detection else HOST_LIST_PARAMS)
+    after = parse_date("vm_processed_after", params["vm_processed_after"]) if "vm_processed_after" in params else None
+    before = (
+        parse_date("vm_processed_before", params["vm_processed_before"]) if "vm_processed_before" in params else None
+    )
+    updated_since = (
+        parse_date("detection_updated_since", params["detection_updated_since"])
+        if "detection_updated_since" in params
+        else None
+    )
+    limit = int_param(params, "truncation_limit", 1000)
+    id_min, id_max, ranges = id_filter(params)
+    details = params.get("details", "Basic")
+    if not detection and details not in ("Basic", "Basic/AGs", "All", "All/AGs", "None"):
+        raise ApiError(400, 1905, f"parameter details has invalid value: {details}")
+    wanted = statuses(params) if detection else set()
+    results, reopened = flag(params, "show_results", 1) if detection else 0, flag(params, "show_reopened_info")
+    for name in ("show_asset_id", "show_tags", "show_cloud_tags"):
+        flag(params, name)
+    root, dtd = (
+        ("HOST_LIST_VM_DETECTION_OUTPUT", "asset/host/vm/detection/dtd/output.dtd")
+        if detection
+        else ("HOST_LIST_OUTPUT", "asset/host/dtd/list/output.dtd")
+    )
+
+    def matching() -> Iterator[str]:
+        for host, scan, processed in data.hosts_processed(now, after, before, data.host_index_from(id_min)):
+            if not _id_ok(host.id, id_max, ranges):
+                continue
+            fields = data.host_fields(host, scan, processed)
+            if not detection:
+                if details == "None":
+                    yield f"        <ID>{host.id}</ID>\n"
+                else:
+                    yield (
+                        "      <HOST>\n"
+                        + "".join(_host_xml(fields, params, detailed=details.startswith("All"), detection=False))
+                        + "      </HOST>\n"
+                    )
+                continue
+            dets = [
+                d
+                for d in data.detections(host, scan, processed)
+                if d["STATUS"] in wanted and (updated_since is None or d["LAST_UPDATE_DATETIME"] >= iso(updated_since))
+            ]
+            if not dets:
+                continue
+            yield (
+                "      <HOST>\n"
+                + "".join(_host_xml(fields, params, detailed=True, detection=True))
+                + "        <DETECTION_LIST>\n"
+                + "".join(_detection_xml(d, results=bool(results), reopened=bool(reopened)) for d in dets)
+                + "        </DETECTION_LIST>\n      </HOST>\n"
+            )
+
+    yield _head(root, dtd, now)
+    hosts = matching()
+    list_tag = "ID_SET" if (not detection and details == "None") else "HOST_LIST"
+    count = 0
+    opened = False
+    for chunk in hosts:
+        if limit and count == limit:
+            next_id = chunk.split("<ID>", 1)[1].split("</ID>", 1)[0]
+            yield f"    </{list_tag}>\n" + _warning(limit, base_url, params, id_min=int(next_id))
+            yield f"  </RESPONSE>\n</{root}>\n"
+            return
+        if not opened:
+            yield f"    <{list_tag}>\n"
+            opened = True
+        count += 1
+        yield chunk
+    if opened:
+        yield f"    </{list_tag}>\n"
+    yield f"  </RESPONSE>\n</{root}>\n"
+
+
+def scan_list(data: Dataset, now: datetime, params: Mapping[str, str]) -> Iterator[str]:
+    """The scan list (no truncation), newest first."""
+    check_params(params, SCAN_PARAMS)
+    after = (
+        parse_date("launched_after_datetime", params["launched_after_datetime"])
+        if "launched_after_datetime" in params
+        else now - timedelta(days=30)
+    )
+    before = (
+        parse_date("launched_before_datetime", params["launched_before_datetime"])
+        if "launched_before_datetime" in params
+        else None
+    )
+    states = {s.strip() for s in params["state"].split(",")} if "state" in params else None
+    show_op = flag(params, "show_op")
+    yield _head("SCAN_LIST_OUTPUT", "scan/scan_list_output.dtd", now)
+    opened = False
+    for scan in data.scans(now):
+        launched = datetime.strptime(scan["LAUNCH_DATETIME"], "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+        if launched < after or (before is not None and launched > before):
+            continue
+        if states is not None and scan["STATE"] not in states:
+            continue
+        if not opened:
+            yield "    <SCAN_LIST>\n"
+            opened = True
+        sub = f"          <SUB_STATE>{scan['SUB_STATE']}</SUB_STATE>\n" if scan["SUB_STATE"] else ""
+        op = (
+            (
+                f"        <OPTION_PROFILE>\n          <TITLE>{cdata(scan['OPTION_PROFILE'])}</TITLE>\n"
+                "          <DEFAULT_FLAG>0</DEFAULT_FLAG>\n        </OPTION_PROFILE>\n"
+            )
+            if show_op
+            else ""
+        )
+        yield (
+            f"      <SCAN>\n        <REF>{scan['REF']}</REF>\n        <TYPE>{scan['TYPE']}</TYPE>\n"
+            f"        <TITLE>\n          {cdata(scan['TITLE'])}\n        </TITLE>\n"
+            f"        <USER_LOGIN>{scan['USER_LOGIN']}</USER_LOGIN>\n"
+            f"        <LAUNCH_DATETIME>{scan['LAUNCH_DATETIME']}</LAUNCH_DATETIME>\n"
+            f"        <DURATION>{scan['DURATION']}</DURATION>\n"
+            f"        <PROCESSING_PRIORITY>{scan['PROCESSING_PRIORITY']}</PROCESSING_PRIORITY>\n"
+            f"        <PROCESSED>{scan['PROCESSED']}</PROCESSED>\n"
+            f"        <STATUS>\n          <STATE>{scan['STATE']}</STATE>\n{sub}        </STATUS>\n"
+            f"        <TARGET>{cdata(scan['TARGET'])}</TARGET>\n{op}      </SCAN>\n"
+        )
+    if opened:
+        yield "    </SCAN_LIST>\n"
+    yield "  </RESPONSE>\n</SCAN_LIST_OUTPUT>\n"
+
+
+def _csv_line(fields: list[str]) -> str:
+    buffer = io.StringIO()
+    csv.writer(buffer, quoting=csv.QUOTE_ALL, lineterminator="\n").writerow(fields)
+    return buffer.getvalue()
+
+
+def activity_log(data: Dataset, now: datetime, params: Mapping[str, str], base_url: str) -> Iterator[str]:
+    """The activity log CSV, newest first, paged back in time with ``id_max``."""
+    check_params(params, ACTIVITY_PARAMS)
+    if params.get("output_format", "CSV").upper() != "CSV":
+        raise ApiError(400, 1905, f"parameter output_format has invalid value: {params['output_format']}")
+    since = (
+        parse_date("since_datetime", params["since_datetime"], strict_iso=True) if "since_datetime" in params else None
+    )
+    until = (
+        parse_date("until_datetime", params["until_datetime"], strict_iso=True) if "until_datetime" in params else None
+    )
+    if since is not None and since > now:
+        raise ApiError(
+            400, 1905, f"parameter since_datetime has invalid value: {params['since_datetime']} (date in the future)"
+        )
+    if since is not None and until is not None and until < since:
+        raise ApiError(400, 1905, "parameter until_datetime has invalid value: earlier than since_datetime")
+    limit = int_param(params, "truncation_limit", 1000)
+    id_max = int_param(params, "id_max", 0, 0, 10**12) if "id_max" in params else None
+    rows = [r for r in data.activity(now, since, until) if id_max is None or r[0] <= id_max]
+    yield "----BEGIN_RESPONSE_BODY_CSV\n"
+    yield _csv_line(["Date", "Action", "Module", "Details", "User Name", "User Role", "User IP"])
+    page = rows[:limit] if limit else rows
+    for _row_id, fields in page:
+        yield _csv_line(fields)
+    yield "----END_RESPONSE_BODY_CSV\n"
+    if limit and len(rows) > limit:
+        url = f"{base_url}?{urlencode({**params, 'id_max': str(rows[limit][0])}, safe=',:')}"
+        yield "----BEGIN_RESPONSE_FOOTER_CSV\nWARNING\n"
+        yield _csv_line(["CODE", "TEXT", "URL"])
+        yield _csv_line(["1980", f"{limit} record limit exceeded. Use URL to get next batch of results.", url])
+        yield "----END_RESPONSE_FOOTER_CSV\n"
