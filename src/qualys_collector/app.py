@@ -24,7 +24,7 @@ from qualys_collector.engine.outbox import Outbox
 from qualys_collector.engine.scheduler import Scheduler
 from qualys_collector.errors import CollectorError, ConfigError
 from qualys_collector.model import utcnow
-from qualys_collector.services.registry import REGISTRY
+from qualys_collector.services.registry import load_all
 from qualys_collector.sinks.base import Sink
 from qualys_collector.sinks.drain import Drainer
 from qualys_collector.sinks.file import FileSink
@@ -81,7 +81,7 @@ def build_jobs(config: CollectorConfig) -> list[Job]:
         for service, options in block.services.items():
             if not options.enabled:
                 continue
-            entry = REGISTRY.get(service)
+            entry = load_all().get(service)
             if entry is None:
                 raise ConfigError(
                     f"inputs.{input_name}.services.{service}",

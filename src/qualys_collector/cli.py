@@ -9,6 +9,7 @@ import json
 import logging
 import signal
 import sys
+import threading
 from pathlib import Path
 from types import FrameType
 
@@ -161,3 +162,70 @@ def state_reset(config_path: Path, state_dir: Path | None, service: str, input_n
             )
     finally:
         outbox.close()
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8443, show_default=True, type=int)
+@click.option("--seed", default=1, show_default=True, type=int)
+@click.option("--hosts", default=50, show_default=True, type=int)
+@click.option("--detections-per-host", default=5, show_default=True, type=int)
+@click.option("--fim-events", default=500, show_default=True, type=int)
+@click.option("--fim-incidents", default=20, show_default=True, type=int)
+@click.option("--activity-rows", default=200, show_default=True, type=int)
+@click.option("--scans", default=20, show_default=True, type=int)
+@click.option("--username", default="demo", show_default=True)
+@click.option("--password", default="demo", show_default=True)
+@click.option("--concurrency-limit", default=2, show_default=True, type=int)
+@click.option("--rate-limit", default=300, show_default=True, type=int, help="Calls per window per API.")
+@click.option("--rate-window", default=3600, show_default=True, type=int, help="Seconds.")
+@click.option("--fault", "faults", multiple=True, help="KIND[:key=value,...], e.g. 409:code=1965,times=2")
+def simulate(
+    host: str,
+    port: int,
+    seed: int,
+    hosts: int,
+    detections_per_host: int,
+    fim_events: int,
+    fim_incidents: int,
+    activity_rows: int,
+    scans: int,
+    username: str,
+    password: str,
+    concurrency_limit: int,
+    rate_limit: int,
+    rate_window: int,
+    faults: tuple[str, ...],
+) -> None:
+    """Serve a simulated Qualys subscription (VM API and FIM gateway) on one port."""
+    setup_logging()
+    from qualys_collector.simulator import Limits, SimConfig, Simulator
+    from qualys_collector.simulator.faults import parse_fault
+
+    config = SimConfig(
+        seed=seed,
+        hosts=hosts,
+        detections_per_host=detections_per_host,
+        scans=scans,
+        activity_rows=activity_rows,
+        fim_events=fim_events,
+        fim_incidents=fim_incidents,
+    )
+    sim = Simulator(
+        config,
+        username=username,
+        password=password,
+        vm_limits=Limits(rate=rate_limit, window=rate_window, concurrency=concurrency_limit),
+    )
+    for spec in faults:
+        try:
+            sim.faults.arm(parse_fault(spec))
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="--fault") from None
+    url = sim.start(host, port)
+    logger.info("Qualys simulator serving %s (VM API under /api/<version>/fo/, FIM gateway at /auth and /fim/)", url)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    stop.wait()
+    sim.stop()

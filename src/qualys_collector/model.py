@@ -38,12 +38,14 @@ class Page:
     """A batch of records and the token that resumes the pull right after it.
 
     ``token`` is ``None`` when this page ends the window. ``requests`` counts the HTTP requests
-    spent to produce it (retries included), for the statistics line.
+    spent to produce it (retries included), for the statistics line. ``extra``, when set, replaces
+    the service's own small state kept in the checkpoint (committed with this page).
     """
 
     records: Sequence[Record]
     token: JSON | None = None
     requests: int = 1
+    extra: JSON | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -28,7 +28,7 @@ class Source:
     def __init__(self, kill_page: int | None) -> None:
         self.kill_page = kill_page
 
-    def pages(self, window: Window, token: dict[str, Any] | None) -> Iterator[Page]:
+    def pages(self, window: Window, token: dict[str, Any] | None, extra: dict[str, Any]) -> Iterator[Page]:
         index = int(token["page"]) if token else 0
         while index * PAGE < N:
             if index == self.kill_page:

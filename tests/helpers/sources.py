@@ -25,7 +25,7 @@ class ListSource:
     calls: list[tuple[Window, Any]] = field(default_factory=list)
     unfiltered: bool = False
 
-    def pages(self, window: Window, token: dict[str, Any] | None) -> Iterator[Page]:
+    def pages(self, window: Window, token: dict[str, Any] | None, extra: dict[str, Any]) -> Iterator[Page]:
         self.calls.append((window, token))
         if self.unfiltered:
             matching = list(self.records)

@@ -73,7 +73,12 @@ def test_events_carry_pulling_id_environment_and_tag(outbox: Outbox) -> None:
     outbox.register_outputs(["probe"])
     [event] = outbox.read("probe", 10)
     assert event.tag == "my.app.scans"
-    assert json.loads(event.body) == {"id": "a", "name": "x", "@devo_pulling_id": epoch_ms(at(100)), "environment": "prod"}
+    assert json.loads(event.body) == {
+        "id": "a",
+        "name": "x",
+        "@devo_pulling_id": epoch_ms(at(100)),
+        "environment": "prod",
+    }
 
 
 def test_records_at_or_after_the_frozen_end_wait_for_the_next_window(outbox: Outbox) -> None:
@@ -163,8 +168,10 @@ def test_statistics_line_has_the_seed_shape(outbox: Outbox, caplog: pytest.LogCa
     lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("Statistics for this pull cycle")]
     assert len(lines) == 1
     assert lines[0].startswith(f"Statistics for this pull cycle (@devo_pulling_id={epoch_ms(at(100))}):")
-    assert "Number of requests made: 1; Number of events received: 2; Number of duplicated events filtered out: 0; " \
+    assert (
+        "Number of requests made: 1; Number of events received: 2; Number of duplicated events filtered out: 0; "
         "Number of events generated and sent: 2; Average of events per second: " in lines[0]
+    )
     assert "Pull Started" in caplog.text
     assert "Fetching data From : 2024-01-01 00:00:00+00:00  To : 2024-01-01 00:01:40+00:00" in caplog.text
 

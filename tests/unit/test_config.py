@@ -193,28 +193,59 @@ def test_file_output_and_defaults(tmp_path: Path) -> None:
 
 BAD = [
     # (replace this, with this, expected text in the message, seed error code)
-    ('start_time_utc: "2024-01-07T05:00:00Z"\n      user', 'start_time_utc: "2024-01-07 05:00"\n      user',
-     "inputs.qualys.services.vm_scans.start_time_utc: start_time_utc value: 2024-01-07 05:00 does not comply "
-     "with required format: %Y-%m-%dT%H:%M:%SZ", 2),
-    ('start_time_utc: "2024-01-07T05:00:00Z"\n      user', 'start_time_utc: "2999-01-07T05:00:00Z"\n      user',
-     "Invalid start_time_in_utc: 2999-01-07T05:00:00Z. Must be in the past", 3),
+    (
+        'start_time_utc: "2024-01-07T05:00:00Z"\n      user',
+        'start_time_utc: "2024-01-07 05:00"\n      user',
+        "inputs.qualys.services.vm_scans.start_time_utc: start_time_utc value: 2024-01-07 05:00 does not comply "
+        "with required format: %Y-%m-%dT%H:%M:%SZ",
+        2,
+    ),
+    (
+        'start_time_utc: "2024-01-07T05:00:00Z"\n      user',
+        'start_time_utc: "2999-01-07T05:00:00Z"\n      user',
+        "Invalid start_time_in_utc: 2999-01-07T05:00:00Z. Must be in the past",
+        3,
+    ),
     ("      user_activity::", "      user_activty:", "inputs.qualys.services.user_activty: unknown service", None),
-    ("show_asset_id: \"1\"", "show_asset_idd: \"1\"",
-     "inputs.qualys.services.host_list.filters.show_asset_idd: unknown key", None),
-    ("show_asset_id: \"1\"", "show_asset_id: \"yes\"", "inputs.qualys.services.host_list.filters.show_asset_id",
-     None),
+    (
+        'show_asset_id: "1"',
+        'show_asset_idd: "1"',
+        "inputs.qualys.services.host_list.filters.show_asset_idd: unknown key",
+        None,
+    ),
+    ('show_asset_id: "1"', 'show_asset_id: "yes"', "inputs.qualys.services.host_list.filters.show_asset_id", None),
     ("- Fixed", "- Closed", "inputs.qualys.services.host_list_detection.filters.status.1", None),
-    ("hostname: qualysapi.qualys.eu", "hostname: https://qualysapi.qualys.eu",
-     "inputs.qualys.credentials.hostname: hostname must be a bare host name", None),
-    ("hostname: qualysapi.qualys.eu", "base_url: http://qualysapi.qualys.eu",
-     "inputs.qualys.credentials.base_url: base_url uses plain http towards qualysapi.qualys.eu", None),
-    ("override_tag: my.app.qualys.scans", "override_tag: My Tag!", "override_tag: 'My Tag!' is not a valid Devo tag",
-     None),
-    ("request_period_in_seconds: 120", "request_period_in_seconds: 0",
-     "inputs.qualys.services.vm_scans.request_period_in_seconds: Input should be greater than or equal to 1", None),
+    (
+        "hostname: qualysapi.qualys.eu",
+        "hostname: https://qualysapi.qualys.eu",
+        "inputs.qualys.credentials.hostname: hostname must be a bare host name",
+        None,
+    ),
+    (
+        "hostname: qualysapi.qualys.eu",
+        "base_url: http://qualysapi.qualys.eu",
+        "inputs.qualys.credentials.base_url: base_url uses plain http towards qualysapi.qualys.eu",
+        None,
+    ),
+    (
+        "override_tag: my.app.qualys.scans",
+        "override_tag: My Tag!",
+        "override_tag: 'My Tag!' is not a valid Devo tag",
+        None,
+    ),
+    (
+        "request_period_in_seconds: 120",
+        "request_period_in_seconds: 0",
+        "inputs.qualys.services.vm_scans.request_period_in_seconds: Input should be greater than or equal to 1",
+        None,
+    ),
     ("      username: apiuser\n", "", "inputs.qualys.credentials.username: is required", None),
-    ("password: S3cr3t-Pa55", "password: ${NOT_SET_ANYWHERE}",
-     "environment variable NOT_SET_ANYWHERE is not set", None),
+    (
+        "password: S3cr3t-Pa55",
+        "password: ${NOT_SET_ANYWHERE}",
+        "environment variable NOT_SET_ANYWHERE is not set",
+        None,
+    ),
     ("    id: 12345", "    id: 'a b'", "inputs.qualys.id: id must be 1-32 letters", None),
     ("      port: 443", "      port: 99999", "outputs.devo_1.config.port", None),
 ]
@@ -259,7 +290,9 @@ def test_validate_command_exit_codes(tmp_path: Path) -> None:
     assert good.exit_code == 0, good.output
     assert "is valid" in good.output
     assert "vm_scans, user_activity, host_list, host_list_detection" in good.output
-    bad = runner.invoke(main, ["validate", "-c", str(write(tmp_path, SEED_YAML.replace("id: 12345", "id: ''"), "b.yaml"))])
+    bad = runner.invoke(
+        main, ["validate", "-c", str(write(tmp_path, SEED_YAML.replace("id: 12345", "id: ''"), "b.yaml"))]
+    )
     assert bad.exit_code == 2
     missing = runner.invoke(main, ["validate", "-c", str(tmp_path / "nope.yaml")])
     assert missing.exit_code == 2

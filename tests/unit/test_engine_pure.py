@@ -66,7 +66,9 @@ def test_window_end_is_now_minus_lag_and_capped_by_span() -> None:
 
 
 def test_checkpoint_round_trips_through_json() -> None:
-    progress = WindowProgress(start=T0, end=END, capped=True, token={"id_min": 7}, max_value=T1, max_ids=("a",), pages=3)
+    progress = WindowProgress(
+        start=T0, end=END, capped=True, token={"id_min": 7}, max_value=T1, max_ids=("a",), pages=3
+    )
     checkpoint = Checkpoint(start_time=T0, value=T0, ids=("x", "y"), window=progress, extra={"pending": ["s/1"]})
     data = checkpoint.to_json()
     assert data["last_event_time_str"] == "2024-01-01T12:00:00Z"

@@ -11,7 +11,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 
 from qualys_collector.engine.checkpoint import Checkpoint, WindowProgress
@@ -131,7 +131,7 @@ def run_cycle(
     cursor = BoundaryCursor(
         checkpoint.value, checkpoint.ids, window.end, max_value=progress.max_value, max_ids=progress.max_ids
     )
-    pages = job.source.pages(window, token)
+    pages = job.source.pages(window, token, dict(checkpoint.extra))
     completed = False
     for page in pages:
         stats.pages += 1
@@ -160,6 +160,8 @@ def run_cycle(
             max_ids=tuple(sorted(cursor.max_ids)),
             pages=progress.pages + 1,
         )
+        if page.extra is not None:
+            checkpoint = replace(checkpoint, extra=page.extra)
         if page.token is None:
             new = _complete(job.spec, checkpoint, window, cursor)
             completed = True

@@ -16,10 +16,10 @@ def plan_window(
 ) -> Window | None:
     """The next window ``[start, end)``; ``None`` when ``start`` has not yet settled.
 
-    ``end = now - settle_lag``, cut to ``start + max_span`` when a span is set (``capped`` then
+    ``end = now - settle_lag`` (whole seconds), cut to ``start + max_span`` when a span is set (``capped`` then
     says the window ends before "now", so the next cycle can follow at once).
     """
-    end = now - settle_lag
+    end = (now - settle_lag).replace(microsecond=0)  # Qualys filters take whole seconds
     capped = False
     if max_span is not None and end - start > max_span:
         end = start + max_span

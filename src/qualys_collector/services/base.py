@@ -42,6 +42,9 @@ class ServiceSpec:
 class PageSource(Protocol):
     """Reads one window of one service, page by page."""
 
-    def pages(self, window: Window, token: JSON | None) -> Iterator[Page]:
-        """Yield the window's pages, starting after ``token`` when resuming."""
+    def pages(self, window: Window, token: JSON | None, extra: JSON) -> Iterator[Page]:
+        """Yield the window's pages, starting after ``token`` when resuming.
+
+        ``extra`` is the service's own state from the checkpoint (empty at first).
+        """
         ...

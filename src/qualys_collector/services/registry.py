@@ -24,3 +24,15 @@ def register(entry: ServiceEntry) -> ServiceEntry:
     """Add a service to the registry (each service module calls this once)."""
     REGISTRY[entry.spec.name] = entry
     return entry
+
+
+def load_all() -> dict[str, ServiceEntry]:
+    """Import every service module (each registers itself) and return the registry."""
+    from qualys_collector.services import (  # noqa: F401 - imported for registration
+        host_list,
+        host_list_detection,
+        user_activity,
+        vm_scans,
+    )
+
+    return REGISTRY

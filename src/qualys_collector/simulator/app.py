@@ -54,7 +54,7 @@ class Simulator:
         config: SimConfig | None = None,
         *,
         username: str = "demo",
-        password: str = "demo",
+        password: str = "demo",  # noqa: S107 - the simulator's documented demo credentials
         vm_limits: Limits | None = None,
         fim_limits: Limits | None = None,
         token_ttl: int = 14400,
@@ -217,8 +217,8 @@ class Simulator:
             self._release(key)
             raise
         content_type = "text/csv;charset=UTF-8" if resource == "activity_log" else "application/xml"
-        body = _Body(self, key, first, chunks, request.path)
-        return Response(body, status=200, content_type=content_type, headers=headers, direct_passthrough=True)
+        stream = _Body(self, key, first, chunks, request.path)
+        return Response(stream, status=200, content_type=content_type, headers=headers, direct_passthrough=True)
 
     def _fault_response(self, fault: Fault, headers: dict[str, str], now: datetime) -> Response:
         if fault.kind == "409":

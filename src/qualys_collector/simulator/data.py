@@ -234,7 +234,7 @@ class Dataset:
     def _activity_times(self) -> list[datetime]:
         c = self.config
         rng = random.Random(f"{c.seed}:activity")  # noqa: S311
-        times = []
+        times: list[datetime] = []
         for n in range(c.activity_rows):
             t = c.base + timedelta(seconds=int(c.span.total_seconds() * n / max(1, c.activity_rows)))
             if n and rng.random() < 0.25:
@@ -272,7 +272,7 @@ class Dataset:
     def _fim_times(self) -> list[tuple[datetime, datetime]]:
         c = self.config
         rng = random.Random(f"{c.seed}:fim")  # noqa: S311
-        out = []
+        out: list[tuple[datetime, datetime]] = []
         for n in range(c.fim_events):
             processed = c.base + timedelta(milliseconds=int(c.span.total_seconds() * 1000 * n / max(1, c.fim_events)))
             processed = processed.replace(microsecond=(processed.microsecond // 100_000) * 100_000)

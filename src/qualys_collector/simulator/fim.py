@@ -173,7 +173,7 @@ def search(records: Iterable[dict[str, Any]], body: dict[str, Any]) -> list[dict
             for (field, desc), ref in zip(keys, after, strict=True):
                 value = _get(record, field)
                 if value != ref:
-                    return (value < ref) if desc else (value > ref)
+                    return bool(value < ref) if desc else bool(value > ref)
             return False
 
         hits = [r for r in hits if beyond(r)]

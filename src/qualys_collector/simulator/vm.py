@@ -216,7 +216,8 @@ def _host_xml(fields: dict[str, Any], params: Mapping[str, str], *, detailed: bo
         out.append(
             "        <TAGS>\n"
             + "".join(
-                f"          <TAG>\n            <TAG_ID>{t['TAG_ID']}</TAG_ID>\n            <NAME>{cdata(t['NAME'])}</NAME>\n"
+                f"          <TAG>\n            <TAG_ID>{t['TAG_ID']}</TAG_ID>\n"
+                f"            <NAME>{cdata(t['NAME'])}</NAME>\n"
                 "          </TAG>\n"
                 for t in fields["TAGS"]
             )
@@ -226,8 +227,9 @@ def _host_xml(fields: dict[str, Any], params: Mapping[str, str], *, detailed: bo
         out.append(
             "        <CLOUD_PROVIDER_TAGS>\n"
             + "".join(
-                f"          <CLOUD_TAG>\n            <NAME>{cdata(t['NAME'])}</NAME>\n            <VALUE>{cdata(t['VALUE'])}"
-                f"</VALUE>\n            <LAST_SUCCESS_DATE>{t['LAST_SUCCESS_DATE']}</LAST_SUCCESS_DATE>\n          </CLOUD_TAG>\n"
+                f"          <CLOUD_TAG>\n            <NAME>{cdata(t['NAME'])}</NAME>\n"
+                f"            <VALUE>{cdata(t['VALUE'])}</VALUE>\n"
+                f"            <LAST_SUCCESS_DATE>{t['LAST_SUCCESS_DATE']}</LAST_SUCCESS_DATE>\n          </CLOUD_TAG>\n"
                 for t in fields["CLOUD_TAGS"]
             )
             + "        </CLOUD_PROVIDER_TAGS>\n"
@@ -263,7 +265,8 @@ def _detection_xml(d: dict[str, Any], *, results: bool, reopened: bool) -> str:
     if reopened and d["TIMES_REOPENED"]:
         parts.append(f"            <TIMES_REOPENED>{d['TIMES_REOPENED']}</TIMES_REOPENED>\n")
     parts.append(
-        f"            <IS_IGNORED>{d['IS_IGNORED']}</IS_IGNORED>\n            <IS_DISABLED>{d['IS_DISABLED']}</IS_DISABLED>\n"
+        f"            <IS_IGNORED>{d['IS_IGNORED']}</IS_IGNORED>\n"
+        f"            <IS_DISABLED>{d['IS_DISABLED']}</IS_DISABLED>\n"
     )
     parts.append(f"            <LAST_PROCESSED_DATETIME>{d['LAST_PROCESSED_DATETIME']}</LAST_PROCESSED_DATETIME>\n")
     return "          <DETECTION>\n" + "".join(parts) + "          </DETECTION>\n"
@@ -344,9 +347,8 @@ def host_list(
     yield _head(root, dtd, now)
     hosts = matching()
     list_tag = "ID_SET" if (not detection and details == "None") else "HOST_LIST"
-    count = 0
     opened = False
-    for chunk in hosts:
+    for count, chunk in enumerate(hosts):
         if limit and count == limit:
             next_id = chunk.split("<ID>", 1)[1].split("</ID>", 1)[0]
             yield f"    </{list_tag}>\n" + _warning(limit, base_url, params, id_min=int(next_id))
@@ -355,7 +357,6 @@ def host_list(
         if not opened:
             yield f"    <{list_tag}>\n"
             opened = True
-        count += 1
         yield chunk
     if opened:
         yield f"    </{list_tag}>\n"

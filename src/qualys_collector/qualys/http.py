@@ -1,0 +1,43 @@
+"""The HTTP seam: one ``httpx.Client`` per input, with TLS, proxy and timeouts from the config."""
+
+from __future__ import annotations
+
+import logging
+import ssl
+from dataclasses import dataclass
+
+import httpx
+
+from qualys_collector import __version__
+
+logger = logging.getLogger(__name__)
+
+USER_AGENT = f"qualys-collector/{__version__}"
+
+
+@dataclass(frozen=True)
+class HttpSettings:
+    """Connection settings of one input."""
+
+    verify_tls: bool = True
+    ca_bundle: str | None = None
+    proxy: str | None = None
+    timeout: float = 300.0
+
+
+def make_client(settings: HttpSettings, *, auth: httpx.Auth | None = None) -> httpx.Client:
+    """An HTTP client that verifies TLS unless told otherwise (and then says so on every start)."""
+    verify: ssl.SSLContext | bool = True
+    if not settings.verify_tls:
+        logger.warning("TLS verification towards Qualys is OFF (verify_tls: false); use this only for testing")
+        verify = False
+    elif settings.ca_bundle:
+        verify = ssl.create_default_context(cafile=settings.ca_bundle)
+    return httpx.Client(
+        auth=auth,
+        verify=verify,
+        proxy=settings.proxy,
+        timeout=httpx.Timeout(settings.timeout, connect=min(30.0, settings.timeout)),
+        headers={"User-Agent": USER_AGENT},
+        follow_redirects=False,
+    )

@@ -1,0 +1,233 @@
+"""The Qualys VM API client: Basic auth + ``X-Requested-With``, the shared API budget, table-driven
+retries before the body, and resumable retries when a body breaks half-way.
+
+Services never see credentials: they ask for a path and parameters and get a streaming body.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import httpx
+
+from qualys_collector.config.schema import VmInput
+from qualys_collector.errors import DataError, PullError, SetupError, SourceError
+from qualys_collector.model import JSON, Page
+from qualys_collector.qualys.budget import ApiBudget
+from qualys_collector.qualys.http import HttpSettings, make_client
+from qualys_collector.qualys.retry import Action, Resolution, RetryPolicy, resolve_vm
+from qualys_collector.qualys.xml import ByteStream, parse_error_document, root_tag, simple_return_items
+from qualys_collector.redact import register_secret, sanitize_url
+
+logger = logging.getLogger(__name__)
+
+ERROR_ROOTS = ("SIMPLE_RETURN", "GENERIC_RETURN")
+#: Mid-body failures worth another try from the last committed page.
+MID_BODY = (DataError, httpx.TransportError)
+
+
+class VmClient:
+    """One Qualys VM subscription."""
+
+    def __init__(
+        self,
+        base_url: str,
+        username: str,
+        password: str,
+        *,
+        settings: HttpSettings | None = None,
+        budget: ApiBudget | None = None,
+        policy: RetryPolicy | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+        requested_with: str = "qualys-collector",
+    ) -> None:
+        register_secret(password)
+        self.base_url = base_url.rstrip("/")
+        self.http = make_client(settings or HttpSettings(), auth=httpx.BasicAuth(username, password))
+        self.http.headers["X-Requested-With"] = requested_with
+        self.budget = budget or ApiBudget()
+        self.policy = policy or RetryPolicy()
+        self.sleep = sleep
+        self.stop: threading.Event | None = None
+        self._local = threading.local()
+        self.total_requests = 0
+        self._lock = threading.Lock()
+
+    @classmethod
+    def from_config(cls, block: VmInput) -> VmClient:
+        """A client from ``inputs.qualys``."""
+        c = block.connection
+        limits = block.requests_limits
+        return cls(
+            block.credentials.api_url,
+            block.credentials.username,
+            block.credentials.password.get_secret_value(),
+            settings=HttpSettings(c.verify_tls, c.ca_bundle, c.proxy, c.request_timeout_seconds),
+            budget=ApiBudget(calls_per_period=(limits.max_calls, limits.period_seconds) if limits else None),
+        )
+
+    def close(self) -> None:
+        """Close connections."""
+        self.http.close()
+
+    @property
+    def requests(self) -> int:
+        """HTTP requests made by the calling thread (each service pulls in its own thread)."""
+        return int(getattr(self._local, "count", 0))
+
+    def _count(self) -> None:
+        self._local.count = self.requests + 1
+        with self._lock:
+            self.total_requests += 1
+
+    @contextlib.contextmanager
+    def open(self, path: str, params: dict[str, str]) -> Iterator[httpx.Response]:
+        """A 200 response to ``POST path`` whose body is still to be read.
+
+        Errors before the body are resolved by the table: waits and retries within the policy's
+        bounds, then :class:`SetupError` (101/102) or :class:`PullError` (300/301).
+        """
+        key = path.split("/fo/", 1)[-1].strip("/")
+        started = time.monotonic()
+        attempt = 0
+        while True:
+            attempt += 1
+            with self.budget.slot(key, self.stop):
+                self._count()
+                try:
+                    response = self.http.send(
+                        self.http.build_request("POST", f"{self.base_url}{path}", data=params), stream=True
+                    )
+                except httpx.TransportError as exc:
+                    failure: SourceError = PullError(
+                        f"ERROR: API Error. Cause: {type(exc).__name__} calling {sanitize_url(self.base_url + path)}",
+                        code=301,
+                        retryable=True,
+                        fix="check network access to the Qualys API server; the collector retries",
+                    )
+                    failure.__cause__ = exc
+                    wait = self.policy.backoff(attempt)
+                else:
+                    self.budget.update(key, response.headers)
+                    if response.status_code == 200:
+                        try:
+                            yield response
+                        finally:
+                            response.close()
+                        return
+                    body = _read_small(response)
+                    failure, wait = self._resolve(path, response, body, attempt)
+            elapsed = time.monotonic() - started
+            if attempt >= self.policy.attempts or elapsed + wait > self.policy.total_seconds:
+                failure.message += f" (gave up after {attempt} attempts in {elapsed:.0f} s)"
+                raise failure
+            logger.warning(
+                "%s; retrying in %.1f s (attempt %d of %d)", failure.message, wait, attempt, self.policy.attempts
+            )
+            self.sleep(wait)
+
+    def _resolve(self, path: str, response: httpx.Response, body: bytes, attempt: int) -> tuple[SourceError, float]:
+        code, text = parse_error_document(body)
+        resolution = resolve_vm(response.status_code, code)
+        failure = self.error(path, response.status_code, code, text, resolution)
+        if resolution.action is Action.WAIT:
+            items = simple_return_items(body)
+            told = _float(response.headers.get("X-RateLimit-ToWait-Sec")) or _float(items.get("SECONDS_TO_WAIT"))
+            wait = self.policy.limit_wait(told if told else None)
+            self.budget.pause(wait)
+            return failure, wait
+        if resolution.action is Action.RETRY:
+            return failure, self.policy.backoff(attempt)
+        raise failure
+
+    def error(self, path: str, status: int | None, code: int | None, text: str, resolution: Resolution) -> SourceError:
+        """The numbered error for an answer."""
+        cause = f"HTTP {status} from {path}" if status is not None else f"answer from {path}"
+        if code is not None:
+            cause += f" (CODE {code}: {text})"
+        message = f"ERROR: API Error. Cause: {cause}"
+        if resolution.action in (Action.FAIL_AUTH, Action.FAIL_PERMISSION):
+            return SetupError(message, code=resolution.code, fix=resolution.fix)
+        return PullError(
+            message,
+            code=resolution.code,
+            fix=resolution.fix,
+            retryable=resolution.action in (Action.RETRY, Action.WAIT),
+        )
+
+    def body(self, path: str, response: httpx.Response) -> ByteStream:
+        """The response body as a stream; a Qualys error document sent with HTTP 200 is raised here."""
+        chunks = response.iter_bytes()
+        head = b""
+        for chunk in chunks:
+            head += chunk
+            if len(head) >= 512 or root_tag(head):
+                break
+        if root_tag(head) in ERROR_ROOTS:
+            body = head + b"".join(chunks)
+            code, text = parse_error_document(body)
+            raise self.error(path, response.status_code, code, text, resolve_vm(response.status_code, code))
+        return ByteStream(_prepend(head, chunks))
+
+    def resumable(
+        self, fetch: Callable[[JSON | None], Iterator[Page]], token: JSON | None, what: str
+    ) -> Iterator[Page]:
+        """Run ``fetch(token)``; when a body breaks half-way, start again from the last page's token."""
+        attempt = 0
+        before = self.requests
+        while True:
+            try:
+                for page in fetch(token):
+                    spent = self.requests - before
+                    before = self.requests
+                    yield Page(page.records, page.token, requests=spent, extra=page.extra)
+                    token = page.token
+                    attempt = 0
+            except MID_BODY as exc:
+                attempt += 1
+                detail = exc.message if isinstance(exc, DataError) else f"{type(exc).__name__}: {exc}"
+                if attempt >= self.policy.attempts:
+                    raise PullError(
+                        f"Some error occurred while retrieving {what} from Qualys server. Error details: {detail} "
+                        f"(gave up after {attempt} attempts)",
+                        code=301,
+                        retryable=True,
+                        fix="the next cycle resumes from the last committed page",
+                    ) from exc
+                wait = self.policy.backoff(attempt)
+                logger.warning("%s broke off (%s); resuming from the last committed page in %.1f s", what, detail, wait)
+                self.sleep(wait)
+            else:
+                return
+
+
+def _read_small(response: httpx.Response, limit: int = 1 << 20) -> bytes:
+    data = b""
+    try:
+        for chunk in response.iter_bytes():
+            data += chunk
+            if len(data) >= limit:
+                break
+    except httpx.TransportError:
+        pass
+    finally:
+        response.close()
+    return data
+
+
+def _prepend(head: bytes, rest: Iterator[bytes]) -> Iterator[bytes]:
+    if head:
+        yield head
+    yield from rest
+
+
+def _float(value: Any) -> float | None:
+    try:
+        return float(value) if value not in (None, "") else None
+    except (TypeError, ValueError):
+        return None

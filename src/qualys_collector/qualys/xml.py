@@ -1,0 +1,169 @@
+"""Hardened streaming XML: lxml ``iterparse`` with entities, DTD loading and network access off.
+
+Elements are turned into plain dicts losslessly: attributes become ``@name`` keys, CDATA text is
+unescaped and stripped of the whitespace Qualys wraps around it, and the children of known list
+containers (``TAGS``, ``DETECTION_LIST``, ``QDS_FACTORS``...) are always lists, so a field has one type
+whatever the count. Parsed elements are cleared as soon as they are converted: memory stays flat.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+from lxml import etree
+
+from qualys_collector.errors import DataError
+
+#: Containers whose children always form a list (the container maps to a list of their values).
+LIST_CONTAINERS = frozenset(
+    {
+        "TAGS",
+        "CLOUD_PROVIDER_TAGS",
+        "QDS_FACTORS",
+        "DETECTION_LIST",
+        "HOST_LIST",
+        "SCAN_LIST",
+        "ID_SET",
+        "ITEM_LIST",
+        "ASSET_GROUP_TITLE_LIST",
+        "ASSET_GROUP_LIST",
+        "USER_LIST",
+        "PARAM_LIST",
+        "EC2",
+        "GOOGLE",
+        "AZURE",
+    }
+)
+
+
+class ByteStream(io.RawIOBase):
+    """A read-only file over an iterator of byte chunks (an HTTP body), for lxml."""
+
+    def __init__(self, chunks: Iterable[bytes]) -> None:
+        self._chunks = iter(chunks)
+        self._buffer = b""
+        self.bytes_read = 0
+
+    def readable(self) -> bool:
+        """Always readable."""
+        return True
+
+    def readinto(self, target: Any) -> int:
+        """Fill ``target`` from the next chunks."""
+        while not self._buffer:
+            try:
+                self._buffer = next(self._chunks)
+            except StopIteration:
+                return 0
+        size = min(len(target), len(self._buffer))
+        target[:size] = self._buffer[:size]
+        self._buffer = self._buffer[size:]
+        self.bytes_read += size
+        return size
+
+
+def element_to_value(element: Any) -> Any:
+    """Convert one element into a string, a dict or a list (see the module docstring)."""
+    children = [c for c in element if isinstance(c.tag, str)]
+    attrs = {f"@{k}": v for k, v in element.attrib.items()}
+    if not children:
+        text = (element.text or "").strip()
+        if attrs:
+            return {**attrs, "#text": text} if text else attrs
+        return text
+    if element.tag in LIST_CONTAINERS and not attrs:
+        return [element_to_value(c) for c in children]
+    result: dict[str, Any] = dict(attrs)
+    for child in children:
+        value = element_to_value(child)
+        if child.tag in result:
+            existing = result[child.tag]
+            result[child.tag] = [*existing, value] if isinstance(existing, list) else [existing, value]
+        else:
+            result[child.tag] = value
+    return result
+
+
+def iter_elements(stream: io.RawIOBase, tags: set[str]) -> Iterator[tuple[str, Any]]:
+    """Yield ``(tag, element)`` for each completed element whose tag is in ``tags``.
+
+    The caller converts the element before asking for the next one; it is cleared afterwards.
+    Malformed or truncated documents raise :class:`DataError`.
+    """
+    parser = etree.iterparse(
+        stream,
+        events=("end",),
+        tag=tuple(tags),
+        resolve_entities=False,
+        no_network=True,
+        load_dtd=False,
+        dtd_validation=False,
+        huge_tree=True,
+        remove_comments=True,
+        recover=False,
+    )
+    try:
+        for _event, element in parser:
+            yield element.tag, element
+            element.clear(keep_tail=False)
+            parent = element.getparent()
+            if parent is not None:
+                while element.getprevious() is not None:
+                    del parent[0]
+    except etree.XMLSyntaxError as exc:
+        raise DataError(f"malformed or truncated XML from Qualys: {exc.msg}") from exc
+
+
+def root_tag(stream_head: bytes) -> str | None:
+    """The root element name of a document, from its first bytes (for error detection)."""
+    text = stream_head.decode("utf-8", "replace")
+    position = 0
+    while True:
+        start = text.find("<", position)
+        if start < 0 or start + 1 >= len(text):
+            return None
+        if text[start + 1] in "?!":
+            position = start + 1
+            continue
+        end = start + 1
+        while end < len(text) and (text[end].isalnum() or text[end] in "_-:."):
+            end += 1
+        return text[start + 1 : end] or None
+
+
+def parse_error_document(body: bytes) -> tuple[int | None, str]:
+    """``(CODE, TEXT)`` of a SIMPLE_RETURN, or the number and text of a GENERIC_RETURN; ``(None, "")`` else."""
+    try:
+        parser = etree.XMLParser(resolve_entities=False, no_network=True, load_dtd=False, recover=True)
+        root = etree.fromstring(body, parser=parser)
+    except etree.XMLSyntaxError:
+        return None, ""
+    if root is None:
+        return None, ""
+    if root.tag == "SIMPLE_RETURN":
+        code = root.findtext("RESPONSE/CODE")
+        text = (root.findtext("RESPONSE/TEXT") or "").strip()
+        return (int(code.strip()) if code and code.strip().isdigit() else None), text
+    if root.tag == "GENERIC_RETURN":
+        ret = root.find("API/RETURN")
+        if ret is not None:
+            number = ret.get("number", "")
+            return (int(number) if number.isdigit() else None), (ret.text or "").strip()
+    return None, ""
+
+
+def simple_return_items(body: bytes) -> dict[str, str]:
+    """``ITEM_LIST`` of a SIMPLE_RETURN as a dict (``SECONDS_TO_WAIT``, ``CALLS_TO_FINISH``...)."""
+    try:
+        parser = etree.XMLParser(resolve_entities=False, no_network=True, load_dtd=False, recover=True)
+        root = etree.fromstring(body, parser=parser)
+    except etree.XMLSyntaxError:
+        return {}
+    if root is None:
+        return {}
+    return {
+        (item.findtext("KEY") or "").strip(): (item.findtext("VALUE") or "").strip()
+        for item in root.iterfind("RESPONSE/ITEM_LIST/ITEM")
+    }

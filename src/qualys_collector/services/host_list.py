@@ -1,0 +1,56 @@
+"""``host_list`` -> ``vuln.qualys.hosts``: hosts whose VM data was processed in the window."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import timedelta
+from typing import Any
+
+from qualys_collector.config.schema import HostListOptions
+from qualys_collector.model import JSON, Page, Record, Window
+from qualys_collector.qualys.vm import VmClient
+from qualys_collector.services.base import CursorMode, ServiceSpec
+from qualys_collector.services.registry import ServiceEntry, register
+from qualys_collector.services.vm_hosts import host_pages, window_params
+
+SPEC = ServiceSpec(
+    name="host_list",
+    default_tag="vuln.qualys.hosts",
+    cursor_field="vm_processed (not returned; the window end is the checkpoint)",
+    mode=CursorMode.WINDOW,
+    default_lookback=timedelta(days=1),
+)
+
+
+def to_records(host: dict[str, Any]) -> list[Record]:
+    """One event per host."""
+    return [Record(data=host, key=str(host["ID"]))]
+
+
+class HostListSource:
+    """Pages of ``/api/<v>/fo/asset/host/?action=list``."""
+
+    def __init__(self, client: VmClient, options: HostListOptions) -> None:
+        self.client = client
+        self.options = options
+        self.path = f"/api/{options.api_version}/fo/asset/host/"
+
+    def params(self, window: Window) -> dict[str, str]:
+        """The request for one window."""
+        f = self.options.filters
+        return {
+            "action": "list",
+            "details": f.details,
+            "show_asset_id": str(f.show_asset_id),
+            "show_tags": str(f.show_tags),
+            "show_cloud_tags": str(f.show_cloud_tags),
+            "truncation_limit": str(self.options.truncation_limit),
+            **window_params(window.start, window.end),
+        }
+
+    def pages(self, window: Window, token: JSON | None, extra: JSON) -> Iterator[Page]:
+        """The window's hosts, resumable at any host boundary."""
+        return host_pages(self.client, self.path, self.params(window), token, to_records, "hosts")
+
+
+ENTRY = register(ServiceEntry(SPEC, lambda client, options: HostListSource(client, options)))

@@ -1,0 +1,109 @@
+"""``user_activity`` -> ``vuln.qualys.useractivitylog``: activity-log CSV rows, one event per row.
+
+Rows have no id: a row's key is the hash of all its fields plus its occurrence number among identical
+rows of the window, so two identical rows in one second are two events, and each arrives once.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections import Counter
+from collections.abc import Iterator
+from datetime import timedelta
+
+from qualys_collector.config.schema import UserActivityOptions
+from qualys_collector.errors import DataError
+from qualys_collector.model import JSON, Page, Record, Window, content_key, format_seed_datetime, parse_seed_datetime
+from qualys_collector.qualys.paging import guard_progress, url_cursor
+from qualys_collector.qualys.vm import VmClient
+from qualys_collector.services.base import CursorMode, ServiceSpec
+from qualys_collector.services.registry import ServiceEntry, register
+
+SPEC = ServiceSpec(
+    name="user_activity",
+    default_tag="vuln.qualys.useractivitylog",
+    cursor_field="Date",
+    mode=CursorMode.RECORD,
+    default_lookback=timedelta(days=1),
+)
+BEGIN_BODY, END_BODY = "----BEGIN_RESPONSE_BODY_CSV", "----END_RESPONSE_BODY_CSV"
+BEGIN_FOOTER = "----BEGIN_RESPONSE_FOOTER_CSV"
+
+
+def parse_activity_csv(text: io.TextIOBase) -> Iterator[dict[str, str] | int]:
+    """Rows as dicts keyed by the header's names, then the footer's ``id_max`` (an int) if truncated."""
+    state = "before"
+    header: list[str] = []
+    for row in csv.reader(text):
+        first = row[0] if row else ""
+        if state == "before" and first == BEGIN_BODY:
+            state = "header"
+        elif state == "header":
+            header, state = row, "body"
+        elif state == "body" and first == END_BODY:
+            state = "after"
+        elif state == "body":
+            if len(row) != len(header):
+                raise DataError(f"activity log row has {len(row)} fields, header has {len(header)}: {row[:3]!r}")
+            yield dict(zip(header, row, strict=True))
+        elif state == "after" and first == BEGIN_FOOTER:
+            state = "footer"
+        elif state == "footer" and len(row) >= 3 and row[0] == "1980":
+            yield url_cursor(row[-1], "id_max")
+    if state in ("before", "header", "body"):
+        raise DataError("activity log CSV ended before ----END_RESPONSE_BODY_CSV (truncated answer)")
+
+
+class ActivitySource:
+    """``/api/<v>/fo/activity_log/?action=list`` between ``since_datetime`` and a fixed ``until_datetime``."""
+
+    def __init__(self, client: VmClient, options: UserActivityOptions) -> None:
+        self.client = client
+        self.options = options
+        self.path = f"/api/{options.api_version}/fo/activity_log/"
+
+    def pages(self, window: Window, token: JSON | None, extra: JSON) -> Iterator[Page]:
+        """Newest first, one page per answer, back in time with ``id_max``."""
+        params = {
+            "action": "list",
+            "output_format": "CSV",
+            "since_datetime": format_seed_datetime(window.start),
+            "until_datetime": format_seed_datetime(window.end),
+            "truncation_limit": str(self.options.truncation_limit),
+        }
+
+        def fetch(start: JSON | None) -> Iterator[Page]:
+            id_max = int(start["id_max"]) if start else None
+            seen: Counter[str] = Counter(start.get("seen", {}) if start else {})
+            while True:
+                request = dict(params) if id_max is None else {**params, "id_max": str(id_max)}
+                records: list[Record] = []
+                following: int | None = None
+                with self.client.open(self.path, request) as response:
+                    text = io.TextIOWrapper(
+                        io.BufferedReader(self.client.body(self.path, response)), encoding="utf-8", newline=""
+                    )
+                    for item in parse_activity_csv(text):
+                        if isinstance(item, int):
+                            following = item
+                            continue
+                        digest = content_key(list(item.values()))
+                        seen[digest] += 1
+                        key = f"{digest}#{seen[digest]}"
+                        records.append(Record(data=item, key=key, cursor=parse_seed_datetime(item["Date"])))
+                if following is None:
+                    yield Page(records, token=None)
+                    return
+                guard_progress(id_max, following, ascending=False)
+                id_max = following
+                # identical rows share a timestamp and rows come newest first: only the last second can repeat
+                last = records[-1].data["Date"] if records else None
+                tail = {r.key.rsplit("#", 1)[0] for r in records if r.data["Date"] == last}
+                seen = Counter({d: seen[d] for d in tail})
+                yield Page(records, token={"id_max": following, "seen": dict(seen)})
+
+        return self.client.resumable(fetch, token, "user activity")
+
+
+ENTRY = register(ServiceEntry(SPEC, lambda client, options: ActivitySource(client, options)))
