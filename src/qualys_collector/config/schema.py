@@ -287,6 +287,9 @@ class Connection(Strict):
     ca_bundle: str | None = None
     proxy: str | None = None
     request_timeout_seconds: float = Field(default=300.0, gt=0, le=3600)
+    max_attempts: int = Field(default=6, ge=1, le=100)
+    max_retry_seconds: float = Field(default=1800.0, gt=0, le=86400)
+    max_wait_seconds: float = Field(default=3600.0, gt=0, le=86400)
 
 
 class VmCredentials(Strict):

@@ -69,6 +69,7 @@ class VmClient:
             block.credentials.password.get_secret_value(),
             settings=HttpSettings(c.verify_tls, c.ca_bundle, c.proxy, c.request_timeout_seconds),
             budget=ApiBudget(calls_per_period=(limits.max_calls, limits.period_seconds) if limits else None),
+            policy=RetryPolicy(attempts=c.max_attempts, total_seconds=c.max_retry_seconds, max_wait=c.max_wait_seconds),
         )
 
     def close(self) -> None:

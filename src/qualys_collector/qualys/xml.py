@@ -9,6 +9,7 @@ whatever the count. Parsed elements are cleared as soon as they are converted: m
 from __future__ import annotations
 
 import io
+import re
 from collections.abc import Iterable, Iterator
 from typing import Any
 
@@ -134,7 +135,29 @@ def root_tag(stream_head: bytes) -> str | None:
 
 
 def parse_error_document(body: bytes) -> tuple[int | None, str]:
-    """``(CODE, TEXT)`` of a SIMPLE_RETURN, or the number and text of a GENERIC_RETURN; ``(None, "")`` else."""
+    """``(CODE, TEXT)`` of a SIMPLE_RETURN, or the number and text of a GENERIC_RETURN; ``(None, "")`` else.
+
+    Error bodies are small and sometimes not well-formed (a GENERIC_RETURN with a broken attribute
+    is on record), so a tolerant pattern match backs up the parser.
+    """
+    code, text = _parse_error_tree(body)
+    if code is None:
+        code, text = _scan_error_text(body.decode("utf-8", "replace"))
+    return code, text
+
+
+def _scan_error_text(text: str) -> tuple[int | None, str]:
+    match = re.search(r"<CODE>\s*(\d+)\s*</CODE>", text)
+    if match:
+        found = re.search(r"<TEXT>(.*?)</TEXT>", text, re.DOTALL)
+        return int(match.group(1)), (found.group(1).strip() if found else "")
+    match = re.search(r"<RETURN[^>]*\bnumber=\"(\d+)\"[^>]*>(.*?)</RETURN>", text, re.DOTALL)
+    if match:
+        return int(match.group(1)), match.group(2).strip()
+    return None, ""
+
+
+def _parse_error_tree(body: bytes) -> tuple[int | None, str]:
     try:
         parser = etree.XMLParser(resolve_entities=False, no_network=True, load_dtd=False, recover=True)
         root = etree.fromstring(body, parser=parser)

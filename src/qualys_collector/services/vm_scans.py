@@ -12,7 +12,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from qualys_collector.config.schema import VmScansOptions
-from qualys_collector.model import JSON, Page, Record, Window, format_seed_datetime, parse_seed_datetime, utcnow
+from qualys_collector.model import JSON, Page, Record, Window, format_seed_datetime, parse_seed_datetime
 from qualys_collector.qualys.vm import VmClient
 from qualys_collector.qualys.xml import element_to_value, iter_elements
 from qualys_collector.services.base import CursorMode, ServiceSpec
@@ -80,9 +80,7 @@ class ScanSource:
             ref = str(scan.get("REF", ""))
             logger.info("Fetched scan with reference %s (no. %d out of %d)", ref, number, len(scans))
             records.append(Record(data=scan, key=ref, cursor=parse_seed_datetime(scan["LAUNCH_DATETIME"])))
-        followed = {
-            ref: entry for ref, entry in pending.items() if entry["launched"] < format_seed_datetime(window.start)
-        }
+        followed = dict(pending)  # every entry was delivered by an earlier cycle
         if followed:
             oldest = min(parse_seed_datetime(e["launched"]) for e in followed.values())
             for scan in self._list(oldest, window.start):
@@ -97,7 +95,7 @@ class ScanSource:
             if record.cursor is not None and not settled(record.data):
                 ref = record.key
                 pending.setdefault(ref, {"state": state_of(record.data), "launched": record.data["LAUNCH_DATETIME"]})
-        horizon = format_seed_datetime(utcnow() - FOLLOW_FOR)
+        horizon = format_seed_datetime(window.end - FOLLOW_FOR)
         for ref in [r for r, e in pending.items() if e["launched"] < horizon]:
             logger.warning("Scan %s is still %s after %s; no longer followed", ref, pending[ref]["state"], FOLLOW_FOR)
             del pending[ref]

@@ -200,7 +200,7 @@ class Simulator:
             )
             return self._xml(409, body, headers)
         try:
-            fault = self.faults.take(request.path, {"409", "500", "502", "503", "504", "999"})
+            fault = self.faults.take(request.path, {"400", "409", "500", "502", "503", "504", "999"})
             if fault is not None:
                 self._release(key)
                 return self._fault_response(fault, headers, now)
@@ -231,6 +231,9 @@ class Simulator:
             hdrs = {**headers, "X-RateLimit-Remaining": "0", "X-RateLimit-ToWait-Sec": str(fault.wait)}
             text = f"This API cannot be run again for another {fault.wait} seconds."
             return self._xml(409, vm.simple_return(1965, text, now, {"SECONDS_TO_WAIT": fault.wait}), hdrs)
+        if fault.kind == "400":
+            text = "parameter vm_processed_after has invalid value: simulated (simulated rejection)"
+            return self._xml(400, vm.simple_return(fault.code or 1905, text, now), headers)
         if fault.kind == "999":
             return self._xml(500, vm.generic_return_999(now), headers)
         return Response(

@@ -201,11 +201,13 @@ class Dataset:
         for n in range(c.scans):
             rng = random.Random(f"{c.seed}:scan:{n}")  # noqa: S311
             launch = c.base + timedelta(seconds=int(c.span.total_seconds() * n / max(1, c.scans)))
-            if n % 5 == 4:  # two scans launched in the same second
+            if n % 5 == 4 and n != c.scans - 1:  # two scans launched in the same second
                 launch = c.base + timedelta(seconds=int(c.span.total_seconds() * (n - 1) / max(1, c.scans)))
             if launch > now:
                 continue
             duration = timedelta(minutes=5 + rng.randrange(120))
+            if n == c.scans - 1:
+                duration = timedelta(hours=4)  # the newest scan is still running for a while
             finished = now >= launch + duration
             state = ("Error" if n % 13 == 12 else "Finished") if finished else "Running"
             elapsed = duration if finished else now - launch

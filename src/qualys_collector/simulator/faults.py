@@ -3,6 +3,7 @@
 Kinds (each applies to requests whose path contains ``path=``, ``times=`` times, ``-1`` for ever):
 
 * ``409`` with ``code=1960`` (concurrency) or ``code=1965`` (rate, ``wait=`` seconds) - Qualys VM blocks
+* ``400`` with ``code=`` (default 1905) - a request Qualys refuses
 * ``429`` with ``wait=`` seconds - the FIM gateway's rate limit
 * ``500``/``502``/``503``/``504`` - server errors; ``999`` - the GENERIC_RETURN internal error
 * ``cut`` with ``after=`` bytes - the connection is dropped mid-body
@@ -49,7 +50,21 @@ def parse_fault(spec: str) -> Fault:
             fault.delay = float(value)
         else:
             raise ValueError(f"unknown fault option {key!r} in {spec!r}")
-    known = {"409", "429", "500", "502", "503", "504", "999", "cut", "slow", "malformed", "expire_token", "forbidden"}
+    known = {
+        "400",
+        "409",
+        "429",
+        "500",
+        "502",
+        "503",
+        "504",
+        "999",
+        "cut",
+        "slow",
+        "malformed",
+        "expire_token",
+        "forbidden",
+    }
     if fault.kind not in known:
         raise ValueError(f"unknown fault kind {fault.kind!r}; use one of {', '.join(sorted(known))}")
     return fault

@@ -1,0 +1,218 @@
+"""The four VM services against the simulator: delivered keys equal the simulator's ground truth."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+
+from qualys_collector.engine.outbox import Outbox
+from qualys_collector.simulator import Limits, SimConfig, Simulator
+from qualys_collector.simulator.faults import parse_fault
+from tests.helpers.vmsim import NOW, Run, advance, start_sim
+
+pytestmark = pytest.mark.integration
+
+START = "2026-05-28T00:00:00Z"
+ALL = {"status": ["New", "Active", "Fixed", "Re-Opened"]}
+
+
+@pytest.fixture
+def sim() -> Iterator[Simulator]:
+    simulator = Simulator(
+        SimConfig(
+            seed=7,
+            hosts=40,
+            detections_per_host=4,
+            scans=25,
+            activity_rows=300,
+            base=NOW - timedelta(days=3),
+            span=timedelta(days=3),
+            host_interval=timedelta(hours=20),
+        ),
+        vm_limits=Limits(rate=10_000, window=60, concurrency=2),
+    )
+    yield simulator
+    simulator.stop()
+
+
+def run(sim: Simulator, tmp_path: Path, services: dict[str, dict[str, object]], **kw: object) -> Run:
+    return Run(sim=sim, url=start_sim(sim), state=tmp_path / "state", services=services, **kw)  # type: ignore[arg-type]
+
+
+def test_host_list_detection_delivers_the_ground_truth_window_by_window(sim: Simulator, tmp_path: Path) -> None:
+    r = run(sim, tmp_path, {"host_list_detection": {"start_time_utc": START, "truncation_limit": 7, "filters": ALL}})
+    assert r.cycle()
+    first = r.keys("vuln.qualys.hostdetections", "@detection_key")
+    truth = sim.truth("host_list_detection", None, NOW)
+    assert set(first) == truth
+    assert max(first.values()) == 1
+    stats = r.stats["host_list_detection"]
+    assert stats is not None
+    assert stats.requests == 6  # 40 hosts, 7 per answer
+    # nothing new: nothing delivered
+    assert r.cycle()
+    assert sum(r.keys("vuln.qualys.hostdetections", "@detection_key").values()) == len(truth)
+    # the clock moves: re-processed hosts bring their detections again, with their new status
+    advance(sim, 10)
+    assert r.cycle()
+    second = r.keys("vuln.qualys.hostdetections", "@detection_key") - first
+    assert set(second) == sim.truth("host_list_detection", NOW, NOW + timedelta(hours=10))
+    assert second, "hosts were re-processed in ten hours"
+
+
+def test_detection_events_carry_host_identity_and_all_statuses_by_default(sim: Simulator, tmp_path: Path) -> None:
+    r = run(sim, tmp_path, {"host_list_detection": {"start_time_utc": START, "filters": {"show_tags": 1}}})
+    assert r.cycle()
+    events = [e["event"] for e in r.events()]
+    assert events
+    statuses = {e["DETECTION"]["STATUS"] for e in events}
+    assert statuses == {"New", "Active", "Fixed", "Re-Opened"}  # Fixed included, so the SIEM sees fixes
+    sample = events[0]
+    assert set(sample["HOST"]) >= {"ID", "ASSET_ID", "IP", "DNS", "NETBIOS", "OS", "TRACKING_METHOD", "TAGS"}
+    assert isinstance(sample["HOST"]["TAGS"], list)
+    assert sample["environment"] == "test"
+    assert isinstance(sample["@devo_pulling_id"], int)
+    assert sample["@detection_key"] == f"{sample['HOST']['ID']}:{sample['DETECTION']['UNIQUE_VULN_ID']}"
+    tricky = [e for e in events if "]]> end" in e["DETECTION"].get("RESULTS", "")]
+    assert tricky, "CDATA with a ]]> inside survives"
+    assert any(len(e["DETECTION"].get("RESULTS", "")) >= 4096 for e in events)
+
+
+def test_status_filter_is_sent_to_qualys(sim: Simulator, tmp_path: Path) -> None:
+    r = run(sim, tmp_path, {"host_list_detection": {"start_time_utc": START, "filters": {"status": ["Fixed"]}}})
+    assert r.cycle()
+    assert {e["event"]["DETECTION"]["STATUS"] for e in r.events()} == {"Fixed"}
+
+
+def test_results_cap_marks_the_event(sim: Simulator, tmp_path: Path) -> None:
+    r = run(
+        sim, tmp_path, {"host_list_detection": {"start_time_utc": START, "results_max_length": 100, "filters": ALL}}
+    )
+    assert r.cycle()
+    capped = [e["event"] for e in r.events() if e["event"].get("@results_truncated")]
+    assert capped
+    assert all(len(e["DETECTION"]["RESULTS"]) == 100 and e["@results_length"] > 100 for e in capped)
+
+
+def test_host_list_matches_truth_and_honours_filters(sim: Simulator, tmp_path: Path) -> None:
+    services = {
+        "host_list": {
+            "start_time_utc": START,
+            "truncation_limit": 9,
+            "filters": {"details": "All", "show_asset_id": "1", "show_cloud_tags": "1"},
+        }
+    }
+    r = run(sim, tmp_path, services)
+    assert r.cycle()
+    ids = r.keys("vuln.qualys.hosts", "ID")
+    assert set(ids) == sim.truth("host_list", None, NOW)
+    host = r.events()[0]["event"]
+    assert "ASSET_ID" in host
+    assert "LAST_VULN_SCAN_DATETIME" in host
+    assert isinstance(host["CLOUD_PROVIDER_TAGS"], list)
+    assert "TAGS" not in host
+
+
+def test_vm_scans_follow_a_running_scan_until_it_finishes(sim: Simulator, tmp_path: Path) -> None:
+    r = run(sim, tmp_path, {"vm_scans": {"start_time_utc": START}})
+    assert r.cycle()
+    refs = r.keys("vuln.qualys.vulnerabilities", "REF")
+    assert set(refs) == sim.truth("vm_scans", None, NOW)
+    running = [e["event"]["REF"] for e in r.events() if e["event"]["STATUS"]["STATE"] == "Running"]
+    assert running, "the dataset has a scan still running at NOW"
+    advance(sim, 3)
+    assert r.cycle()
+    later = [e["event"] for e in r.events()]
+    finished = {e["REF"] for e in later if e["STATUS"]["STATE"] in ("Finished", "Error") and e["REF"] in running}
+    assert finished == set(running)
+    counts = Counter(e["REF"] for e in later)
+    assert all(counts[ref] == 2 for ref in running)
+    assert all(n == 1 for ref, n in counts.items() if ref not in running)
+    outbox = Outbox(tmp_path / "state")
+    checkpoint = outbox.load_checkpoint("7", "vm_scans")
+    outbox.close()
+    assert checkpoint is not None
+    assert checkpoint["extra"]["pending"] == {}
+
+
+def test_user_activity_rows_sharing_a_second_arrive_once_across_cycles(sim: Simulator, tmp_path: Path) -> None:
+    r = run(sim, tmp_path, {"user_activity": {"start_time_utc": START, "truncation_limit": 40}})
+    assert r.cycle()
+    advance(sim, 30)
+    assert r.cycle()
+    assert r.cycle()
+    rows = Counter(
+        "|".join(e["event"][k] for k in ("Date", "Action", "Module", "Details", "User Name", "User Role", "User IP"))
+        for e in r.events()
+    )
+    expected = Counter("|".join(row) for _id, row in sim.data.activity(sim.now(), None, None))
+    assert rows == expected  # identical rows in one second are kept, and nothing is repeated
+    assert max(expected.values()) == 2
+
+
+@pytest.mark.parametrize(
+    "fault",
+    [
+        "409:code=1965,times=2,wait=0",
+        "409:code=1960,times=3",
+        "503:times=2",
+        "999:times=1",
+        "cut:after=3000,times=2",
+        "malformed:after=2500,times=1",
+        "slow:delay=0.01,times=1",
+    ],
+)
+def test_faults_end_in_complete_delivery(sim: Simulator, tmp_path: Path, fault: str) -> None:
+    sim.faults.arm(parse_fault(f"{fault},path=detection"))
+    r = run(sim, tmp_path, {"host_list_detection": {"start_time_utc": START, "truncation_limit": 10, "filters": ALL}})
+    assert r.cycle()
+    keys = r.keys("vuln.qualys.hostdetections", "@detection_key")
+    assert set(keys) == sim.truth("host_list_detection", None, NOW)
+    assert max(keys.values()) == 1
+
+
+def test_persistent_failure_ends_in_301_with_the_checkpoint_at_the_last_page(
+    sim: Simulator, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    r = run(sim, tmp_path, {"host_list_detection": {"start_time_utc": START, "truncation_limit": 10, "filters": ALL}})
+    sim.faults.arm(parse_fault("cut:after=3000,times=-1,path=detection"))
+    assert not r.cycle()
+    assert "[PullError 301]" in caplog.text
+    outbox = Outbox(tmp_path / "state")
+    checkpoint = outbox.load_checkpoint("7", "host_list_detection")
+    outbox.close()
+    assert checkpoint is not None
+    assert checkpoint["last_event_time_str"] == START
+    delivered = set(r.keys("vuln.qualys.hostdetections", "@detection_key"))
+    sim.faults.clear()
+    assert r.cycle()
+    keys = r.keys("vuln.qualys.hostdetections", "@detection_key")
+    assert set(keys) == sim.truth("host_list_detection", None, NOW)
+    assert max(keys.values()) == 1
+    assert delivered < set(keys)
+
+
+def test_bad_credentials_give_101_without_a_retry_storm(
+    sim: Simulator, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    r = run(sim, tmp_path, {"host_list": {"start_time_utc": START}}, password="wrong-password-123")
+    assert not r.cycle()
+    assert "[SetupError 101]" in caplog.text
+    assert "Bad Login/Password" in caplog.text
+    assert sum(n for path, n in sim.requests.items() if "/fo/" in path) == 1
+    assert "wrong-password-123" not in caplog.text
+
+
+def test_a_rejected_request_is_error_300_and_not_retried(
+    sim: Simulator, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    r = run(sim, tmp_path, {"host_list": {"start_time_utc": START}})
+    sim.faults.arm(parse_fault("400:code=1905,times=-1"))
+    assert not r.cycle()
+    assert "[PullError 300]" in caplog.text
+    assert "CODE 1905" in caplog.text
+    assert sum(n for path, n in sim.requests.items() if "/fo/" in path) == 1
