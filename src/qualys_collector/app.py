@@ -126,6 +126,7 @@ class Collector:
         jobs: list[Job] | None = None,
         sinks: list[Sink] | None = None,
         on_cycle: Callable[[Job, CycleStats | None], None] | None = None,
+        on_page: Callable[[Job, CycleStats], None] | None = None,
     ) -> None:
         self.config = config
         self.state_dir = config.state_dir(state_dir)
@@ -136,7 +137,13 @@ class Collector:
         self.stop = threading.Event()
         self.drainers = [Drainer(self.outbox, sink) for sink in self.sinks]
         self.scheduler = Scheduler(
-            self.jobs, self.outbox, stop=self.stop, clock=clock, paused=self.outbox_full, on_cycle=on_cycle
+            self.jobs,
+            self.outbox,
+            stop=self.stop,
+            clock=clock,
+            paused=self.outbox_full,
+            on_cycle=on_cycle,
+            on_page=on_page,
         )
 
     def outbox_full(self) -> bool:

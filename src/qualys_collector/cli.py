@@ -229,3 +229,20 @@ def simulate(
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     stop.wait()
     sim.stop()
+
+
+@main.command()
+@click.option("--hosts", default=200, show_default=True, type=click.IntRange(1, 1_000_000))
+@click.option(
+    "--minutes",
+    default=1440,
+    show_default=True,
+    type=click.IntRange(10, 60 * 24 * 90),
+    help="Length of the simulated history to pull.",
+)
+@click.option("--dir", "directory", default="qualys-demo", show_default=True, type=click.Path(path_type=Path))
+def demo(hosts: int, minutes: int, directory: Path) -> None:
+    """Start the built-in simulator and pull all six services once into ./qualys-demo/."""
+    from qualys_collector.demo import run_demo
+
+    sys.exit(run_demo(directory, hosts=hosts, minutes=minutes))

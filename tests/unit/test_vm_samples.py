@@ -118,7 +118,8 @@ def test_ec2_metadata_attributes_become_a_list() -> None:
 def test_id_set_sample_lists_host_ids() -> None:
     stream = ByteStream([(SAMPLES / "host_list_xml_details_none_id_set__jupiterone_recording.xml").read_bytes()])
     ids = [element_to_value(e) for _t, e in iter_elements(stream, {"ID_SET"})]
-    assert ids and all(isinstance(i, str) and i for i in ids[0])
+    assert ids
+    assert all(isinstance(i, str) and i for i in ids[0])
 
 
 @pytest.mark.parametrize(

@@ -106,6 +106,7 @@ def run_cycle(
     *,
     clock: Callable[[], datetime] = utcnow,
     stop: threading.Event | None = None,
+    on_page: Callable[[Job, CycleStats], None] | None = None,
 ) -> CycleStats:
     """Pull one window (or the rest of an interrupted one). Raises the source's errors unchanged."""
     now = clock()
@@ -178,6 +179,8 @@ def run_cycle(
         outbox.commit(job.input_id, job.spec.name, events, new.to_json())
         stats.sent += len(events)
         logger.info(stats.line(partial=True))
+        if on_page is not None:
+            on_page(job, stats)
         if completed:
             break
         if stop is not None and stop.is_set():

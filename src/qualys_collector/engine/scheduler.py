@@ -32,6 +32,7 @@ class Scheduler:
         clock: Callable[[], datetime] = utcnow,
         paused: Callable[[], bool] | None = None,
         on_cycle: Callable[[Job, CycleStats | None], None] | None = None,
+        on_page: Callable[[Job, CycleStats], None] | None = None,
     ) -> None:
         self.jobs = jobs
         self.outbox = outbox
@@ -39,13 +40,14 @@ class Scheduler:
         self.clock = clock
         self.paused = paused or (lambda: False)
         self.on_cycle = on_cycle
+        self.on_page = on_page
         self.results: dict[str, CycleStats | None] = {}
 
     def cycle(self, job: Job) -> CycleStats | None:
         """One cycle of ``job``; ``None`` when it failed (the error is logged)."""
         stats: CycleStats | None = None
         try:
-            stats = run_cycle(job, self.outbox, clock=self.clock, stop=self.stop)
+            stats = run_cycle(job, self.outbox, clock=self.clock, stop=self.stop, on_page=self.on_page)
         except CollectorError as exc:
             logger.error("%s. The checkpoint stays at the last committed page.", exc)
         except Exception:

@@ -29,6 +29,8 @@ def register(entry: ServiceEntry) -> ServiceEntry:
 def load_all() -> dict[str, ServiceEntry]:
     """Import every service module (each registers itself) and return the registry."""
     from qualys_collector.services import (  # noqa: F401 - imported for registration
+        fim_events,
+        fim_incidents,
         host_list,
         host_list_detection,
         user_activity,

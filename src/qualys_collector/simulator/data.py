@@ -284,6 +284,14 @@ class Dataset:
             out.append((processed - late, processed))
         return out
 
+    def fim_times(self, n: int) -> tuple[datetime, datetime]:
+        """``(dateTime, processedTime)`` of event ``n``."""
+        return self._fim_processed[n]
+
+    def fim_event_id(self, n: int) -> str:
+        """The id of event ``n``."""
+        return str(uuid.uuid5(uuid.NAMESPACE_URL, f"sim:{self.config.seed}:fim:{n}"))
+
     def fim_event(self, n: int) -> dict[str, Any]:
         """FIM event ``n`` with the field tree of the public samples."""
         c = self.config
@@ -291,7 +299,7 @@ class Dataset:
         rng = random.Random(f"{c.seed}:fimev:{n}")  # noqa: S311
         host = n % max(1, c.hosts)
         return {
-            "id": str(uuid.uuid5(uuid.NAMESPACE_URL, f"sim:{c.seed}:fim:{n}")),
+            "id": self.fim_event_id(n),
             "customerId": str(uuid.uuid5(uuid.NAMESPACE_URL, f"sim:{c.seed}:customer")),
             "dateTime": fim_time(happened),
             "processedTime": fim_time(processed),

@@ -1,0 +1,226 @@
+"""The Qualys FIM gateway client: a JWT from ``/auth`` renewed before it expires (and once on a 401),
+and JSON search calls with table-driven retries.
+
+The token lives only in memory and in the ``Authorization`` header; it is registered with the
+redactor the moment it is issued.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable, Generator
+from typing import Any
+
+import httpx
+
+from qualys_collector.config.schema import FimInput
+from qualys_collector.errors import PullError, SetupError, SourceError
+from qualys_collector.qualys.http import HttpSettings, make_client
+from qualys_collector.qualys.retry import Action, RetryPolicy, resolve_gateway
+from qualys_collector.redact import register_secret
+
+logger = logging.getLogger("qualys_collector.setup")
+
+#: Renew this long before ``exp`` (Qualys tokens live 4 hours).
+RENEW_BEFORE = 300.0
+
+
+def token_expiry(token: str) -> float | None:
+    """The ``exp`` claim of a JWT (not verified: we only need to know when to renew)."""
+    try:
+        payload = token.split(".")[1]
+        claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+        return float(claims["exp"])
+    except (IndexError, ValueError, KeyError, TypeError):
+        return None
+
+
+class GatewayAuth(httpx.Auth):
+    """Bearer JWT from the gateway's ``/auth``: fetched, attached, renewed before expiry, refreshed once on 401."""
+
+    def __init__(self, token_url: str, username: str, password: str, *, clock: Callable[[], float] = time.time) -> None:
+        register_secret(password)
+        self.token_url = token_url
+        self._form = {"username": username, "password": password, "token": "true"}
+        self.clock = clock
+        self._token: str | None = None
+        self._expires = 0.0
+        self._lock = threading.Lock()
+        self.renewals = 0
+
+    def _token_request(self) -> httpx.Request:
+        return httpx.Request("POST", self.token_url, data=self._form)
+
+    def _store(self, response: httpx.Response) -> None:
+        response.read()
+        if response.status_code == 201:
+            token = response.text.strip()
+            register_secret(token)
+            self._token = token
+            self._expires = token_expiry(token) or (self.clock() + 4 * 3600)
+            self.renewals += 1
+            return
+        if response.status_code == 401:
+            raise SetupError(
+                "The tokens provided are incorrect. Please specify the correct credentials",
+                code=101,
+                fix="provide the correct username and password for the Qualys FIM API",
+            )
+        raise SetupError(
+            f"Unexpected HTTP error occurred at the Qualys server. {response.status_code}",
+            code=103,
+            fix="check auth_url; if it is right, Qualys is failing: the collector tries again next cycle",
+        )
+
+    def valid(self) -> bool:
+        """Whether the current token is good for at least ``RENEW_BEFORE`` more seconds."""
+        return self._token is not None and self.clock() < self._expires - RENEW_BEFORE
+
+    def sync_auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
+        """Attach a valid token; on a 401 renew once and resend."""
+        with self._lock:
+            if not self.valid():
+                if self._token is None:
+                    logger.info("First run of the collector. Generating new access token.")
+                else:
+                    logger.info("Access token expires soon. Generating a new access token.")
+                self._store((yield self._token_request()))
+            token = self._token
+        request.headers["Authorization"] = f"Bearer {token}"
+        response = yield request
+        if response.status_code == 401:
+            logger.warning("The gateway refused the access token (HTTP 401); renewing it once")
+            with self._lock:
+                if self._token == token:
+                    self._store((yield self._token_request()))
+                request.headers["Authorization"] = f"Bearer {self._token}"
+            yield request
+
+
+class FimClient:
+    """One Qualys FIM subscription behind the API gateway."""
+
+    def __init__(
+        self,
+        base_url: str,
+        token_url: str,
+        username: str,
+        password: str,
+        *,
+        settings: HttpSettings | None = None,
+        policy: RetryPolicy | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.auth = GatewayAuth(token_url, username, password, clock=clock)
+        self.http = make_client(settings or HttpSettings(), auth=self.auth)
+        self.policy = policy or RetryPolicy()
+        self.sleep = sleep
+        self._local = threading.local()
+        self.stop: threading.Event | None = None
+
+    @classmethod
+    def from_config(cls, block: FimInput) -> FimClient:
+        """A client from ``inputs.qualys_fim``."""
+        c = block.connection
+        return cls(
+            block.credentials.base_url,
+            block.credentials.token_url,
+            block.credentials.username,
+            block.credentials.password.get_secret_value(),
+            settings=HttpSettings(c.verify_tls, c.ca_bundle, c.proxy, c.request_timeout_seconds),
+            policy=RetryPolicy(attempts=c.max_attempts, total_seconds=c.max_retry_seconds, max_wait=c.max_wait_seconds),
+        )
+
+    @property
+    def requests(self) -> int:
+        """Requests made by the calling thread."""
+        return int(getattr(self._local, "count", 0))
+
+    def close(self) -> None:
+        """Close connections."""
+        self.http.close()
+
+    def check_token(self) -> None:
+        """Log the seed's setup line when the token is still good."""
+        if self.auth.valid():
+            logger.info("Token is valid. Skipping the generation of new access token")
+
+    def post(self, path: str, body: dict[str, Any], what: str) -> Any:
+        """POST ``body`` as JSON and return the parsed answer, within the retry policy."""
+        started = time.monotonic()
+        attempt = 0
+        while True:
+            attempt += 1
+            self._local.count = self.requests + 1
+            try:
+                response = self.http.post(f"{self.base_url}{path}", json=body)
+            except SourceError:
+                raise
+            except httpx.TransportError as exc:
+                failure: SourceError = PullError(
+                    f"Some error occurred while retrieving {what} from Qualys server. Error details: "
+                    f"{type(exc).__name__}: {exc}",
+                    code=301,
+                    retryable=True,
+                    fix="check network access to the Qualys gateway; the collector retries",
+                )
+                wait = self.policy.backoff(attempt)
+            else:
+                if response.status_code == 200:
+                    try:
+                        return response.json()
+                    except ValueError as exc:
+                        failure = PullError(
+                            f"Some error occurred while retrieving {what} from Qualys server. Error details: "
+                            f"the answer is not valid JSON ({exc})",
+                            code=301,
+                            retryable=True,
+                        )
+                        wait = self.policy.backoff(attempt)
+                else:
+                    failure, wait = self._resolve(response, what, attempt)
+            elapsed = time.monotonic() - started
+            if attempt >= self.policy.attempts or elapsed + wait > self.policy.total_seconds:
+                failure.message += f" (gave up after {attempt} attempts in {elapsed:.0f} s)"
+                raise failure
+            logger.warning(
+                "%s; retrying in %.1f s (attempt %d of %d)", failure.message, wait, attempt, self.policy.attempts
+            )
+            self.sleep(wait)
+
+    def _resolve(self, response: httpx.Response, what: str, attempt: int) -> tuple[SourceError, float]:
+        resolution = resolve_gateway(response.status_code)
+        summary = response.reason_phrase
+        details = response.text[:300].strip()
+        if resolution.action is Action.FAIL_PERMISSION:
+            raise SetupError(
+                f"The provided tokens are valid but they do not have the permission to get data ({details})",
+                code=102,
+                fix=resolution.fix,
+            )
+        if resolution.action is Action.REFRESH_TOKEN:
+            raise SetupError(
+                "The tokens provided are incorrect. Please specify the correct credentials "
+                "(the gateway refused a freshly issued token)",
+                code=101,
+                fix=resolution.fix,
+            )
+        failure = PullError(
+            f"HTTP Error occurred while retrieving {what} from Qualys server: HTTP {response.status_code} {summary} , "
+            f"{details}",
+            code=300,
+            fix=resolution.fix,
+            retryable=resolution.action in (Action.RETRY, Action.WAIT),
+        )
+        if resolution.action is Action.WAIT:
+            told = response.headers.get("X-RateLimit-ToWait-Sec")
+            return failure, self.policy.limit_wait(float(told) if told and told.isdigit() else None)
+        if resolution.action is Action.RETRY:
+            return failure, self.policy.backoff(attempt)
+        raise failure
