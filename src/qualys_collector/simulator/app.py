@@ -261,7 +261,7 @@ class Simulator:
     def _fim(self, request: Request) -> Response:
         now = self.now()
         if self.faults.take(request.path, {"expire_token"}) is not None:
-            self.tokens.revoked_before = now.timestamp() + 1
+            self.tokens.revoke_all()
         self.tokens.check(request.headers.get("Authorization"), now)
         if self.faults.active(request.path, "forbidden"):
             return Response(

@@ -44,12 +44,19 @@ class TokenIssuer:
     def __init__(self, ttl: int = 14400) -> None:
         self.ttl = ttl
         self._key = secrets.token_bytes(32)
-        self.revoked_before = 0.0
+        self.generation = 0
+        self.min_generation = 0
+
+    def revoke_all(self) -> None:
+        """Every token issued so far stops working (as if it had expired)."""
+        self.min_generation = self.generation + 1
 
     def issue(self, username: str, now: datetime) -> str:
         """A signed token for ``username``."""
         iat = int(now.timestamp())
+        self.generation += 1
         payload = {
+            "gen": self.generation,
             "sub": username,
             "iat": iat,
             "exp": iat + self.ttl,
@@ -74,11 +81,8 @@ class TokenIssuer:
             payload = json.loads(base64.urlsafe_b64decode(body + "=" * (-len(body) % 4)))
         except (ValueError, json.JSONDecodeError) as exc:
             raise GatewayError(401, "Unauthorized") from exc
-        if (
-            not hmac.compare_digest(sig, good)
-            or payload["exp"] <= now.timestamp()
-            or payload["iat"] < self.revoked_before
-        ):
+        expired = payload["exp"] <= now.timestamp() or payload["gen"] < self.min_generation
+        if not hmac.compare_digest(sig, good) or expired:
             raise GatewayError(401, "Unauthorized")
 
 

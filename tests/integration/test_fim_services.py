@@ -1,0 +1,240 @@
+"""fim_events and fim_incidents against the simulator's gateway: ids delivered equal the ground truth."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from qualys_collector.app import Collector, make_job
+from qualys_collector.config import build_config
+from qualys_collector.engine.cycle import CycleStats, Job
+from qualys_collector.engine.outbox import Outbox
+from qualys_collector.qualys.fim import FimClient
+from qualys_collector.services.registry import load_all
+from qualys_collector.simulator import Limits, SimConfig, Simulator
+from qualys_collector.simulator.faults import parse_fault
+from tests.helpers.vmsim import FAST, NOW, start_sim
+
+pytestmark = pytest.mark.integration
+START = "2026-05-28T00:00:00Z"
+
+
+@dataclass
+class FimRun:
+    sim: Simulator
+    url: str
+    state: Path
+    services: dict[str, dict[str, Any]]
+    password: str = "demo"
+    stop_after_pages: int | None = None
+    stats: dict[str, CycleStats | None] = field(default_factory=dict)
+
+    def cycle(self) -> bool:
+        raw = {
+            "globals": {"persistence": {"config": {"directory_name": str(self.state)}}},
+            "inputs": {
+                "qualys_fim": {
+                    "id": "5",
+                    "credentials": {"base_url": self.url, "username": "demo", "password": self.password},
+                    "services": self.services,
+                }
+            },
+        }
+        config = build_config(raw, warnings=[])
+        block = config.inputs.qualys_fim
+        assert block is not None
+        client = FimClient(
+            self.url,
+            f"{self.url}/auth",
+            "demo",
+            self.password,
+            policy=FAST,
+            sleep=lambda s: None,
+            clock=lambda: self.sim.now().timestamp(),
+        )
+        registry = load_all()
+        jobs: list[Job] = [
+            make_job("qualys_fim", block.id, None, options, registry[name].spec, registry[name].build(client, options))
+            for name, options in block.services.items()
+        ]
+        pages = [0]
+        collector: Collector
+
+        def on_page(job: Job, stats: CycleStats) -> None:
+            pages[0] += 1
+            if self.stop_after_pages is not None and pages[0] >= self.stop_after_pages:
+                collector.stop.set()
+
+        collector = Collector(
+            config,
+            clock=self.sim.now,
+            jobs=jobs,
+            on_page=on_page,
+            on_cycle=lambda job, stats: self.stats.__setitem__(job.spec.name, stats),
+        )
+        try:
+            return collector.run_once()
+        finally:
+            collector.close()
+            client.close()
+
+    def events(self, tag: str) -> list[dict[str, Any]]:
+        path = self.state / "events.jsonl"
+        lines = [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+        return [line["event"] for line in lines if line["tag"] == tag]
+
+
+@pytest.fixture
+def sim() -> Iterator[Simulator]:
+    simulator = Simulator(
+        SimConfig(
+            seed=3, hosts=20, fim_events=600, fim_incidents=12, base=NOW - timedelta(days=3), span=timedelta(days=3)
+        ),
+        fim_limits=Limits(rate=100_000, window=60),
+    )
+    yield simulator
+    simulator.stop()
+
+
+def fim(sim: Simulator, tmp_path: Path, services: dict[str, dict[str, Any]], **kw: Any) -> FimRun:
+    return FimRun(sim=sim, url=start_sim(sim), state=tmp_path / "state", services=services, **kw)
+
+
+EVENTS = "monitor.qualys.fim.event"
+INCIDENTS = "monitor.qualys.fim.incident"
+
+
+@pytest.mark.slow
+def test_25000_events_past_the_10000_row_window_arrive_once(tmp_path: Path) -> None:
+    sim = Simulator(
+        SimConfig(seed=9, fim_events=25_000, fim_incidents=1, base=NOW - timedelta(days=2), span=timedelta(days=2)),
+        fim_limits=Limits(rate=100_000, window=60),
+    )
+    try:
+        r = fim(sim, tmp_path, {"fim_events": {"start_time_utc": START, "settle_lag_seconds": 0}})
+        assert r.cycle()
+        ids = Counter(e["id"] for e in r.events(EVENTS))
+        assert len(ids) == 25_000
+        assert max(ids.values()) == 1
+        assert set(ids) == sim.truth("fim_events", None, NOW)
+        assert sim.statuses.get("/fim/v2/events/search 416", 0) == 0  # keyset paging, never offset past 10,000
+    finally:
+        sim.stop()
+
+
+def test_late_events_and_shared_timestamps_across_pages_arrive_once(sim: Simulator, tmp_path: Path) -> None:
+    r = fim(sim, tmp_path, {"fim_events": {"start_time_utc": START, "page_size": 7, "settle_lag_seconds": 30}})
+    sim.offset = -timedelta(days=1)
+    assert r.cycle()
+    first_end = sim.now() - timedelta(seconds=30)
+    sim.offset = timedelta(0)
+    assert r.cycle()
+    ids = Counter(e["id"] for e in r.events(EVENTS))
+    assert max(ids.values()) == 1
+    assert set(ids) == sim.truth("fim_events", None, NOW - timedelta(seconds=30))
+    late = [e for e in r.events(EVENTS) if e["dateTime"] < first_end.strftime("%Y-%m-%dT%H:%M:%S") < e["processedTime"]]
+    assert late, "events that happened before the first window's end but were processed after it"
+    shared = Counter(e["processedTime"] for e in r.events(EVENTS))
+    assert max(shared.values()) > 1
+
+
+def test_a_token_expiring_mid_window_is_renewed_without_loss(sim: Simulator, tmp_path: Path) -> None:
+    r = fim(sim, tmp_path, {"fim_events": {"start_time_utc": START, "page_size": 50, "settle_lag_seconds": 0}})
+    sim.faults.arm(parse_fault("expire_token:times=1,path=/fim/v2/events/search"))
+    sim.faults.arm(parse_fault("expire_token:times=0"))
+    assert r.cycle()
+    assert sim.tokens_issued == 2
+    ids = Counter(e["id"] for e in r.events(EVENTS))
+    assert set(ids) == sim.truth("fim_events", None, NOW)
+    assert max(ids.values()) == 1
+
+
+def test_an_incident_closed_after_delivery_is_delivered_again(sim: Simulator, tmp_path: Path) -> None:
+    r = fim(
+        sim, tmp_path, {"fim_incidents": {"start_time_utc": START, "settle_lag_seconds": 0, "include_events": True}}
+    )
+    sim.offset = -timedelta(days=1)
+    assert r.cycle()
+    first = {i["id"]: i["status"] for i in r.events(INCIDENTS)}
+    assert "OPEN" in first.values()
+    sim.offset = timedelta(0)
+    assert r.cycle()
+    seen: dict[str, list[str]] = {}
+    for incident in r.events(INCIDENTS):
+        seen.setdefault(incident["id"], []).append(incident["status"])
+    reopened = [i for i, s in first.items() if s == "OPEN" and seen[i] == ["OPEN", "CLOSED"]]
+    assert reopened, "an incident seen OPEN is delivered again CLOSED"
+    assert set(seen) == sim.truth("fim_incidents", None, NOW)
+    events = r.events("monitor.qualys.fim.incident_event")
+    assert Counter(e["id"] for e in events).most_common(1)[0][1] == 1  # each incident's events once
+
+
+def test_bad_credentials_give_101_once(sim: Simulator, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    r = fim(sim, tmp_path, {"fim_events": {"start_time_utc": START}}, password="not-the-password")
+    assert not r.cycle()
+    assert "[SetupError 101] The tokens provided are incorrect" in caplog.text
+    assert sim.requests["/auth"] == 1
+    assert sim.requests.get("/fim/v2/events/search", 0) == 0
+    assert "not-the-password" not in caplog.text
+
+
+def test_no_fim_permission_gives_102(sim: Simulator, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    sim.faults.arm(parse_fault("forbidden:times=-1"))
+    r = fim(sim, tmp_path, {"fim_events": {"start_time_utc": START}})
+    assert not r.cycle()
+    assert "[SetupError 102] The provided tokens are valid but they do not have the permission" in caplog.text
+    assert sim.requests["/fim/v2/events/search"] == 1
+
+
+@pytest.mark.parametrize("fault", ["429:times=3,wait=0", "503:times=3", "502:times=1"])
+def test_rate_limits_and_server_errors_end_complete(sim: Simulator, tmp_path: Path, fault: str) -> None:
+    sim.faults.arm(parse_fault(fault))
+    r = fim(sim, tmp_path, {"fim_events": {"start_time_utc": START, "page_size": 100, "settle_lag_seconds": 0}})
+    assert r.cycle()
+    ids = Counter(e["id"] for e in r.events(EVENTS))
+    assert set(ids) == sim.truth("fim_events", None, NOW)
+    assert max(ids.values()) == 1
+
+
+def test_a_stopped_window_resumes_from_its_last_page(sim: Simulator, tmp_path: Path) -> None:
+    r = fim(
+        sim,
+        tmp_path,
+        {"fim_events": {"start_time_utc": START, "page_size": 40, "settle_lag_seconds": 0}},
+        stop_after_pages=3,
+    )
+    assert not r.cycle()  # stopped (as on SIGTERM) after three pages
+    outbox = Outbox(tmp_path / "state")
+    checkpoint = outbox.load_checkpoint("5", "fim_events")
+    outbox.close()
+    assert checkpoint is not None
+    assert checkpoint["window"]["token"]["searchAfter"]
+    assert len(r.events(EVENTS)) == 120
+    r.stop_after_pages = None
+    assert r.cycle()
+    ids = Counter(e["id"] for e in r.events(EVENTS))
+    assert set(ids) == sim.truth("fim_events", None, NOW)
+    assert max(ids.values()) == 1
+
+
+def test_a_user_filter_naming_the_window_field_is_refused(tmp_path: Path) -> None:
+    from qualys_collector.errors import ConfigError
+
+    raw = {
+        "inputs": {
+            "qualys_fim": {
+                "id": 1,
+                "credentials": {"base_url": "https://gateway.example", "username": "u", "password": "p"},
+                "services": {"fim_events": {"filter": "dateTime: ['2024-01-01'..'2024-02-01']"}},
+            }
+        }
+    }
+    with pytest.raises(ConfigError, match="may not name processedTime or dateTime"):
+        build_config(raw, warnings=[])
