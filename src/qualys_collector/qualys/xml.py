@@ -44,7 +44,8 @@ class ByteStream(io.RawIOBase):
 
     def __init__(self, chunks: Iterable[bytes]) -> None:
         self._chunks = iter(chunks)
-        self._buffer = b""
+        self._buffer = memoryview(b"")
+        self._offset = 0
         self.bytes_read = 0
 
     def readable(self) -> bool:
@@ -53,37 +54,46 @@ class ByteStream(io.RawIOBase):
 
     def readinto(self, target: Any) -> int:
         """Fill ``target`` from the next chunks."""
-        while not self._buffer:
+        while self._offset >= len(self._buffer):
             try:
-                self._buffer = next(self._chunks)
+                self._buffer = memoryview(next(self._chunks))
             except StopIteration:
                 return 0
-        size = min(len(target), len(self._buffer))
-        target[:size] = self._buffer[:size]
-        self._buffer = self._buffer[size:]
+            self._offset = 0
+        size = min(len(target), len(self._buffer) - self._offset)
+        target[:size] = self._buffer[self._offset : self._offset + size]
+        self._offset += size
         self.bytes_read += size
         return size
 
 
 def element_to_value(element: Any) -> Any:
-    """Convert one element into a string, a dict or a list (see the module docstring)."""
-    children = [c for c in element if isinstance(c.tag, str)]
-    attrs = {f"@{k}": v for k, v in element.attrib.items()}
-    if not children:
-        text = (element.text or "").strip()
-        if attrs:
+    """Convert one element into a string, a dict or a list (see the module docstring).
+
+    Written for speed (it runs once per XML element): ``len()`` and ``keys()`` are C calls that
+    avoid building attribute proxies for the common leaf without attributes.
+    """
+    if not len(element):
+        text = element.text
+        text = text.strip() if text else ""
+        if element.keys():
+            attrs = {f"@{k}": v for k, v in element.items()}
             return {**attrs, "#text": text} if text else attrs
         return text
-    if element.tag in LIST_CONTAINERS and not attrs:
-        return [element_to_value(c) for c in children]
-    result: dict[str, Any] = dict(attrs)
-    for child in children:
+    keys = element.keys()
+    if element.tag in LIST_CONTAINERS and not keys:
+        return [element_to_value(c) for c in element if isinstance(c.tag, str)]
+    result: dict[str, Any] = {f"@{k}": v for k, v in element.items()} if keys else {}
+    for child in element:
+        tag = child.tag
+        if not isinstance(tag, str):
+            continue
         value = element_to_value(child)
-        if child.tag in result:
-            existing = result[child.tag]
-            result[child.tag] = [*existing, value] if isinstance(existing, list) else [existing, value]
+        if tag in result:
+            existing = result[tag]
+            result[tag] = [*existing, value] if isinstance(existing, list) else [existing, value]
         else:
-            result[child.tag] = value
+            result[tag] = value
     return result
 
 
