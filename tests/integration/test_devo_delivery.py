@@ -1,0 +1,238 @@
+"""Devo delivery against a real rsyslogd with mutual TLS on 127.0.0.1 (certificates minted per run)."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trustme
+
+from qualys_collector.app import Collector
+from qualys_collector.config import build_config
+from qualys_collector.engine.outbox import Outbox
+from qualys_collector.errors import DeliveryError
+from qualys_collector.model import Event
+from qualys_collector.simulator import SimConfig, Simulator
+from qualys_collector.sinks.devo import DevoSink
+from qualys_collector.sinks.drain import Drainer
+from tests.conftest import REPO
+from tests.helpers.rsyslog import Certs, Rsyslog
+from tests.helpers.vmsim import NOW, Run, start_sim
+
+pytestmark = pytest.mark.integration
+
+if not Rsyslog.available():  # CI installs it; a developer machine without it must not look green
+    pytest.fail(
+        "rsyslogd is not installed: run `bash .ci/run` (as root it installs rsyslog and rsyslog-openssl)", pytrace=False
+    )
+
+
+@pytest.fixture
+def certs(tmp_path: Path) -> Certs:
+    return Certs.mint(tmp_path / "certs")
+
+
+@pytest.fixture
+def relay(tmp_path: Path, certs: Certs) -> Iterator[Rsyslog]:
+    server = Rsyslog(tmp_path / "rsyslog", certs)
+    server.start()
+    yield server
+    server.stop()
+
+
+def sink(certs: Certs, relay: Rsyslog, **kw: Any) -> DevoSink:
+    return DevoSink(
+        "devo",
+        "127.0.0.1",
+        relay.port,
+        chain=certs.chain,
+        cert=certs.client_cert,
+        key=certs.client_key,
+        timeout=5.0,
+        **kw,
+    )
+
+
+def fill(outbox: Outbox, n: int, tag: str = "vuln.qualys.hosts", start: int = 0) -> None:
+    events = [Event(tag=tag, body={"n": i, "text": 'multi\nline ü "quoted"'}) for i in range(start, start + n)]
+    outbox.commit("1", "host_list", events, {"@persistence_version": 1})
+
+
+def test_pulled_events_arrive_once_with_tag_and_intact_json(tmp_path: Path, certs: Certs, relay: Rsyslog) -> None:
+    sim = Simulator(
+        SimConfig(
+            seed=2, hosts=25, detections_per_host=3, scans=8, base=NOW - timedelta(days=2), span=timedelta(days=2)
+        )
+    )
+    try:
+        r = Run(
+            sim=sim,
+            url=start_sim(sim),
+            state=tmp_path / "state",
+            services={
+                "host_list_detection": {
+                    "start_time_utc": "2026-05-29T00:00:00Z",
+                    "filters": {"status": ["New", "Active", "Fixed", "Re-Opened"]},
+                },
+                "vm_scans": {"start_time_utc": "2026-05-29T00:00:00Z", "override_tag": "my.app.scans"},
+            },
+        )
+        config = r.config()
+        jobs, client = r.jobs()
+        devo = sink(certs, relay)
+        collector = Collector(config, clock=sim.now, jobs=jobs, sinks=[devo])
+        assert collector.run_once()
+        collector.close()
+        client.close()
+        truth = sim.truth("host_list_detection", None, NOW)
+        lines = relay.wait_for(len(truth))
+        detections = [json.loads(x["message"]) for x in lines if x["tag"] == "vuln.qualys.hostdetections"]
+        keys = Counter(d["@detection_key"] for d in detections)
+        assert set(keys) == truth
+        assert max(keys.values()) == 1
+        scans = [json.loads(x["message"]) for x in lines if x["tag"] == "my.app.scans"]
+        assert {s["REF"] for s in scans} == sim.truth("vm_scans", None, NOW)
+        assert {x["tag"] for x in lines} == {"vuln.qualys.hostdetections", "my.app.scans"}
+        assert all("\n" not in x["message"] for x in lines)
+    finally:
+        sim.stop()
+
+
+def test_a_certificate_from_another_ca_is_refused_and_nothing_leaves_the_outbox(
+    tmp_path: Path, certs: Certs, relay: Rsyslog
+) -> None:
+    other = trustme.CA()
+    stranger = other.issue_cert("intruder.test")
+    cert, key, chain = tmp_path / "x.crt", tmp_path / "x.key", tmp_path / "x-chain.crt"
+    stranger.cert_chain_pems[0].write_to_path(str(cert))
+    stranger.private_key_pem.write_to_path(str(key))
+    other.cert_pem.write_to_path(str(chain))
+    chain.write_bytes(chain.read_bytes() + certs.chain.read_bytes())  # trusts the relay, but rsyslog does not trust us
+    outbox = Outbox(tmp_path / "state")
+    outbox.register_outputs(["devo"])
+    fill(outbox, 10)
+    devo = DevoSink("devo", "127.0.0.1", relay.port, chain=chain, cert=cert, key=key, timeout=5.0)
+    with pytest.raises(DeliveryError) as info:
+        Drainer(outbox, devo).drain_once()
+    assert info.value.code in (403, 404)
+    assert outbox.pending("devo") == 10
+    assert relay.lines() == []
+    outbox.close()
+
+
+@pytest.mark.parametrize(
+    ("problem", "code", "text"),
+    [("missing", 400, "does not exist"), ("key", 401, "does not match"), ("chain", 402, "is not signed by the chain")],
+)
+def test_certificate_problems_are_numbered_errors_at_start(
+    tmp_path: Path, certs: Certs, problem: str, code: int, text: str
+) -> None:
+    other = trustme.CA()
+    kwargs = {"chain": certs.chain, "cert": certs.client_cert, "key": certs.client_key}
+    if problem == "missing":
+        kwargs["key"] = tmp_path / "nope.key"
+    elif problem == "key":
+        stray = other.issue_cert("x.test")
+        stray.private_key_pem.write_to_path(str(tmp_path / "stray.key"))
+        kwargs["key"] = tmp_path / "stray.key"
+    else:
+        other.cert_pem.write_to_path(str(tmp_path / "other-chain.crt"))
+        kwargs["chain"] = tmp_path / "other-chain.crt"
+    with pytest.raises(DeliveryError) as info:
+        DevoSink("devo", "127.0.0.1", 1, **kwargs)  # type: ignore[arg-type]
+    assert info.value.code == code
+    assert text in str(info.value)
+
+
+def test_relay_outage_loses_nothing_and_repeats_at_most_one_batch(tmp_path: Path, certs: Certs, relay: Rsyslog) -> None:
+    outbox = Outbox(tmp_path / "state")
+    outbox.register_outputs(["devo"])
+    drainer = Drainer(outbox, sink(certs, relay), batch_size=100, max_backoff=0.2)
+    stop = threading.Event()
+    thread = threading.Thread(target=drainer.run, args=(stop,), kwargs={"idle": 0.05})
+    thread.start()
+    try:
+        fill(outbox, 300)
+        assert len(relay.wait_for(300)) == 300
+        relay.stop()
+        fill(outbox, 300, start=300)  # pulling goes on while the relay is down
+        time.sleep(1.0)
+        assert outbox.pending("devo") == 300
+        assert drainer.stats.failures >= 1
+        relay.start()
+        lines = relay.wait_for(600, timeout=30)
+    finally:
+        stop.set()
+        thread.join(10)
+        outbox.close()
+    counts = Counter(json.loads(x["message"])["n"] for x in lines)
+    assert set(counts) == set(range(600))
+    assert sum(counts.values()) - 600 <= 100
+
+
+def test_killed_mid_drain_and_restarted_loses_nothing(tmp_path: Path, certs: Certs, relay: Rsyslog) -> None:
+    state = tmp_path / "state"
+    outbox = Outbox(state)
+    outbox.register_outputs(["devo"])
+    fill(outbox, 20_000)
+    outbox.close()
+    args = [sys.executable, "-m", "tests.helpers.drain_child", str(state), str(relay.port), str(certs.directory)]
+    child = subprocess.Popen(args, cwd=REPO)
+    deadline = time.monotonic() + 30
+    while len(relay.lines()) < 3000 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    child.send_signal(signal.SIGKILL)
+    child.wait()
+    assert child.returncode == -signal.SIGKILL
+    assert subprocess.run(args, cwd=REPO, check=False, timeout=120).returncode == 0
+    lines = relay.wait_for(20_000, timeout=30)
+    counts = Counter(json.loads(x["message"])["n"] for x in lines)
+    assert set(counts) == set(range(20_000))
+    assert sum(counts.values()) - 20_000 <= 1000  # at most the one unconfirmed batch
+
+
+def test_devo_output_from_the_seed_config_layout(tmp_path: Path, certs: Certs, relay: Rsyslog) -> None:
+    root = tmp_path / "devo-collectors" / "qualys"
+    (root / "config").mkdir(parents=True)
+    (root / "certs").mkdir()
+    for name in ("chain.crt", "client.crt", "client.key"):
+        (root / "certs" / name).write_bytes((certs.directory / name).read_bytes())
+    raw = {
+        "globals": {"persistence": {"config": {"directory_name": str(root / "state")}}},
+        "outputs": {
+            "devo_1": {
+                "type": "devo_platform",
+                "config": {
+                    "address": "127.0.0.1",
+                    "port": relay.port,
+                    "type": "SSL",
+                    "chain": "chain.crt",
+                    "cert": "client.crt",
+                    "key": "client.key",
+                },
+            }
+        },
+        "inputs": {
+            "qualys": {
+                "id": 1,
+                "credentials": {"hostname": "qualysapi.qualys.com", "username": "u", "password": "p"},
+                "services": {"host_list": {}},
+            }
+        },
+    }
+    config = build_config(raw, warnings=[]).model_copy(update={"source_path": root / "config" / "config.yaml"})
+    collector = Collector(config, jobs=[])
+    fill(collector.outbox, 5)
+    assert collector.drain()
+    collector.close()
+    assert len(relay.wait_for(5)) == 5
