@@ -62,7 +62,7 @@ def test_every_version_prefix_is_served(sim: tuple[Simulator, httpx.Client]) -> 
 
 
 def test_auth_and_x_requested_with(sim: tuple[Simulator, httpx.Client]) -> None:
-    simulator, client = sim
+    _simulator, client = sim
     missing = httpx.post(f"{client.base_url}{HOSTS}", data={"action": "list"}, auth=("demo", "demo"))
     assert missing.status_code == 400
     assert xml(missing).findtext("RESPONSE/CODE") == "1903"
@@ -75,7 +75,7 @@ def test_auth_and_x_requested_with(sim: tuple[Simulator, httpx.Client]) -> None:
 
 
 def test_limit_headers_and_409_rate_limit(sim: tuple[Simulator, httpx.Client]) -> None:
-    simulator, client = sim
+    _simulator, client = sim
     first = post(client, SCANS)
     assert [first.headers[h] for h in ("X-RateLimit-Limit", "X-RateLimit-Window-Sec", "X-Concurrency-Limit-Limit")] == [
         "50",
@@ -256,7 +256,7 @@ def gateway(client: httpx.Client) -> tuple[str, dict[str, str]]:
 
 
 def test_gateway_auth_search_sort_and_windows(sim: tuple[Simulator, httpx.Client]) -> None:
-    simulator, client = sim
+    _simulator, client = sim
     base, headers = gateway(client)
     assert httpx.post(f"{base}/auth", data={"username": "demo", "password": "no"}).status_code == 401
     assert httpx.post(f"{base}/fim/v2/events/search", json={}).status_code == 401
