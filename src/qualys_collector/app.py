@@ -20,6 +20,7 @@ from qualys_collector.config.schema import (
     VmInput,
 )
 from qualys_collector.engine.cycle import CycleStats, Job
+from qualys_collector.engine.obfuscate import compile_rules
 from qualys_collector.engine.outbox import Outbox
 from qualys_collector.engine.scheduler import Scheduler
 from qualys_collector.errors import CollectorError, ConfigError
@@ -90,16 +91,23 @@ def build_jobs(config: CollectorConfig) -> list[Job]:
                 )
             if client is None:
                 client = build_client(input_name, block)
-            jobs.append(
-                make_job(input_name, block.id, block.environment, options, entry.spec, entry.build(client, options))
-            )
+            salt = block.obfuscation_salt.get_secret_value() if block.obfuscation_salt else None
+            source = entry.build(client, options)
+            jobs.append(make_job(input_name, block.id, block.environment, options, entry.spec, source, salt=salt))
     return jobs
 
 
 def make_job(
-    input_name: str, input_id: str, environment: str | None, options: ServiceOptions, spec: Any, source: Any
+    input_name: str,
+    input_id: str,
+    environment: str | None,
+    options: ServiceOptions,
+    spec: Any,
+    source: Any,
+    *,
+    salt: str | None = None,
 ) -> Job:
-    """A job from a service's options."""
+    """A job from a service's options (``salt`` keys the ``hash`` obfuscation rules)."""
     return Job(
         input_name=input_name,
         input_id=input_id,
@@ -111,7 +119,38 @@ def make_job(
         period=timedelta(seconds=options.request_period_in_seconds),
         settle_lag=timedelta(seconds=options.settle_lag_seconds),
         max_span=timedelta(seconds=options.max_window_seconds) if options.max_window_seconds else None,
+        transform=compile_rules([(r.field, r.action) for r in options.obfuscation], salt),
     )
+
+
+def check(config: CollectorConfig, state_dir: Path | None = None) -> list[tuple[str, bool, str]]:
+    """Try each output's connection and each input's authentication; pull nothing."""
+    results: list[tuple[str, bool, str]] = []
+    try:
+        sinks = build_sinks(config, config.state_dir(state_dir))
+    except CollectorError as exc:
+        return [("outputs", False, str(exc))]
+    for sink in sinks:
+        try:
+            sink.deliver([])
+            results.append((f"output {sink.name}", True, "connection and confirmation work"))
+        except CollectorError as exc:
+            results.append((f"output {sink.name}", False, str(exc)))
+        finally:
+            sink.close()
+    for input_name in ("qualys", "qualys_fim"):
+        block: VmInput | FimInput | None = getattr(config.inputs, input_name)
+        if block is None or not block.enabled:
+            continue
+        client = build_client(input_name, block)
+        try:
+            client.authenticate()
+            results.append((f"input {input_name}", True, "authentication works"))
+        except CollectorError as exc:
+            results.append((f"input {input_name}", False, str(exc)))
+        finally:
+            client.close()
+    return results
 
 
 class Collector:

@@ -246,3 +246,18 @@ def demo(hosts: int, minutes: int, directory: Path) -> None:
     from qualys_collector.demo import run_demo
 
     sys.exit(run_demo(directory, hosts=hosts, minutes=minutes))
+
+
+@main.command("check")
+@config_option
+@state_option
+def check_command(config_path: Path, state_dir: Path | None) -> None:
+    """Try each output's connection and each input's authentication, without pulling data."""
+    setup_logging()
+    config = _load(config_path)
+    from qualys_collector.app import check
+
+    results = check(config, state_dir)
+    for name, ok, message in results:
+        click.echo(f"{'OK    ' if ok else 'FAILED'} {name}: {message}")
+    sys.exit(0 if results and all(ok for _n, ok, _m in results) else EXIT_FAILURE)

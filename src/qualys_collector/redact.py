@@ -13,7 +13,7 @@ import threading
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 MASK = "***"
-_SECRET_KEYS = re.compile(r"pass(word)?|secret|token|authorization|api[_-]?key|^key$", re.IGNORECASE)
+_SECRET_KEYS = re.compile(r"pass(word)?|secret|token|authorization|api[_-]?key|^key$|salt", re.IGNORECASE)
 
 _lock = threading.Lock()
 _secrets: set[str] = set()

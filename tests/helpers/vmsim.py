@@ -35,6 +35,7 @@ class Run:
     username: str = "demo"
     password: str = "demo"
     policy: RetryPolicy = FAST
+    salt: str | None = None
     stats: dict[str, CycleStats | None] = field(default_factory=dict)
 
     def config(self) -> Any:
@@ -46,6 +47,7 @@ class Run:
                     "environment": "test",
                     "credentials": {"base_url": self.url, "username": self.username, "password": self.password},
                     "services": self.services,
+                    **({"obfuscation_salt": self.salt} if self.salt else {}),
                 }
             },
         }
@@ -66,6 +68,7 @@ class Run:
                 options,
                 registry[name].spec,
                 registry[name].build(client, options),
+                salt=self.salt,
             )
             for name, options in block.services.items()
         ]

@@ -236,3 +236,58 @@ def test_devo_output_from_the_seed_config_layout(tmp_path: Path, certs: Certs, r
     assert collector.drain()
     collector.close()
     assert len(relay.wait_for(5)) == 5
+
+
+def test_check_command_reports_what_works(tmp_path: Path, certs: Certs, relay: Rsyslog) -> None:
+    from click.testing import CliRunner
+
+    from qualys_collector.cli import main
+
+    sim = Simulator(SimConfig(seed=1, hosts=3))
+    url = sim.start()
+    try:
+
+        def config(password: str) -> Path:
+            raw = {
+                "globals": {"persistence": {"config": {"directory_name": str(tmp_path / "state")}}},
+                "outputs": {
+                    "devo_1": {
+                        "type": "devo_platform",
+                        "config": {
+                            "address": "127.0.0.1",
+                            "port": relay.port,
+                            "chain": str(certs.chain),
+                            "cert": str(certs.client_cert),
+                            "key": str(certs.client_key),
+                        },
+                    }
+                },
+                "inputs": {
+                    "qualys": {
+                        "id": 1,
+                        "credentials": {"base_url": url, "username": "demo", "password": password},
+                        "services": {"host_list": {}},
+                    },
+                    "qualys_fim": {
+                        "id": 1,
+                        "credentials": {"base_url": url, "username": "demo", "password": password},
+                        "services": {"fim_events": {}},
+                    },
+                },
+            }
+            path = tmp_path / f"{password}.json"
+            path.write_text(json.dumps(raw))
+            return path
+
+        good = CliRunner().invoke(main, ["check", "-c", str(config("demo"))])
+        assert good.exit_code == 0, good.output
+        assert good.output.count("OK    ") == 3
+        bad = CliRunner().invoke(main, ["check", "-c", str(config("wrong-pass"))])
+        assert bad.exit_code == 1
+        assert "OK     output devo_1" in bad.output
+        assert "FAILED input qualys: [SetupError 101]" in bad.output
+        assert "FAILED input qualys_fim: [SetupError 101]" in bad.output
+        assert relay.lines() == []  # nothing was sent
+        assert sim.requests.get("/api/2.0/fo/activity_log/", 0) == 2
+    finally:
+        sim.stop()

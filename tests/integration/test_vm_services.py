@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+import logging
+import threading
+import time
 from collections import Counter
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from qualys_collector.app import Collector
 from qualys_collector.engine.outbox import Outbox
+from qualys_collector.errors import DeliveryError
+from qualys_collector.model import Event
 from qualys_collector.simulator import Limits, SimConfig, Simulator
 from qualys_collector.simulator.faults import parse_fault
 from tests.helpers.vmsim import NOW, Run, advance, start_sim
@@ -216,3 +223,74 @@ def test_a_rejected_request_is_error_300_and_not_retried(
     assert "[PullError 300]" in caplog.text
     assert "CODE 1905" in caplog.text
     assert sum(n for path, n in sim.requests.items() if "/fo/" in path) == 1
+
+
+def test_obfuscated_fields_never_reach_the_outbox_or_the_output(sim: Simulator, tmp_path: Path) -> None:
+    rules = [
+        {"field": "HOST.IP", "action": "hash"},
+        {"field": "DETECTION.RESULTS", "action": "drop"},
+        {"field": "HOST.DNS_DATA.FQDN", "action": "mask"},
+    ]
+    r = run(
+        sim,
+        tmp_path,
+        {"host_list_detection": {"start_time_utc": START, "obfuscation": rules}},
+        salt="pepper-and-salt-123",
+    )
+    assert r.cycle()
+    events = [e["event"] for e in r.events()]
+    assert events
+    assert all(e["HOST"]["IP"].startswith("sha256:") for e in events)
+    assert all("RESULTS" not in e["DETECTION"] for e in events)
+    assert {e["HOST"]["DNS_DATA"]["FQDN"] for e in events} == {"********"}
+    raw = b"".join(p.read_bytes() for p in (tmp_path / "state").iterdir())
+    assert b"10.0.0." not in raw  # neither the outbox database nor the output file holds a clear IP
+    assert b"pepper-and-salt-123" not in raw
+    same_host = {e["HOST"]["ID"]: e["HOST"]["IP"] for e in events}
+    assert len(set(same_host.values())) == len(same_host)  # distinct hosts, distinct hashes; same host, same hash
+
+
+class SwitchableSink:
+    """A sink that refuses until told to accept (a relay that is down, then up)."""
+
+    def __init__(self) -> None:
+        self.name = "relay"
+        self.up = False
+        self.got = 0
+
+    def deliver(self, events: Any) -> None:
+        if not self.up:
+            raise DeliveryError("relay down")
+        self.got += len(events)
+
+    def close(self) -> None:
+        pass
+
+
+def test_a_full_outbox_pauses_pulling_until_delivery_resumes(
+    sim: Simulator, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    r = run(sim, tmp_path, {"host_list_detection": {"start_time_utc": START, "request_period_in_seconds": 1}})
+    base = r.config()
+    config = base.model_copy(update={"globals": base.globals.model_copy(update={"outbox_max_bytes": 1 << 20})})
+    jobs, client = r.jobs()
+    relay = SwitchableSink()
+    collector = Collector(config, clock=sim.now, jobs=jobs, sinks=[relay])
+    collector.outbox.commit(
+        "7", "filler", [Event(tag="a.b", body={"pad": "x" * 4000}) for _ in range(400)], {"@persistence_version": 1}
+    )
+    thread = threading.Thread(target=collector.run_forever, daemon=True)
+    with caplog.at_level(logging.WARNING):
+        thread.start()
+        time.sleep(1.5)
+        assert sum(n for path, n in sim.requests.items() if "/fo/" in path) == 0
+        assert "The outbox is full: pulling is paused" in caplog.text
+        relay.up = True
+        deadline = time.monotonic() + 20
+        while relay.got < 400 + len(sim.truth("host_list_detection", None, NOW)) and time.monotonic() < deadline:
+            time.sleep(0.1)
+    collector.stop.set()
+    thread.join(30)
+    collector.close()
+    client.close()
+    assert relay.got == 400 + len(sim.truth("host_list_detection", None, NOW))

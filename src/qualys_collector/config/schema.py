@@ -151,10 +151,18 @@ def _flag(value: Any) -> Any:
     return value
 
 
+class ObfuscationRule(Strict):
+    """One field of the events to hash, mask or drop before they are stored."""
+
+    field: str = Field(min_length=1, pattern=r"^[^.\s]+(\.[^.\s]+)*$")
+    action: Literal["hash", "mask", "drop"]
+
+
 class ServiceOptions(Strict):
     """Options every service accepts."""
 
     enabled: bool = True
+    obfuscation: list[ObfuscationRule] = Field(default_factory=list)
     request_period_in_seconds: int = Field(default=60, ge=1, le=86400 * 7)
     override_tag: str | None = None
     start_time_utc: datetime | None = None
@@ -361,6 +369,18 @@ class InputBase(Strict):
     environment: str | None = Field(default=None, min_length=1)
     connection: Connection = Connection()
     requests_limits: RequestsLimits | None = None
+    obfuscation_salt: SecretStr | None = None
+
+    @model_validator(mode="after")
+    def _salt_for_hashes(self) -> InputBase:
+        services: dict[str, ServiceOptions] = getattr(self, "services", {})
+        hashed = [n for n, o in services.items() if any(r.action == "hash" for r in o.obfuscation)]
+        if hashed and self.obfuscation_salt is None:
+            raise ValueError(
+                f"services {', '.join(hashed)} hash fields: set obfuscation_salt on the input (a secret, for "
+                "example ${OBFUSCATION_SALT}) so hashes cannot be reversed by guessing"
+            )
+        return self
 
     @field_validator("id", mode="before")
     @classmethod

@@ -18,7 +18,7 @@ from qualys_collector.engine.checkpoint import Checkpoint, WindowProgress
 from qualys_collector.engine.cursor import BoundaryCursor, Verdict
 from qualys_collector.engine.outbox import Outbox
 from qualys_collector.engine.window import plan_window
-from qualys_collector.model import Event, Window, epoch_ms, utcnow
+from qualys_collector.model import JSON, Event, Window, epoch_ms, utcnow
 from qualys_collector.services.base import CursorMode, PageSource, ServiceSpec
 
 logger = logging.getLogger("qualys_collector.puller")
@@ -38,6 +38,7 @@ class Job:
     period: timedelta = timedelta(seconds=60)
     settle_lag: timedelta = timedelta(0)
     max_span: timedelta | None = None
+    transform: Callable[[JSON], JSON] | None = None
 
     @property
     def label(self) -> str:
@@ -147,7 +148,7 @@ def run_cycle(
             if verdict is Verdict.DEFERRED:
                 stats.deferred += 1
                 continue
-            body = dict(record.data)
+            body = job.transform(record.data) if job.transform is not None else dict(record.data)
             body["@devo_pulling_id"] = stats.pulling_id
             if job.environment:
                 body["environment"] = job.environment

@@ -52,10 +52,10 @@ class GatewayAuth(httpx.Auth):
         self._lock = threading.Lock()
         self.renewals = 0
 
-    def _token_request(self) -> httpx.Request:
+    def token_request(self) -> httpx.Request:
         return httpx.Request("POST", self.token_url, data=self._form)
 
-    def _store(self, response: httpx.Response) -> None:
+    def store(self, response: httpx.Response) -> None:
         response.read()
         if response.status_code == 201:
             token = response.text.strip()
@@ -88,7 +88,7 @@ class GatewayAuth(httpx.Auth):
                     logger.info("First run of the collector. Generating new access token.")
                 else:
                     logger.info("Access token expires soon. Generating a new access token.")
-                self._store((yield self._token_request()))
+                self.store((yield self.token_request()))
             token = self._token
         request.headers["Authorization"] = f"Bearer {token}"
         response = yield request
@@ -96,7 +96,7 @@ class GatewayAuth(httpx.Auth):
             logger.warning("The gateway refused the access token (HTTP 401); renewing it once")
             with self._lock:
                 if self._token == token:
-                    self._store((yield self._token_request()))
+                    self.store((yield self.token_request()))
                 request.headers["Authorization"] = f"Bearer {self._token}"
             yield request
 
@@ -145,6 +145,17 @@ class FimClient:
     def close(self) -> None:
         """Close connections."""
         self.http.close()
+
+    def authenticate(self) -> None:
+        """Fetch a token now (``check`` uses this); raises the seed's 101/103 errors."""
+        try:
+            self.auth.store(self.http.send(self.auth.token_request(), auth=None))
+        except httpx.TransportError as exc:
+            raise SetupError(
+                f"Error occurred while requesting from the Qualys server. Error message: {type(exc).__name__}: {exc}",
+                code=100,
+                fix="check auth_url and network access to the Qualys gateway",
+            ) from exc
 
     def check_token(self) -> None:
         """Log the seed's setup line when the token is still good."""

@@ -146,6 +146,15 @@ class VmClient:
             return failure, self.policy.backoff(attempt)
         raise failure
 
+    def authenticate(self, version: str = "2.0") -> None:
+        """One cheap authenticated call (the last minute of the activity log); raises 101/102/300."""
+        path = f"/api/{version}/fo/activity_log/"
+        since = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() - 60))
+        params = {"action": "list", "truncation_limit": "1", "since_datetime": since}
+        with self.open(path, params) as response:
+            for _chunk in self.body(path, response):
+                pass
+
     def error(self, path: str, status: int | None, code: int | None, text: str, resolution: Resolution) -> SourceError:
         """The numbered error for an answer."""
         cause = f"HTTP {status} from {path}" if status is not None else f"answer from {path}"
