@@ -150,8 +150,8 @@ class DevoSink:
         started = time.monotonic()
         sender = self._connect()
         try:
-            for event in events:
-                sender.send(tag=event.tag, msg=event.body, hostname=self.hostname)
+            for chunk in self._chunks(events):
+                sender.send_raw(chunk)
             self._confirm(sender)
         except (DevoSenderException, OSError) as exc:
             raise DeliveryError(
@@ -164,6 +164,26 @@ class DevoSink:
         self.sent_total += len(events)
         self.batches += 1
         logger.debug("Output %s: %d events confirmed in %.3f s", self.name, len(events), time.monotonic() - started)
+
+    def _chunks(self, events: Sequence[StoredEvent], size: int = 1 << 20) -> list[bytes]:
+        """The batch as Devo lines (the SDK's own header), joined into chunks of about ``size`` bytes."""
+        headers: dict[str, bytes] = {}
+        chunks: list[bytes] = []
+        parts: list[bytes] = []
+        length = 0
+        for event in events:
+            header = headers.get(event.tag)
+            if header is None:
+                header = headers[event.tag] = Sender.compose_mem(event.tag, hostname=self.hostname).encode("utf-8")
+            line = header + event.body.encode("utf-8") + b"\n"
+            parts.append(line)
+            length += len(line)
+            if length >= size:
+                chunks.append(b"".join(parts))
+                parts, length = [], 0
+        if parts:
+            chunks.append(b"".join(parts))
+        return chunks
 
     def _confirm(self, sender: Sender) -> None:
         """Close the TLS session, then wait for the relay to close the TCP connection cleanly.
