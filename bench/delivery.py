@@ -21,11 +21,12 @@ import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from qualys_collector.engine.outbox import Outbox  # noqa: E402
-from qualys_collector.model import Event  # noqa: E402
-from qualys_collector.sinks.devo import DevoSink  # noqa: E402
-from qualys_collector.sinks.drain import Drainer  # noqa: E402
-from tests.helpers.rsyslog import Certs, Rsyslog  # noqa: E402
+from tests.helpers.rsyslog import Certs, Rsyslog
+
+from qualys_collector.engine.outbox import Outbox
+from qualys_collector.model import Event
+from qualys_collector.sinks.devo import DevoSink
+from qualys_collector.sinks.drain import Drainer
 
 
 def wait_lines(relay: Rsyslog, count: int, timeout: float = 300) -> float:
