@@ -66,6 +66,8 @@ def start_simulator(hosts: int) -> tuple[subprocess.Popen[bytes], str, float]:
             "1000000",
             "--concurrency-limit",
             "8",
+            "--host-interval-minutes",
+            "10000000",  # each host processed once: a static dataset
         ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,

@@ -25,6 +25,7 @@ from qualys_collector.engine.outbox import Outbox
 from qualys_collector.engine.scheduler import Scheduler
 from qualys_collector.errors import CollectorError, ConfigError
 from qualys_collector.model import utcnow
+from qualys_collector.observability.memory import gc_line
 from qualys_collector.services.registry import load_all
 from qualys_collector.sinks.base import Sink
 from qualys_collector.sinks.drain import Drainer
@@ -225,7 +226,9 @@ class Collector:
         for thread in threads:
             thread.start()
         threads += self.scheduler.start()
+        logger.info("%s", gc_line())
         while not self.stop.wait(SENDER_STATS_EVERY):
+            logger.info("%s", gc_line())
             for drainer in self.drainers:
                 logger.info(
                     "Number of available senders: 1, sender manager internal queue size: %d",

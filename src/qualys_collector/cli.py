@@ -10,6 +10,7 @@ import logging
 import signal
 import sys
 import threading
+from datetime import timedelta
 from pathlib import Path
 from types import FrameType
 
@@ -179,6 +180,13 @@ def state_reset(config_path: Path, state_dir: Path | None, service: str, input_n
 @click.option("--concurrency-limit", default=2, show_default=True, type=int)
 @click.option("--rate-limit", default=300, show_default=True, type=int, help="Calls per window per API.")
 @click.option("--rate-window", default=3600, show_default=True, type=int, help="Seconds.")
+@click.option(
+    "--host-interval-minutes",
+    default=1440,
+    show_default=True,
+    type=click.IntRange(1),
+    help="How often each host is re-processed (its detections change state each time).",
+)
 @click.option("--fault", "faults", multiple=True, help="KIND[:key=value,...], e.g. 409:code=1965,times=2")
 def simulate(
     host: str,
@@ -195,6 +203,7 @@ def simulate(
     concurrency_limit: int,
     rate_limit: int,
     rate_window: int,
+    host_interval_minutes: int,
     faults: tuple[str, ...],
 ) -> None:
     """Serve a simulated Qualys subscription (VM API and FIM gateway) on one port."""
@@ -210,6 +219,7 @@ def simulate(
         activity_rows=activity_rows,
         fim_events=fim_events,
         fim_incidents=fim_incidents,
+        host_interval=timedelta(minutes=host_interval_minutes),
     )
     sim = Simulator(
         config,
