@@ -186,6 +186,17 @@ class Collector:
             on_page=on_page,
         )
 
+    def probe_outputs(self) -> bool:
+        """Try each output once at start-up (an empty, confirmed batch); log a numbered error, never exit."""
+        ok = True
+        for sink in self.sinks:
+            try:
+                sink.deliver([])
+            except CollectorError as exc:
+                ok = False
+                logger.error("%s. Pulling continues into the outbox; delivery is retried.", exc)
+        return ok
+
     def outbox_full(self) -> bool:
         """Back-pressure: pause pulling while the outbox is over its size limit."""
         return self.outbox.size_bytes() > self.config.globals.outbox_max_bytes
@@ -210,6 +221,7 @@ class Collector:
 
     def run_once(self) -> bool:
         """Deliver what is pending, pull one cycle of every service, deliver. True if all succeeded."""
+        self.probe_outputs()
         delivered_before = self.drain()
         pulled = self.scheduler.run_once()
         delivered = self.drain()
@@ -219,6 +231,7 @@ class Collector:
 
     def run_forever(self) -> None:
         """Pull and deliver until :attr:`stop` is set (SIGTERM/SIGINT)."""
+        self.probe_outputs()
         threads = [
             threading.Thread(target=d.run, args=(self.stop,), name=f"Sender({d.sink.name})", daemon=True)
             for d in self.drainers

@@ -291,3 +291,38 @@ def test_check_command_reports_what_works(tmp_path: Path, certs: Certs, relay: R
         assert sim.requests.get("/api/2.0/fo/activity_log/", 0) == 2
     finally:
         sim.stop()
+
+
+def test_an_unreachable_relay_is_reported_at_start_and_pulling_goes_on(
+    tmp_path: Path, certs: Certs, caplog: pytest.LogCaptureFixture
+) -> None:
+    from tests.helpers.rsyslog import free_port
+
+    sim = Simulator(
+        SimConfig(seed=3, hosts=5, detections_per_host=2, base=NOW - timedelta(days=2), span=timedelta(days=2))
+    )
+    try:
+        r = Run(
+            sim=sim,
+            url=start_sim(sim),
+            state=tmp_path / "state",
+            services={"host_list": {"start_time_utc": "2026-05-29T00:00:00Z"}},
+        )
+        jobs, client = r.jobs()
+        devo = DevoSink(
+            "devo",
+            "127.0.0.1",
+            free_port(),
+            chain=certs.chain,
+            cert=certs.client_cert,
+            key=certs.client_key,
+            timeout=2.0,
+        )
+        collector = Collector(r.config(), clock=sim.now, jobs=jobs, sinks=[devo])
+        assert not collector.run_once()  # delivery failed...
+        assert "[DeliveryError 403] output devo: cannot connect to 127.0.0.1" in caplog.text
+        assert collector.outbox.pending("devo") == len(sim.truth("host_list", None, NOW))  # ...pulling did not
+        collector.close()
+        client.close()
+    finally:
+        sim.stop()
