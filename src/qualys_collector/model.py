@@ -46,6 +46,9 @@ class Page:
     token: JSON | None = None
     requests: int = 1
     extra: JSON | None = None
+    #: Qualys' own clock when it answered (``RESPONSE/DATETIME``): a window-mode checkpoint never
+    #: moves past it, so records Qualys had not yet timestamped when asked are not skipped.
+    horizon: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)

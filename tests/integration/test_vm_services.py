@@ -294,3 +294,52 @@ def test_a_full_outbox_pauses_pulling_until_delivery_resumes(
     collector.close()
     client.close()
     assert relay.got == 400 + len(sim.truth("host_list_detection", None, NOW))
+
+
+@pytest.mark.reliability
+@pytest.mark.parametrize("skew_minutes", [-10, 10])
+def test_clock_skew_between_qualys_and_us_loses_nothing(tmp_path: Path, skew_minutes: int) -> None:
+    """Qualys' clock `skew_minutes` ahead of (or behind) ours, hosts re-processed between cycles: every
+    detection version that Qualys showed as current at some query and that fell before our window end
+    is delivered."""
+    sim = Simulator(
+        SimConfig(
+            seed=13,
+            hosts=300,
+            detections_per_host=2,
+            base=NOW - timedelta(hours=3),
+            span=timedelta(hours=3),
+            host_interval=timedelta(hours=3),
+        ),
+        vm_limits=Limits(rate=10_000, window=60, concurrency=2),
+    )
+    r = run(sim, tmp_path, {"host_list_detection": {"start_time_utc": START, "filters": ALL, "truncation_limit": 50}})
+    moments = [NOW + timedelta(minutes=47 * i) for i in range(10)]
+    for moment in moments:
+        sim.frozen = moment + timedelta(minutes=skew_minutes)
+        jobs, client = r.jobs()
+        collector = Collector(r.config(), clock=lambda m=moment: m, jobs=jobs)
+        try:
+            assert collector.run_once()
+        finally:
+            collector.close()
+            client.close()
+    delivered = {(e["event"]["@detection_key"], e["event"]["DETECTION"]["LAST_PROCESSED_DATETIME"]) for e in r.events()}
+    observable = set()
+    for index in range(len(sim.data.host_ids)):
+        host = sim.data.host(index)
+        for k in range(40):
+            at = host.first_processed + k * host.interval
+            following = at + host.interval
+            for ours in moments:
+                theirs = ours + timedelta(minutes=skew_minutes)
+                if at <= theirs < following and at < ours.replace(microsecond=0):
+                    observable.update(
+                        (f"{host.id}:{d['UNIQUE_VULN_ID']}", d["LAST_PROCESSED_DATETIME"])
+                        for d in sim.data.detections(host, k, at)
+                    )
+                    break
+    sim.stop()
+    missing = observable - delivered
+    assert observable
+    assert not missing, f"{len(missing)} of {len(observable)} detection versions lost, e.g. {sorted(missing)[:3]}"

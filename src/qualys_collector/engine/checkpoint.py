@@ -27,6 +27,7 @@ class WindowProgress:
     max_value: datetime | None = None
     max_ids: tuple[str, ...] = ()
     pages: int = 0
+    horizon: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +67,7 @@ class Checkpoint:
                 "max_value": _fmt(w.max_value),
                 "max_ids": list(w.max_ids),
                 "pages": w.pages,
+                "horizon": _fmt(w.horizon),
             }
         if self.extra:
             data["extra"] = self.extra
@@ -85,6 +87,7 @@ class Checkpoint:
                 max_value=_parse(w.get("max_value")),
                 max_ids=tuple(w.get("max_ids") or ()),
                 pages=int(w.get("pages", 0)),
+                horizon=_parse(w.get("horizon")),
             )
         return cls(
             start_time=_parse(data.get("start_time_str")),

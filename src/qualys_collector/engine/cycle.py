@@ -153,6 +153,9 @@ def run_cycle(
             if job.environment:
                 body["environment"] = job.environment
             events.append(Event(tag=record.tag or job.tag, body=body, service=job.spec.name))
+        horizon = progress.horizon
+        if page.horizon is not None and (horizon is None or page.horizon < horizon):
+            horizon = page.horizon
         progress = WindowProgress(
             start=window.start,
             end=window.end,
@@ -161,11 +164,12 @@ def run_cycle(
             max_value=cursor.max_value,
             max_ids=tuple(sorted(cursor.max_ids)),
             pages=progress.pages + 1,
+            horizon=horizon,
         )
         if page.extra is not None:
             checkpoint = replace(checkpoint, extra=page.extra)
         if page.token is None:
-            new = _complete(job.spec, checkpoint, window, cursor)
+            new = _complete(job.spec, checkpoint, window, cursor, horizon)
             completed = True
         elif job.spec.is_sorted and job.spec.mode is CursorMode.RECORD:
             new = Checkpoint(
@@ -188,7 +192,7 @@ def run_cycle(
             logger.warning("Stop requested: the window stays open and resumes after page %d", progress.pages)
             return stats
     if not completed:
-        new = _complete(job.spec, checkpoint, window, cursor)
+        new = _complete(job.spec, checkpoint, window, cursor, progress.horizon)
         outbox.commit(job.input_id, job.spec.name, [], new.to_json())
     stats.completed = True
     if stats.deferred:
@@ -197,10 +201,24 @@ def run_cycle(
     return stats
 
 
-def _complete(spec: ServiceSpec, checkpoint: Checkpoint, window: Window, cursor: BoundaryCursor) -> Checkpoint:
-    """The checkpoint once a window is complete."""
+def _complete(
+    spec: ServiceSpec, checkpoint: Checkpoint, window: Window, cursor: BoundaryCursor, horizon: datetime | None
+) -> Checkpoint:
+    """The checkpoint once a window is complete.
+
+    A window-mode checkpoint is the window's end, but never later than Qualys' own clock when it
+    answered: if Qualys runs behind us, what it timestamps next may still fall before our end.
+    """
     if spec.mode is CursorMode.WINDOW or window.capped:
-        return Checkpoint(start_time=checkpoint.start_time, value=window.end, ids=(), extra=checkpoint.extra)
+        end = window.end
+        if spec.mode is CursorMode.WINDOW and horizon is not None and horizon < end:
+            logger.warning(
+                "Qualys' clock (%s) is behind the window end (%s); the next window starts from Qualys' time",
+                horizon,
+                end,
+            )
+            end = max(horizon, checkpoint.value or horizon)
+        return Checkpoint(start_time=checkpoint.start_time, value=end, ids=(), extra=checkpoint.extra)
     return Checkpoint(
         start_time=checkpoint.start_time,
         value=cursor.max_value if cursor.max_value is not None else checkpoint.value,

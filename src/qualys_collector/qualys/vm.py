@@ -195,7 +195,7 @@ class VmClient:
                 for page in fetch(token):
                     spent = self.requests - before
                     before = self.requests
-                    yield Page(page.records, page.token, requests=spent, extra=page.extra)
+                    yield Page(page.records, page.token, requests=spent, extra=page.extra, horizon=page.horizon)
                     token = page.token
                     attempt = 0
             except MID_BODY as exc:

@@ -7,7 +7,7 @@ from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta
 from typing import Any
 
-from qualys_collector.model import JSON, Page, Record, format_seed_datetime
+from qualys_collector.model import JSON, Page, Record, format_seed_datetime, parse_seed_datetime
 from qualys_collector.qualys.paging import guard_progress, url_cursor
 from qualys_collector.qualys.vm import VmClient
 from qualys_collector.qualys.xml import element_to_value, iter_elements
@@ -47,7 +47,10 @@ def host_pages(
             batch: list[Record] = []
             hosts = 0
             with client.open(path, request) as response:
-                for tag, element in iter_elements(client.body(path, response), {"HOST", "URL"}):
+                for tag, element in iter_elements(client.body(path, response), {"HOST", "URL", "DATETIME"}):
+                    if tag == "DATETIME":
+                        horizon[0] = _server_time(element.text, horizon[0])
+                        continue
                     if tag == "URL":
                         next_id = url_cursor(element.text or "", "id_min")
                         continue
@@ -56,13 +59,23 @@ def host_pages(
                     hosts += 1
                     last_id = int(host["ID"])
                     if hosts % HOSTS_PER_BATCH == 0:
-                        yield Page(batch, token={"id_min": last_id + 1})
+                        yield Page(batch, token={"id_min": last_id + 1}, horizon=horizon[0])
                         batch = []
             if next_id is None:
-                yield Page(batch, token=None)
+                yield Page(batch, token=None, horizon=horizon[0])
                 return
             guard_progress(id_min, next_id, ascending=True)
             id_min = next_id
-            yield Page(batch, token={"id_min": next_id})
+            yield Page(batch, token={"id_min": next_id}, horizon=horizon[0])
 
+    horizon: list[datetime | None] = [None]
     return client.resumable(fetch, token, what)
+
+
+def _server_time(text: str | None, current: datetime | None) -> datetime | None:
+    """The earliest ``RESPONSE/DATETIME`` seen (Qualys' clock when it answered)."""
+    try:
+        value = parse_seed_datetime((text or "").strip())
+    except ValueError:
+        return current
+    return value if current is None or value < current else current
