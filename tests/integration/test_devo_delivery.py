@@ -25,7 +25,7 @@ from qualys_collector.model import Event
 from qualys_collector.simulator import SimConfig, Simulator
 from qualys_collector.sinks.devo import DevoSink
 from qualys_collector.sinks.drain import Drainer
-from tests.conftest import REPO
+from tests.conftest import REPO, record_reliability
 from tests.helpers.rsyslog import Certs, Rsyslog
 from tests.helpers.vmsim import NOW, Run, start_sim
 
@@ -154,6 +154,7 @@ def test_certificate_problems_are_numbered_errors_at_start(
     assert text in str(info.value)
 
 
+@pytest.mark.reliability
 def test_relay_outage_loses_nothing_and_repeats_at_most_one_batch(tmp_path: Path, certs: Certs, relay: Rsyslog) -> None:
     outbox = Outbox(tmp_path / "state")
     outbox.register_outputs(["devo"])
@@ -176,10 +177,12 @@ def test_relay_outage_loses_nothing_and_repeats_at_most_one_batch(tmp_path: Path
         thread.join(10)
         outbox.close()
     counts = Counter(json.loads(x["message"])["n"] for x in lines)
+    record_reliability(compared=600, lost=600 - len(counts), duplicated=sum(counts.values()) - len(counts))
     assert set(counts) == set(range(600))
     assert sum(counts.values()) - 600 <= 100
 
 
+@pytest.mark.reliability
 def test_killed_mid_drain_and_restarted_loses_nothing(tmp_path: Path, certs: Certs, relay: Rsyslog) -> None:
     state = tmp_path / "state"
     outbox = Outbox(state)
@@ -197,6 +200,7 @@ def test_killed_mid_drain_and_restarted_loses_nothing(tmp_path: Path, certs: Cer
     assert subprocess.run(args, cwd=REPO, check=False, timeout=120).returncode == 0
     lines = relay.wait_for(20_000, timeout=30)
     counts = Counter(json.loads(x["message"])["n"] for x in lines)
+    record_reliability(compared=20_000, lost=20_000 - len(counts), duplicated=sum(counts.values()) - len(counts))
     assert set(counts) == set(range(20_000))
     assert sum(counts.values()) - 20_000 <= 1000  # at most the one unconfirmed batch
 

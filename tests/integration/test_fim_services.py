@@ -20,6 +20,7 @@ from qualys_collector.qualys.fim import FimClient
 from qualys_collector.services.registry import load_all
 from qualys_collector.simulator import Limits, SimConfig, Simulator
 from qualys_collector.simulator.faults import parse_fault
+from tests.conftest import record_reliability
 from tests.helpers.vmsim import FAST, NOW, start_sim
 
 pytestmark = pytest.mark.integration
@@ -193,13 +194,26 @@ def test_no_fim_permission_gives_102(sim: Simulator, tmp_path: Path, caplog: pyt
     assert sim.requests["/fim/v2/events/search"] == 1
 
 
-@pytest.mark.parametrize("fault", ["429:times=3,wait=0", "503:times=3", "502:times=1"])
+@pytest.mark.reliability
+@pytest.mark.parametrize(
+    "fault",
+    [
+        "429:times=3,wait=0",
+        "503:times=3",
+        "502:times=1",
+        "cut:after=2000,times=2",
+        "malformed:after=900,times=1",
+        "expire_token:times=1",
+    ],
+)
 def test_rate_limits_and_server_errors_end_complete(sim: Simulator, tmp_path: Path, fault: str) -> None:
     sim.faults.arm(parse_fault(fault))
     r = fim(sim, tmp_path, {"fim_events": {"start_time_utc": START, "page_size": 100, "settle_lag_seconds": 0}})
     assert r.cycle()
     ids = Counter(e["id"] for e in r.events(EVENTS))
-    assert set(ids) == sim.truth("fim_events", None, NOW)
+    truth = sim.truth("fim_events", None, NOW)
+    record_reliability(compared=len(truth), lost=len(truth - set(ids)), duplicated=sum(ids.values()) - len(ids))
+    assert set(ids) == truth
     assert max(ids.values()) == 1
 
 

@@ -19,6 +19,7 @@ from qualys_collector.errors import DeliveryError
 from qualys_collector.model import Event
 from qualys_collector.simulator import Limits, SimConfig, Simulator
 from qualys_collector.simulator.faults import parse_fault
+from tests.conftest import record_reliability
 from tests.helpers.vmsim import NOW, Run, advance, start_sim
 
 pytestmark = pytest.mark.integration
@@ -161,6 +162,7 @@ def test_user_activity_rows_sharing_a_second_arrive_once_across_cycles(sim: Simu
     assert max(expected.values()) == 2
 
 
+@pytest.mark.reliability
 @pytest.mark.parametrize(
     "fault",
     [
@@ -178,7 +180,9 @@ def test_faults_end_in_complete_delivery(sim: Simulator, tmp_path: Path, fault: 
     r = run(sim, tmp_path, {"host_list_detection": {"start_time_utc": START, "truncation_limit": 10, "filters": ALL}})
     assert r.cycle()
     keys = r.keys("vuln.qualys.hostdetections", "@detection_key")
-    assert set(keys) == sim.truth("host_list_detection", None, NOW)
+    truth = sim.truth("host_list_detection", None, NOW)
+    record_reliability(compared=len(truth), lost=len(truth - set(keys)), duplicated=sum(keys.values()) - len(keys))
+    assert set(keys) == truth
     assert max(keys.values()) == 1
 
 
@@ -341,5 +345,6 @@ def test_clock_skew_between_qualys_and_us_loses_nothing(tmp_path: Path, skew_min
                     break
     sim.stop()
     missing = observable - delivered
+    record_reliability(compared=len(observable), lost=len(missing), duplicated=0)
     assert observable
     assert not missing, f"{len(missing)} of {len(observable)} detection versions lost, e.g. {sorted(missing)[:3]}"
