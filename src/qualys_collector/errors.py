@@ -47,7 +47,7 @@ class CollectorError(Exception):
         self.fix = fix
 
     def __str__(self) -> str:
-        head = f"[{ERROR_TYPES.get(self.code, self.kind)} {self.code}] " if self.code is not None else ""
+        head = f"[{ERROR_TYPES.get(self.code, self.kind)} {self.code}] " if self.code is not None else f"[{self.kind}] "
         tail = f" Fix: {self.fix}" if self.fix else ""
         return f"{head}{self.message}{tail}"
 
