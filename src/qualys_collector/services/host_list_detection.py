@@ -7,6 +7,7 @@ from datetime import timedelta
 from typing import Any
 
 from qualys_collector.config.schema import HostListDetectionOptions
+from qualys_collector.errors import DataError
 from qualys_collector.model import JSON, Page, Record, Window
 from qualys_collector.qualys.vm import VmClient
 from qualys_collector.services.base import CursorMode, ServiceSpec
@@ -51,6 +52,14 @@ IDENTITY_FIELDS = (
 )
 
 
+def host_key(host: Any) -> str:
+    """A host's ``ID``, or a :class:`DataError` for a host element without one."""
+    host_id = host.get("ID") if isinstance(host, dict) else None
+    if not isinstance(host_id, str) or not host_id:
+        raise DataError(f"a HOST element without an ID: {str(host)[:160]!r}")
+    return host_id
+
+
 def detection_key(host_id: str, detection: dict[str, Any]) -> str:
     """Stable identity: ``UNIQUE_VULN_ID`` when Qualys sends it, else host, QID, port, protocol, SSL, FQDN, instance."""
     uvid = detection.get("UNIQUE_VULN_ID")
@@ -64,11 +73,13 @@ def converter(results_max_length: int | None) -> Any:
     """Host element -> one record per detection, carrying the host's identifying fields."""
 
     def to_records(host: dict[str, Any]) -> list[Record]:
-        host_id = str(host["ID"])
+        host_id = host_key(host)
         identity = {k: host[k] for k in IDENTITY_FIELDS if k in host}
         records = []
         detections = host.get("DETECTION_LIST") or []
         for detection in detections if isinstance(detections, list) else [detections]:
+            if not isinstance(detection, dict):
+                raise DataError(f"host {host_id}: a DETECTION that is not an element: {str(detection)[:120]!r}")
             key = detection_key(host_id, detection)
             data: dict[str, Any] = {"HOST": identity, "DETECTION": detection, "@detection_key": key}
             results = detection.get("RESULTS")

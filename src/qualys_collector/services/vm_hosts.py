@@ -46,6 +46,7 @@ def host_pages(
             next_id: int | None = None
             batch: list[Record] = []
             hosts = 0
+            last_id = (id_min or 1) - 1
             with client.open(path, request) as response:
                 for tag, element in iter_elements(client.body(path, response), {"HOST", "URL", "DATETIME"}):
                     if tag == "DATETIME":
@@ -57,7 +58,7 @@ def host_pages(
                     host = element_to_value(element)
                     batch.extend(convert(host))
                     hosts += 1
-                    last_id = int(host["ID"])
+                    last_id = int(host["ID"]) if str(host.get("ID", "")).isdigit() else last_id
                     if hosts % HOSTS_PER_BATCH == 0:
                         yield Page(batch, token={"id_min": last_id + 1}, horizon=horizon[0])
                         batch = []
