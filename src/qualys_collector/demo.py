@@ -12,6 +12,7 @@ import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import yaml
 from rich.console import Console
@@ -23,6 +24,7 @@ from qualys_collector.config import load_config
 from qualys_collector.engine.cycle import CycleStats, Job
 from qualys_collector.observability.logging import SeedFormatter
 from qualys_collector.redact import RedactingFilter
+from qualys_collector.relay import Certs, Rsyslog
 from qualys_collector.simulator import SimConfig, Simulator
 
 SERVICES = ("vm_scans", "host_list", "host_list_detection", "user_activity", "fim_events", "fim_incidents")
@@ -39,12 +41,25 @@ class Row:
     state: str = "waiting"
 
 
-def write_config(directory: Path, url: str, start: datetime) -> Path:
-    """A configuration with all six services against ``url``."""
+def write_config(directory: Path, url: str, start: datetime, relay: Rsyslog | None = None) -> Path:
+    """A configuration with all six services against ``url`` (and a Devo output to ``relay``)."""
     since = start.strftime("%Y-%m-%dT%H:%M:%SZ")
+    outputs: dict[str, Any] = {"local": {"type": "file", "config": {"path": str(directory / "events.jsonl")}}}
+    if relay is not None:
+        outputs["devo_local"] = {
+            "type": "devo_platform",
+            "config": {
+                "address": "127.0.0.1",
+                "port": relay.port,
+                "type": "SSL",
+                "chain": str(relay.certs.chain),
+                "cert": str(relay.certs.client_cert),
+                "key": str(relay.certs.client_key),
+            },
+        }
     config = {
         "globals": {"name": "qualys-demo", "persistence": {"config": {"directory_name": str(directory / "state")}}},
-        "outputs": {"local": {"type": "file", "config": {"path": str(directory / "events.jsonl")}}},
+        "outputs": outputs,
         "inputs": {
             "qualys": {
                 "id": "demo",
@@ -95,6 +110,7 @@ def _table(rows: dict[str, Row]) -> Table:
 def run_demo(directory: Path, *, hosts: int, minutes: int, console: Console | None = None) -> int:
     """Run the demo; returns the process exit code."""
     console = console or Console()
+    directory = directory.resolve()  # rsyslogd resolves relative paths from /
     directory.mkdir(parents=True, exist_ok=True)
     for old in ("events.jsonl",):
         (directory / old).unlink(missing_ok=True)
@@ -121,8 +137,13 @@ def run_demo(directory: Path, *, hosts: int, minutes: int, console: Console | No
     )
     url = sim.start()
     rows = {name: Row() for name in SERVICES}
+    relay: Rsyslog | None = None
     try:
-        config_path = write_config(directory, url, now - span - timedelta(minutes=1))
+        if Rsyslog.available():
+            relay = Rsyslog(directory / "relay", Certs.mint(directory / "certs"))
+            (directory / "relay" / "received.log").unlink(missing_ok=True)
+            relay.start()
+        config_path = write_config(directory, url, now - span - timedelta(minutes=1), relay)
         config = load_config(config_path)
         state = directory / "state"
         if state.exists():
@@ -160,9 +181,19 @@ def run_demo(directory: Path, *, hosts: int, minutes: int, console: Console | No
             f"subscription of {hosts} hosts."
         )
         console.print(f'  events:  {directory / "events.jsonl"}  (JSON Lines: {{"tag": ..., "event": ...}})')
+        if relay is not None:
+            received = len(relay.wait_for(total, timeout=30))
+            console.print(
+                f"  relay:   {received} events received over mutual TLS by a local rsyslog ({relay.out}, "
+                "Devo's line format)"
+            )
+        else:
+            console.print("  relay:   rsyslog is not installed, so no local Devo relay was started")
         console.print(f"  state:   {directory / 'state'}  (qualys-collector state show -c {config_path})")
         console.print(f"  config:  {config_path}")
         console.print(f"  log:     {directory / 'collector.log'}")
         return 0 if ok else 1
     finally:
+        if relay is not None:
+            relay.stop()
         sim.stop()
