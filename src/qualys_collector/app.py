@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import threading
 from collections.abc import Callable
 from datetime import datetime, timedelta
@@ -26,6 +27,7 @@ from qualys_collector.engine.scheduler import Scheduler
 from qualys_collector.errors import CollectorError, ConfigError
 from qualys_collector.model import utcnow
 from qualys_collector.observability.memory import gc_line
+from qualys_collector.observability.metrics import Metrics, serve
 from qualys_collector.services.registry import load_all
 from qualys_collector.sinks.base import Sink
 from qualys_collector.sinks.drain import Drainer
@@ -176,6 +178,10 @@ class Collector:
         self.jobs = jobs if jobs is not None else build_jobs(config)
         self.stop = threading.Event()
         self.drainers = [Drainer(self.outbox, sink) for sink in self.sinks]
+        self.metrics: Metrics | None = None
+        if config.globals.metrics is not None:
+            self.metrics = self._wire_metrics(config.globals.metrics.delivery_stall_seconds)
+            on_page, on_cycle = self._with_metrics(on_page, on_cycle)
         self.scheduler = Scheduler(
             self.jobs,
             self.outbox,
@@ -185,6 +191,46 @@ class Collector:
             on_cycle=on_cycle,
             on_page=on_page,
         )
+
+    def _wire_metrics(self, stall: float) -> Metrics:
+        metrics = Metrics()
+        metrics.readiness.periods = {job.spec.name: job.period.total_seconds() for job in self.jobs}
+        metrics.readiness.delivery_stall_seconds = stall
+        metrics.readiness.pending = self.outbox.pending
+        metrics.readiness.outbox_full = self.outbox_full
+        metrics.watch_outbox(lambda: {s.name: self.outbox.pending(s.name) for s in self.sinks}, self.outbox.size_bytes)
+        for drainer in self.drainers:
+            drainer.on_batch = metrics.delivery
+        for job in self.jobs:
+            client = getattr(job.source, "client", None)
+            if client is not None:
+                client.on_answer = lambda api, status: metrics.api_answer(_api_label(api), status)
+                auth = getattr(client, "auth", None)
+                if auth is not None and hasattr(auth, "on_token"):
+                    auth.on_token = metrics.token_renewals.inc
+        return metrics
+
+    def _with_metrics(
+        self,
+        on_page: Callable[[Job, CycleStats], None] | None,
+        on_cycle: Callable[[Job, CycleStats | None], None] | None,
+    ) -> tuple[Callable[[Job, CycleStats], None], Callable[[Job, CycleStats | None], None]]:
+        metrics = self.metrics
+        assert metrics is not None
+
+        def page(job: Job, stats: CycleStats) -> None:
+            metrics.page(job.spec.name, stats.pulling_id, stats.received, stats.sent, stats.duplicates)
+            if on_page is not None:
+                on_page(job, stats)
+
+        def cycle(job: Job, stats: CycleStats | None) -> None:
+            if stats is not None:
+                metrics.page(job.spec.name, stats.pulling_id, stats.received, stats.sent, stats.duplicates)
+                metrics.cycle(job.spec.name, stats.pulling_id, stats.seconds, stats.completed)
+            if on_cycle is not None:
+                on_cycle(job, stats)
+
+        return page, cycle
 
     def probe_outputs(self) -> bool:
         """Try each output once at start-up (an empty, confirmed batch); log a numbered error, never exit."""
@@ -232,6 +278,11 @@ class Collector:
     def run_forever(self) -> None:
         """Pull and deliver until :attr:`stop` is set (SIGTERM/SIGINT)."""
         self.probe_outputs()
+        server = None
+        if self.metrics is not None and self.config.globals.metrics is not None:
+            options = self.config.globals.metrics
+            server = serve(self.metrics, options.address, options.port)
+            logger.info("Metrics on http://%s:%d/metrics (/healthz, /readyz)", options.address, server.server_port)
         threads = [
             threading.Thread(target=d.run, args=(self.stop,), name=f"Sender({d.sink.name})", daemon=True)
             for d in self.drainers
@@ -250,9 +301,17 @@ class Collector:
                 logger.info("%s", drainer.statistics_line())
         for thread in threads:
             thread.join(timeout=60)
+        if server is not None:
+            server.shutdown()
+            server.server_close()
 
     def close(self) -> None:
         """Close sinks and the outbox."""
         for sink in self.sinks:
             sink.close()
         self.outbox.close()
+
+
+def _api_label(api: str) -> str:
+    """A low-cardinality API label: incident ids in FIM paths become ``{id}``."""
+    return re.sub(r"/[0-9a-fA-F-]{16,}/", "/{id}/", api)

@@ -77,6 +77,14 @@ class Persistence(Strict):
     config: PersistenceOptions = PersistenceOptions()
 
 
+class MetricsOptions(Strict):
+    """``globals.metrics``: Prometheus ``/metrics``, ``/healthz`` and ``/readyz``."""
+
+    address: str = "127.0.0.1"
+    port: int = Field(ge=1, le=65535)
+    delivery_stall_seconds: float = Field(default=300.0, gt=0)
+
+
 class Globals(BaseModel):
     """``globals`` (YAML) or ``global_overrides`` (JSON). Unknown keys are ignored with a warning."""
 
@@ -87,6 +95,7 @@ class Globals(BaseModel):
     name: str = Field(default="qualys-collector", min_length=1)
     persistence: Persistence = Persistence()
     outbox_max_bytes: int = Field(default=1 << 30, ge=1 << 20)
+    metrics: MetricsOptions | None = None
 
 
 # ----------------------------------------------------------------------------------------- outputs

@@ -51,6 +51,7 @@ class GatewayAuth(httpx.Auth):
         self._expires = 0.0
         self._lock = threading.Lock()
         self.renewals = 0
+        self.on_token: Callable[[], None] | None = None
 
     def token_request(self) -> httpx.Request:
         return httpx.Request("POST", self.token_url, data=self._form)
@@ -63,6 +64,8 @@ class GatewayAuth(httpx.Auth):
             self._token = token
             self._expires = token_expiry(token) or (self.clock() + 4 * 3600)
             self.renewals += 1
+            if self.on_token is not None:
+                self.on_token()
             return
         if response.status_code == 401:
             raise SetupError(
@@ -123,6 +126,7 @@ class FimClient:
         self.sleep = sleep
         self._local = threading.local()
         self.stop: threading.Event | None = None
+        self.on_answer: Callable[[str, int], None] | None = None
 
     @classmethod
     def from_config(cls, block: FimInput) -> FimClient:
@@ -183,6 +187,8 @@ class FimClient:
                 )
                 wait = self.policy.backoff(attempt)
             else:
+                if self.on_answer is not None:
+                    self.on_answer(path, response.status_code)
                 if response.status_code == 200:
                     try:
                         return response.json()

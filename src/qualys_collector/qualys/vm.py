@@ -54,6 +54,7 @@ class VmClient:
         self.policy = policy or RetryPolicy()
         self.sleep = sleep
         self.stop: threading.Event | None = None
+        self.on_answer: Callable[[str, int], None] | None = None
         self._local = threading.local()
         self.total_requests = 0
         self._lock = threading.Lock()
@@ -115,6 +116,8 @@ class VmClient:
                     wait = self.policy.backoff(attempt)
                 else:
                     self.budget.update(key, response.headers)
+                    if self.on_answer is not None:
+                        self.on_answer(key, response.status_code)
                     if response.status_code == 200:
                         try:
                             yield response

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from qualys_collector.errors import DeliveryError
@@ -33,14 +34,22 @@ class Drainer:
         self.max_backoff = max_backoff
         self.stats = DrainStats()
         self.last_error: DeliveryError | None = None
+        self.on_batch: Callable[[str, int, bool], None] | None = None
 
     def drain_once(self) -> int:
         """Deliver one batch. Returns how many events were confirmed (0 when the outbox is empty)."""
         batch = self.outbox.read(self.sink.name, self.batch_size)
         if not batch:
             return 0
-        self.sink.deliver(batch)
+        try:
+            self.sink.deliver(batch)
+        except DeliveryError:
+            if self.on_batch is not None:
+                self.on_batch(self.sink.name, len(batch), False)
+            raise
         self.outbox.ack(self.sink.name, batch[-1].seq)
+        if self.on_batch is not None:
+            self.on_batch(self.sink.name, len(batch), True)
         self.stats.total_sent += len(batch)
         self.stats.since_sent += len(batch)
         self.last_error = None
