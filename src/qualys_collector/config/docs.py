@@ -1,0 +1,88 @@
+"""Render ``docs/configuration.md`` from the configuration models, so the reference cannot drift.
+
+python -m qualys_collector.config.docs > docs/configuration.md
+"""
+
+from __future__ import annotations
+
+import inspect
+import re
+from typing import Any
+
+from pydantic import BaseModel
+from pydantic_core import PydanticUndefined
+
+from qualys_collector.config import schema
+
+SECTIONS: list[tuple[str, type[BaseModel]]] = [
+    ("globals (YAML) / global_overrides (JSON)", schema.Globals),
+    ("globals.persistence", schema.Persistence),
+    ("globals.persistence.config", schema.PersistenceOptions),
+    ("globals.metrics", schema.MetricsOptions),
+    ("outputs.<name> with type: file — config", schema.FileOutputOptions),
+    ("outputs.<name> with type: devo_platform — config", schema.DevoOutputOptions),
+    ("inputs.qualys (VM)", schema.VmInput),
+    ("inputs.qualys.credentials", schema.VmCredentials),
+    ("inputs.qualys_fim (FIM)", schema.FimInput),
+    ("inputs.qualys_fim.credentials", schema.FimCredentials),
+    ("inputs.<input>.connection", schema.Connection),
+    ("inputs.<input>.requests_limits", schema.RequestsLimits),
+    ("every service (options shared by all six)", schema.ServiceOptions),
+    ("services.*.obfuscation[]", schema.ObfuscationRule),
+    ("services.vm_scans", schema.VmScansOptions),
+    ("services.host_list", schema.HostListOptions),
+    ("services.host_list.filters", schema.HostListFilters),
+    ("services.host_list_detection", schema.HostListDetectionOptions),
+    ("services.host_list_detection.filters", schema.DetectionFilters),
+    ("services.user_activity", schema.UserActivityOptions),
+    ("services.fim_events", schema.FimEventsOptions),
+    ("services.fim_incidents", schema.FimIncidentsOptions),
+]
+
+
+def _type(annotation: Any) -> str:
+    text = getattr(annotation, "__name__", None) if isinstance(annotation, type) else None
+    text = text or str(annotation)
+    text = re.sub(r"qualys_collector\.config\.schema\.", "", text)
+    text = re.sub(r"typing\.|pydantic\.types\.", "", text)
+    text = text.replace("NoneType", "None").replace("Annotated[Union[", "one of [")
+    return text.replace("|", "\\|")
+
+
+def _default(field: Any) -> str:
+    if field.is_required():
+        return "**required**"
+    value = field.default_factory() if field.default_factory is not None else field.default
+    if value is PydanticUndefined:
+        return ""
+    if isinstance(value, BaseModel):
+        return "(defaults below)"
+    return f"`{value!r}`".replace("|", "\\|")
+
+
+def render() -> str:
+    """The whole reference as Markdown."""
+    out = [
+        "# Configuration reference",
+        "",
+        "Generated from `src/qualys_collector/config/schema.py` by `python -m qualys_collector.config.docs`;",
+        "a test fails when this file and the models disagree. See README.md for worked examples.",
+        "",
+    ]
+    base_fields = set(schema.ServiceOptions.model_fields)
+    for title, model in SECTIONS:
+        doc = inspect.getdoc(model) or ""
+        out += [f"## {title}", "", doc.splitlines()[0] if doc else "", "", "| key | type | default |", "|---|---|---|"]
+        for name, field in model.model_fields.items():
+            if name == "source_path":
+                continue
+            if model is not schema.ServiceOptions and issubclass(model, schema.ServiceOptions) and name in base_fields:
+                if model.model_fields[name].default == schema.ServiceOptions.model_fields[name].default:
+                    continue
+            out.append(f"| `{name}` | {_type(field.annotation)} | {_default(field)} |")
+        out.append("")
+    return "\n".join(out)
+
+
+if __name__ == "__main__":
+    print(render(), end="")
