@@ -76,9 +76,9 @@ def render() -> str:
         for name, field in model.model_fields.items():
             if name == "source_path":
                 continue
-            if model is not schema.ServiceOptions and issubclass(model, schema.ServiceOptions) and name in base_fields:
-                if model.model_fields[name].default == schema.ServiceOptions.model_fields[name].default:
-                    continue
+            inherited = model is not schema.ServiceOptions and issubclass(model, schema.ServiceOptions)
+            if inherited and name in base_fields and field.default == schema.ServiceOptions.model_fields[name].default:
+                continue
             out.append(f"| `{name}` | {_type(field.annotation)} | {_default(field)} |")
         out.append("")
     return "\n".join(out)
