@@ -256,7 +256,7 @@ class Collector:
                 try:
                     if drainer.drain_once() == 0:
                         break
-                except CollectorError as exc:
+                except Exception as exc:  # noqa: BLE001 - any sink failure keeps the batch; logged, retried
                     failures += 1
                     logger.error("%s (attempt %d of %d)", exc, failures, attempts)
                     if failures >= attempts:

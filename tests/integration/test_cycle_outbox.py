@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
+import time
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -217,3 +218,40 @@ def test_state_files_are_owner_only(tmp_path: Path) -> None:
     box.close()
     assert (tmp_path / "st").stat().st_mode & 0o777 == 0o700
     assert (tmp_path / "st" / "qualys-collector.sqlite3").stat().st_mode & 0o777 == 0o600
+
+
+class ExplodingSink:
+    """A sink whose library raises something unexpected once."""
+
+    def __init__(self) -> None:
+        self.name = "odd"
+        self.calls = 0
+        self.got = 0
+
+    def deliver(self, events: Sequence[StoredEvent]) -> None:
+        self.calls += 1
+        if self.calls == 1:
+            raise ValueError("I/O operation on closed file")
+        self.got += len(events)
+
+    def close(self) -> None:
+        pass
+
+
+def test_an_unexpected_sink_exception_never_kills_the_sender_thread(outbox: Outbox) -> None:
+    run_cycle(job(UNSORTED, ListSource([rec(f"k{i}", at(i)) for i in range(5)])), outbox, clock=lambda: at(100))
+    outbox.register_outputs(["odd"])
+    sink = ExplodingSink()
+    drainer = Drainer(outbox, sink, max_backoff=0.05)
+    drainer.backoff_start = 0.01
+    stop = threading.Event()
+    thread = threading.Thread(target=drainer.run, args=(stop,), kwargs={"idle": 0.01})
+    thread.start()
+    deadline = time.monotonic() + 10
+    while sink.got < 5 and time.monotonic() < deadline:
+        stop.wait(0.01)
+    stop.set()
+    thread.join(5)
+    assert sink.got == 5
+    assert drainer.stats.failures == 1
+    assert outbox.pending("odd") == 0

@@ -20,6 +20,7 @@ TAGS = {
     "monitor.qualys.fim.event",
     "monitor.qualys.fim.incident",
     "monitor.qualys.fim.incident_event",
+    "vuln.qualys.collector.summary",
 }
 
 

@@ -95,14 +95,18 @@ def test_pulled_events_arrive_once_with_tag_and_intact_json(tmp_path: Path, cert
         collector.close()
         client.close()
         truth = sim.truth("host_list_detection", None, NOW)
-        lines = relay.wait_for(len(truth))
+        lines = relay.wait_for(len(truth) + len(sim.truth("vm_scans", None, NOW)) + 1)
         detections = [json.loads(x["message"]) for x in lines if x["tag"] == "vuln.qualys.hostdetections"]
         keys = Counter(d["@detection_key"] for d in detections)
         assert set(keys) == truth
         assert max(keys.values()) == 1
         scans = [json.loads(x["message"]) for x in lines if x["tag"] == "my.app.scans"]
         assert {s["REF"] for s in scans} == sim.truth("vm_scans", None, NOW)
-        assert {x["tag"] for x in lines} == {"vuln.qualys.hostdetections", "my.app.scans"}
+        assert {x["tag"] for x in lines} == {
+            "vuln.qualys.hostdetections",
+            "my.app.scans",
+            "vuln.qualys.collector.summary",
+        }
         assert all("\n" not in x["message"] for x in lines)
     finally:
         sim.stop()
@@ -164,7 +168,8 @@ def test_relay_outage_loses_nothing_and_repeats_at_most_one_batch(tmp_path: Path
     thread.start()
     try:
         fill(outbox, 300)
-        assert len(relay.wait_for(300)) == 300
+        first = relay.wait_for(300)
+        assert len(first) == 300, (drainer.stats, drainer.last_error, outbox.pending("devo"))
         relay.stop()
         fill(outbox, 300, start=300)  # pulling goes on while the relay is down
         time.sleep(1.0)

@@ -17,6 +17,7 @@ from qualys_collector.app import Collector
 from qualys_collector.engine.outbox import Outbox
 from qualys_collector.errors import DeliveryError
 from qualys_collector.model import Event
+from qualys_collector.qualys.retry import RetryPolicy
 from qualys_collector.simulator import Limits, SimConfig, Simulator
 from qualys_collector.simulator.faults import parse_fault
 from tests.conftest import record_reliability
@@ -60,7 +61,7 @@ def test_host_list_detection_delivers_the_ground_truth_window_by_window(sim: Sim
     assert max(first.values()) == 1
     stats = r.stats["host_list_detection"]
     assert stats is not None
-    assert stats.requests == 6  # 40 hosts, 7 per answer
+    assert stats.requests == 7  # the host IDs of the window, then 40 hosts at 7 per answer
     # nothing new: nothing delivered
     assert r.cycle()
     assert sum(r.keys("vuln.qualys.hostdetections", "@detection_key").values()) == len(truth)
@@ -75,7 +76,7 @@ def test_host_list_detection_delivers_the_ground_truth_window_by_window(sim: Sim
 def test_detection_events_carry_host_identity_and_all_statuses_by_default(sim: Simulator, tmp_path: Path) -> None:
     r = run(sim, tmp_path, {"host_list_detection": {"start_time_utc": START, "filters": {"show_tags": 1}}})
     assert r.cycle()
-    events = [e["event"] for e in r.events()]
+    events = [e["event"] for e in r.events() if e["tag"] == "vuln.qualys.hostdetections"]
     assert events
     statuses = {e["DETECTION"]["STATUS"] for e in events}
     assert statuses == {"New", "Active", "Fixed", "Re-Opened"}  # Fixed included, so the SIEM sees fixes
@@ -93,7 +94,8 @@ def test_detection_events_carry_host_identity_and_all_statuses_by_default(sim: S
 def test_status_filter_is_sent_to_qualys(sim: Simulator, tmp_path: Path) -> None:
     r = run(sim, tmp_path, {"host_list_detection": {"start_time_utc": START, "filters": {"status": ["Fixed"]}}})
     assert r.cycle()
-    assert {e["event"]["DETECTION"]["STATUS"] for e in r.events()} == {"Fixed"}
+    detections = [e for e in r.events() if e["tag"] == "vuln.qualys.hostdetections"]
+    assert {e["event"]["DETECTION"]["STATUS"] for e in detections} == {"Fixed"}
 
 
 def test_results_cap_marks_the_event(sim: Simulator, tmp_path: Path) -> None:
@@ -101,7 +103,7 @@ def test_results_cap_marks_the_event(sim: Simulator, tmp_path: Path) -> None:
         sim, tmp_path, {"host_list_detection": {"start_time_utc": START, "results_max_length": 100, "filters": ALL}}
     )
     assert r.cycle()
-    capped = [e["event"] for e in r.events() if e["event"].get("@results_truncated")]
+    capped = [e["event"] for e in r.events() if e["event"].get("@results_truncated")]  # detections only
     assert capped
     assert all(len(e["DETECTION"]["RESULTS"]) == 100 and e["@results_length"] > 100 for e in capped)
 
@@ -242,7 +244,7 @@ def test_obfuscated_fields_never_reach_the_outbox_or_the_output(sim: Simulator, 
         salt="pepper-and-salt-123",
     )
     assert r.cycle()
-    events = [e["event"] for e in r.events()]
+    events = [e["event"] for e in r.events() if e["tag"] == "vuln.qualys.hostdetections"]
     assert events
     assert all(e["HOST"]["IP"].startswith("sha256:") for e in events)
     assert all("RESULTS" not in e["DETECTION"] for e in events)
@@ -291,13 +293,13 @@ def test_a_full_outbox_pauses_pulling_until_delivery_resumes(
         assert "The outbox is full: pulling is paused" in caplog.text
         relay.up = True
         deadline = time.monotonic() + 20
-        while relay.got < 400 + len(sim.truth("host_list_detection", None, NOW)) and time.monotonic() < deadline:
+        while relay.got < 401 + len(sim.truth("host_list_detection", None, NOW)) and time.monotonic() < deadline:
             time.sleep(0.1)
     collector.stop.set()
     thread.join(30)
     collector.close()
     client.close()
-    assert relay.got == 400 + len(sim.truth("host_list_detection", None, NOW))
+    assert relay.got == 401 + len(sim.truth("host_list_detection", None, NOW))  # filler, detections, summary
 
 
 @pytest.mark.reliability
@@ -328,7 +330,11 @@ def test_clock_skew_between_qualys_and_us_loses_nothing(tmp_path: Path, skew_min
         finally:
             collector.close()
             client.close()
-    delivered = {(e["event"]["@detection_key"], e["event"]["DETECTION"]["LAST_PROCESSED_DATETIME"]) for e in r.events()}
+    delivered = {
+        (e["event"]["@detection_key"], e["event"]["DETECTION"]["LAST_PROCESSED_DATETIME"])
+        for e in r.events()
+        if e["tag"] == "vuln.qualys.hostdetections"
+    }
     observable = set()
     for index in range(len(sim.data.host_ids)):
         host = sim.data.host(index)
@@ -348,3 +354,52 @@ def test_clock_skew_between_qualys_and_us_loses_nothing(tmp_path: Path, skew_min
     record_reliability(compared=len(observable), lost=len(missing), duplicated=0)
     assert observable
     assert not missing, f"{len(missing)} of {len(observable)} detection versions lost, e.g. {sorted(missing)[:3]}"
+
+
+def test_parallel_batches_under_a_concurrency_of_two_and_a_tight_rate_limit(tmp_path: Path) -> None:
+    sim = Simulator(
+        SimConfig(
+            seed=19,
+            hosts=90,
+            detections_per_host=2,
+            base=NOW - timedelta(days=2),
+            span=timedelta(days=2),
+            host_interval=timedelta(days=3650),
+        ),
+        vm_limits=Limits(rate=5, window=2, concurrency=2),
+    )
+    r = run(
+        sim,
+        tmp_path,
+        {
+            "host_list_detection": {
+                "start_time_utc": START,
+                "filters": ALL,
+                "batch_size": 10,
+                "max_workers": 4,
+                "truncation_limit": 4,
+            }
+        },
+    )
+    r.policy = RetryPolicy(
+        attempts=8, total_seconds=120, base_backoff=0.05, max_backoff=0.5, max_wait=3, concurrency_wait=0.2
+    )
+    jobs, client = r.jobs()
+    client.sleep = time.sleep  # real waits: the budget must space the calls
+    collector = Collector(r.config(), clock=sim.now, jobs=jobs)
+    try:
+        assert collector.run_once()
+    finally:
+        collector.close()
+        client.close()
+        sim.stop()
+    keys = r.keys("vuln.qualys.hostdetections", "@detection_key")
+    truth = sim.truth("host_list_detection", None, NOW)
+    assert set(keys) == truth
+    assert max(keys.values()) == 1
+    assert sim.max_concurrency("asset/host/vm/detection") <= 2
+    [summary] = [e["event"] for e in r.events() if e["tag"] == "vuln.qualys.collector.summary"]
+    assert summary["hosts_expected"] == summary["hosts_received"] == 90
+    assert summary["detections"] == len(truth)
+    assert summary["batches"] == 9
+    record_reliability(compared=len(truth), lost=len(truth - set(keys)), duplicated=sum(keys.values()) - len(keys))

@@ -64,7 +64,8 @@ def setup(tmp_path: Path) -> Iterator[tuple[Simulator, Path]]:
 def delivered(tmp_path: Path) -> Counter[str]:
     out = tmp_path / "out" / "events.jsonl"
     lines = out.read_text().splitlines() if out.exists() else []
-    return Counter(json.loads(x)["event"]["@detection_key"] for x in lines)
+    events = [json.loads(x) for x in lines]
+    return Counter(e["event"]["@detection_key"] for e in events if e["tag"] == "vuln.qualys.hostdetections")
 
 
 def mount_tmpfs(path: Path, options: str) -> bool:

@@ -243,8 +243,10 @@ class HostListDetectionOptions(ServiceOptions):
     api_version: str = "5.0"
     truncation_limit: int = Field(default=1000, ge=1, le=1_000_000)
     results_max_length: int | None = Field(default=None, ge=64)
+    parallel: bool = True
     batch_size: int = Field(default=500, ge=1, le=1000)
     max_workers: int | None = Field(default=None, ge=1, le=64)
+    summary_tag: str | None = None
     filters: DetectionFilters = DetectionFilters()
 
 

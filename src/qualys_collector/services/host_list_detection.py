@@ -120,4 +120,13 @@ class HostDetectionSource:
         return host_pages(self.client, self.path, self.params(window), token, self.convert, "host detections")
 
 
-ENTRY = register(ServiceEntry(SPEC, lambda client, options: HostDetectionSource(client, options)))
+def build(client: VmClient, options: HostListDetectionOptions) -> Any:
+    """Batched, parallel pulls by default (``parallel: false`` reads the window as one stream)."""
+    if options.parallel:
+        from qualys_collector.services.hld_parallel import ParallelDetectionSource
+
+        return ParallelDetectionSource(client, options)
+    return HostDetectionSource(client, options)
+
+
+ENTRY = register(ServiceEntry(SPEC, build))

@@ -153,7 +153,7 @@ class DevoSink:
             for chunk in self._chunks(events):
                 sender.send_raw(chunk)
             self._confirm(sender)
-        except (DevoSenderException, OSError) as exc:
+        except (DevoSenderException, OSError, ValueError) as exc:
             raise DeliveryError(
                 f"output {self.name}: sending to {self.address[0]}:{self.address[1]} failed ({exc}); "
                 f"the batch of {len(events)} events stays in the outbox",

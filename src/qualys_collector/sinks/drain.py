@@ -35,6 +35,7 @@ class Drainer:
         self.stats = DrainStats()
         self.last_error: DeliveryError | None = None
         self.on_batch: Callable[[str, int, bool], None] | None = None
+        self.backoff_start = 1.0
 
     def drain_once(self) -> int:
         """Deliver one batch. Returns how many events were confirmed (0 when the outbox is empty)."""
@@ -57,7 +58,7 @@ class Drainer:
 
     def run(self, stop: threading.Event, *, idle: float = 0.5, until_empty: bool = False) -> None:
         """Drain until ``stop`` is set (or, with ``until_empty``, until nothing is pending)."""
-        backoff = 1.0
+        backoff = self.backoff_start
         while not stop.is_set():
             try:
                 sent = self.drain_once()
@@ -68,7 +69,14 @@ class Drainer:
                 stop.wait(backoff)
                 backoff = min(backoff * 2, self.max_backoff)
                 continue
-            backoff = 1.0
+            except Exception as exc:  # a sender thread must never die: the batch stays, we retry
+                self.stats.failures += 1
+                self.last_error = DeliveryError(f"output {self.sink.name}: unexpected {type(exc).__name__}: {exc}")
+                logger.exception("Output %s failed unexpectedly; the batch stays in the outbox", self.sink.name)
+                stop.wait(backoff)
+                backoff = min(backoff * 2, self.max_backoff)
+                continue
+            backoff = self.backoff_start
             if sent == 0:
                 if until_empty:
                     return
