@@ -178,10 +178,17 @@ class Dataset:
         return (base * (size // len(base) + 1))[:size]
 
     def hosts_processed(
-        self, now: datetime, after: datetime | None, before: datetime | None, id_from: int = 0
+        self,
+        now: datetime,
+        after: datetime | None,
+        before: datetime | None,
+        id_from: int = 0,
+        id_to: int | None = None,
     ) -> Iterator[tuple[Host, int, datetime]]:
-        """Hosts (ID ascending, from index ``id_from``) whose latest processing is strictly between the bounds."""
-        for index in range(id_from, len(self.host_ids)):
+        """Hosts (ID ascending, from index ``id_from``, up to ID ``id_to``) whose latest processing is strictly
+        between the bounds."""
+        end = len(self.host_ids) if id_to is None else bisect.bisect_right(self.host_ids, id_to)
+        for index in range(id_from, end):
             host = self.host(index)
             state = host.processed_at(now)
             if state is None:

@@ -314,8 +314,22 @@ def host_list(
         else ("HOST_LIST_OUTPUT", "asset/host/dtd/list/output.dtd")
     )
 
+    bounds = [
+        b
+        for b in (id_max, max((hi for _lo, hi in ranges), default=None) if ranges is not None else None)
+        if b is not None
+    ]
+    last_id = min(bounds) if bounds else None
+    first_id = max(id_min, min((lo for lo, _hi in ranges), default=id_min)) if ranges else id_min
+
     def matching() -> Iterator[str]:
-        for host, scan, processed in data.hosts_processed(now, after, before, data.host_index_from(id_min)):
+        for host, scan, processed in data.hosts_processed(
+            now,
+            after,
+            before,
+            data.host_index_from(first_id),
+            last_id,  # hosts are sorted by ID
+        ):
             if not _id_ok(host.id, id_max, ranges):
                 continue
             fields = data.host_fields(host, scan, processed)
