@@ -306,9 +306,12 @@ class Collector:
             server.server_close()
 
     def close(self) -> None:
-        """Close sinks and the outbox."""
+        """Close sinks, Qualys clients and the outbox."""
         for sink in self.sinks:
             sink.close()
+        clients = {id(c): c for c in (getattr(job.source, "client", None) for job in self.jobs) if c is not None}
+        for client in clients.values():
+            client.close()
         self.outbox.close()
 
 
