@@ -25,8 +25,8 @@ from qualys_collector.errors import CollectorError, PullError
 from qualys_collector.model import JSON, Page, Record, Window, format_seed_datetime, parse_seed_datetime
 from qualys_collector.qualys.vm import VmClient
 from qualys_collector.qualys.xml import iter_elements
-from qualys_collector.services.host_list_detection import IDENTITY_FIELDS, converter
-from qualys_collector.services.vm_hosts import _server_time, host_pages, window_params
+from qualys_collector.services.host_list_detection import HostDetectionSource
+from qualys_collector.services.vm_hosts import host_pages, server_time, window_params
 
 logger = logging.getLogger("qualys_collector.puller")
 SUMMARY_TAG = "vuln.qualys.collector.summary"
@@ -38,15 +38,12 @@ def cut(ids: list[int], size: int) -> list[list[int]]:
     return [[chunk[0], chunk[-1]] for chunk in (ids[i : i + size] for i in range(0, len(ids), size))]
 
 
-class ParallelDetectionSource:
+class ParallelDetectionSource(HostDetectionSource):
     """``/api/<v>/fo/asset/host/vm/detection/`` in ID batches, several at a time."""
 
     def __init__(self, client: VmClient, options: HostListDetectionOptions) -> None:
-        self.client = client
-        self.options = options
-        self.path = f"/api/{options.api_version}/fo/asset/host/vm/detection/"
+        super().__init__(client, options)
         self.list_path = f"/api/{options.api_version}/fo/asset/host/"
-        self.convert = converter(options.results_max_length)
         self.key = "asset/host/vm/detection"
 
     def host_ids(self, window: Window) -> tuple[list[int], datetime | None]:
@@ -65,7 +62,7 @@ class ParallelDetectionSource:
             ):
                 text = (element.text or "").strip()
                 if tag == "DATETIME":
-                    horizon = _server_time(text, horizon)
+                    horizon = server_time(text, horizon)
                 elif tag == "ID" and text.isdigit():
                     ids.append(int(text))
                 elif tag == "ID_RANGE" and "-" in text:
@@ -73,19 +70,9 @@ class ParallelDetectionSource:
                     ids.extend(range(low, high + 1))
         return sorted(set(ids)), horizon
 
-    def params(self, window: Window, batch: list[int]) -> dict[str, str]:
-        """The detection request of one batch."""
-        f = self.options.filters
-        return {
-            "action": "list",
-            "ids": f"{batch[0]}-{batch[1]}",
-            "status": ",".join(f.status),
-            "show_asset_id": str(f.show_asset_id),
-            "show_tags": str(f.show_tags),
-            "show_reopened_info": str(f.show_reopened_info),
-            "truncation_limit": str(self.options.truncation_limit),
-            **window_params(window.start, window.end),
-        }
+    def batch_params(self, window: Window, batch: list[int]) -> dict[str, str]:
+        """The detection request of one batch: the window's request narrowed to an ID range."""
+        return {**self.params(window), "ids": f"{batch[0]}-{batch[1]}"}
 
     def pages(self, window: Window, token: JSON | None, extra: JSON) -> Iterator[Page]:
         """Pages from all batches as they arrive; each token is the whole plan's progress."""
@@ -123,16 +110,15 @@ class ParallelDetectionSource:
         out: queue.Queue[Any] = queue.Queue(maxsize=8)
         stop = threading.Event()
         workers = self.options.max_workers or max(1, self.client.budget.limit(self.key))
-        active = [min(workers, todo.qsize())]
         lock = threading.Lock()
         threads = [
             threading.Thread(
                 target=self._worker,
-                args=(window, state, todo, out, stop, active, lock),
+                args=(window, state, todo, out, stop, lock),
                 name=f"HLD-worker-{n}",
                 daemon=True,
             )
-            for n in range(active[0])
+            for n in range(min(workers, todo.qsize()))
         ]
         for thread in threads:
             thread.start()
@@ -196,7 +182,6 @@ class ParallelDetectionSource:
         todo: queue.Queue[int],
         out: queue.Queue[Any],
         stop: threading.Event,
-        active: list[int],
         lock: threading.Lock,
     ) -> None:
         try:
@@ -211,7 +196,7 @@ class ParallelDetectionSource:
                     for page in host_pages(
                         self.client,
                         self.path,
-                        self.params(window, batch),
+                        self.batch_params(window, batch),
                         {"id_min": resume} if resume else None,
                         self.convert,
                         "host detections",
@@ -257,4 +242,4 @@ def _earliest(first: datetime | None, second: datetime | None) -> datetime | Non
     return min(first, second)
 
 
-__all__ = ["IDENTITY_FIELDS", "ParallelDetectionSource", "cut"]
+__all__ = ["ParallelDetectionSource", "cut"]

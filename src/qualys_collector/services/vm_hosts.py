@@ -50,7 +50,7 @@ def host_pages(
             with client.open(path, request) as response:
                 for tag, element in iter_elements(client.body(path, response), {"HOST", "URL", "DATETIME"}):
                     if tag == "DATETIME":
-                        horizon[0] = _server_time(element.text, horizon[0])
+                        horizon[0] = server_time(element.text, horizon[0])
                         continue
                     if tag == "URL":
                         next_id = url_cursor(element.text or "", "id_min")
@@ -73,7 +73,7 @@ def host_pages(
     return client.resumable(fetch, token, what)
 
 
-def _server_time(text: str | None, current: datetime | None) -> datetime | None:
+def server_time(text: str | None, current: datetime | None) -> datetime | None:
     """The earliest ``RESPONSE/DATETIME`` seen (Qualys' clock when it answered)."""
     try:
         value = parse_seed_datetime((text or "").strip())
