@@ -202,14 +202,7 @@ class FimClient:
                         wait = self.policy.backoff(attempt)
                 else:
                     failure, wait = self._resolve(response, what, attempt)
-            elapsed = time.monotonic() - started
-            if attempt >= self.policy.attempts or elapsed + wait > self.policy.total_seconds:
-                failure.message += f" (gave up after {attempt} attempts in {elapsed:.0f} s)"
-                raise failure
-            logger.warning(
-                "%s; retrying in %.1f s (attempt %d of %d)", failure.message, wait, attempt, self.policy.attempts
-            )
-            self.sleep(wait)
+            self.policy.give_up_or_wait(failure, attempt, started, wait, self.sleep)
 
     def _resolve(self, response: httpx.Response, what: str, attempt: int) -> tuple[SourceError, float]:
         resolution = resolve_gateway(response.status_code)

@@ -7,8 +7,15 @@ Every retry is bounded by attempts and by total time; waits that Qualys asks for
 from __future__ import annotations
 
 import enum
+import logging
 import random
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
+
+from qualys_collector.errors import SourceError
+
+logger = logging.getLogger("qualys_collector.qualys")
 
 
 class Action(enum.Enum):
@@ -94,6 +101,17 @@ class RetryPolicy:
         """Exponential backoff with full jitter for ``attempt`` (1-based)."""
         ceiling = float(min(self.max_backoff, self.base_backoff * 2.0 ** (attempt - 1)))
         return ceiling / 2 + random.uniform(0, ceiling / 2)  # noqa: S311 - jitter, not crypto
+
+    def give_up_or_wait(
+        self, failure: SourceError, attempt: int, started: float, wait: float, sleep: Callable[[float], None]
+    ) -> None:
+        """Raise ``failure`` once attempts or total time are spent; otherwise log and wait ``wait`` seconds."""
+        elapsed = time.monotonic() - started
+        if attempt >= self.attempts or elapsed + wait > self.total_seconds:
+            failure.message += f" (gave up after {attempt} attempts in {elapsed:.0f} s)"
+            raise failure
+        logger.warning("%s; retrying in %.1f s (attempt %d of %d)", failure.message, wait, attempt, self.attempts)
+        sleep(wait)
 
     def limit_wait(self, seconds: float | None) -> float:
         """A wait Qualys asked for, capped, with a little jitter; ``concurrency_wait`` when it said nothing."""

@@ -126,14 +126,7 @@ class VmClient:
                         return
                     body = _read_small(response)
                     failure, wait = self._resolve(path, response, body, attempt)
-            elapsed = time.monotonic() - started
-            if attempt >= self.policy.attempts or elapsed + wait > self.policy.total_seconds:
-                failure.message += f" (gave up after {attempt} attempts in {elapsed:.0f} s)"
-                raise failure
-            logger.warning(
-                "%s; retrying in %.1f s (attempt %d of %d)", failure.message, wait, attempt, self.policy.attempts
-            )
-            self.sleep(wait)
+            self.policy.give_up_or_wait(failure, attempt, started, wait, self.sleep)
 
     def _resolve(self, path: str, response: httpx.Response, body: bytes, attempt: int) -> tuple[SourceError, float]:
         code, text = parse_error_document(body)
