@@ -240,3 +240,18 @@ def test_simulated_vm_answers_use_only_sample_elements(
     assert unknown == set()
     core = {p for p in known if p.count("/") <= 4} & ours
     assert core, "the simulator shares the samples' skeleton"
+
+
+def test_simulated_activity_log_has_the_sample_layout(sim: tuple[Simulator, str, str]) -> None:
+    _sim, url, _token = sim
+    text = vm_get(url, "/api/2.0/fo/activity_log/", {"truncation_limit": "5"}).decode()
+    lines = text.splitlines()
+    full = (VM / "activity_log_csv_full_response_untruncated__elastic_issue_10183.csv").read_text().splitlines()
+    footer = (VM / "activity_log_csv_truncation_footer_fragment__xsiam_event_collector_test.csv").read_text()
+    assert lines[:2] == full[:2]  # body marker and the exact header line
+    assert "----END_RESPONSE_BODY_CSV" in lines
+    ours_footer = lines[lines.index("----BEGIN_RESPONSE_FOOTER_CSV") :]
+    theirs_footer = footer.splitlines()
+    assert ours_footer[:3] == theirs_footer[:3]  # marker, WARNING, "CODE","TEXT","URL"
+    assert ours_footer[3].startswith('"1980","5 record limit exceeded. Use URL to get next batch of results.","')
+    assert ours_footer[-1] == theirs_footer[-1] == "----END_RESPONSE_FOOTER_CSV"
