@@ -1,15 +1,22 @@
-"""Host list detection pull benchmark: simulator -> parse -> outbox -> file sink, in separate processes.
+"""Host list detection benchmark: the four figures of issue 8, measured in one run.
 
-Prints detections/s and the peak RSS of the collector at a small and a large size (memory must not grow
-with the number of detections), and the simulator's start time and peak RSS.
+1. end to end: simulator -> collector (fetch, parse, outbox) -> Devo sink -> a real rsyslog over mutual TLS,
+   counted when rsyslog has written every detection (separate processes, as in production);
+2. the parse limit: the same bytes through ``lxml.etree.iterparse`` alone (host elements, cleared);
+3. a plain script: one GET per page, the whole body read, parsed with ElementTree, one JSON line per detection;
+4. the collector's peak RSS at the small and the large size (it must not grow with the estate).
 
     python bench/hld.py            # 100k and 1M detections
-    python bench/hld.py --quick    # 100k and 200k detections (under a minute)
+    python bench/hld.py --quick    # 100k and 200k detections (about a minute)
+
+The last line is machine-readable:
+``detections_per_s=N parse_limit_ratio=R script_ratio=S rss_mb_small=A rss_mb_large=B``.
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
 import json
 import socket
 import subprocess
@@ -17,18 +24,22 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.request
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlencode
 
 import psutil
+from lxml import etree
+
+from qualys_collector.relay import Certs, Rsyslog, free_port
 
 CLI = [sys.executable, "-m", "qualys_collector"]
 DETECTIONS_PER_HOST = 10
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+PATH = "/api/5.0/fo/asset/host/vm/detection/"
+PARAMS = {"action": "list", "status": "New,Active,Fixed,Re-Opened", "show_asset_id": "0", "show_tags": "0"}
+AUTH = {"Authorization": "Basic " + base64.b64encode(b"demo:demo").decode(), "X-Requested-With": "bench"}
 
 
 class PeakRss(threading.Thread):
@@ -48,89 +59,188 @@ class PeakRss(threading.Thread):
                 return
             self.done.wait(0.05)
 
-
-def start_simulator(hosts: int) -> tuple[subprocess.Popen[bytes], str, float]:
-    port = free_port()
-    started = time.monotonic()
-    proc = subprocess.Popen(
-        [
-            *CLI,
-            "simulate",
-            "--port",
-            str(port),
-            "--hosts",
-            str(hosts),
-            "--detections-per-host",
-            str(DETECTIONS_PER_HOST),
-            "--rate-limit",
-            "1000000",
-            "--concurrency-limit",
-            "8",
-            "--host-interval-minutes",
-            "10000000",  # each host processed once: a static dataset
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    deadline = started + 30
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                return proc, f"http://127.0.0.1:{port}", time.monotonic() - started
-        except OSError:
-            time.sleep(0.02)
-    proc.kill()
-    raise SystemExit("the simulator did not start within 30 s")
+    def stop(self) -> float:
+        """Peak RSS in MB."""
+        self.done.set()
+        self.join()
+        return self.peak / 2**20
 
 
-def pull(hosts: int, workdir: Path) -> dict[str, float]:
-    sim, url, start_s = start_simulator(hosts)
-    sim_rss = PeakRss(sim.pid)
-    sim_rss.start()
-    try:
-        config = {
-            "globals": {"persistence": {"config": {"directory_name": str(workdir / "state")}}},
-            "outputs": {"file": {"type": "file", "config": {"path": str(workdir / "events.jsonl")}}},
-            "inputs": {
-                "qualys": {
-                    "id": "bench",
-                    "credentials": {"base_url": url, "username": "demo", "password": "demo"},
-                    "services": {
-                        "host_list_detection": {"start_time_utc": "2000-01-01T00:00:00Z", "truncation_limit": 1000}
-                    },
-                }
-            },
-        }
-        path = workdir / "config.json"
-        path.write_text(json.dumps(config))
+@dataclass
+class Simulator:
+    proc: subprocess.Popen[bytes]
+    url: str
+    start_s: float
+    rss: PeakRss
+
+    @classmethod
+    def start(cls, hosts: int) -> Simulator:
+        port = free_port()
         started = time.monotonic()
         proc = subprocess.Popen(
-            [*CLI, "run", "-c", str(path), "--once"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+            [
+                *CLI,
+                "simulate",
+                "--port",
+                str(port),
+                "--hosts",
+                str(hosts),
+                "--detections-per-host",
+                str(DETECTIONS_PER_HOST),
+                "--rate-limit",
+                "1000000",
+                "--concurrency-limit",
+                "8",
+                "--host-interval-minutes",
+                "10000000",  # each host processed once: a static dataset
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
-        rss = PeakRss(proc.pid)
-        rss.start()
-        code = proc.wait()
-        seconds = time.monotonic() - started
-        rss.done.set()
-        rss.join()
-        if code != 0:
-            raise SystemExit(f"the collector failed (exit {code}); see {workdir}")
-        with (workdir / "events.jsonl").open("rb") as handle:
-            delivered = sum(1 for line in handle if line.startswith(b'{"tag":"vuln.qualys.hostdetections"'))
-        expected = hosts * DETECTIONS_PER_HOST
-        if delivered != expected:
-            raise SystemExit(f"delivered {delivered} detections, expected {expected}")
-        return {
-            "detections": delivered,
-            "seconds": seconds,
-            "rss_mb": rss.peak / 2**20,
-            "sim_start_s": start_s,
-            "sim_rss_mb": sim_rss.peak / 2**20,
-        }
+        deadline = started + 30
+        while time.monotonic() < deadline:
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                    rss = PeakRss(proc.pid)
+                    rss.start()
+                    return cls(proc, f"http://127.0.0.1:{port}", time.monotonic() - started, rss)
+            except OSError:
+                time.sleep(0.02)
+        proc.kill()
+        raise SystemExit("the simulator did not start within 30 s")
+
+    def stop(self) -> float:
+        """Stop it; its peak RSS in MB."""
+        peak = self.rss.stop()
+        self.proc.terminate()
+        self.proc.wait(10)
+        return peak
+
+
+def count_lines(path: Path, needle: bytes) -> int:
+    if not path.exists():
+        return 0
+    with path.open("rb") as handle:
+        return sum(chunk.count(needle) for chunk in iter(lambda: handle.read(1 << 22), b""))
+
+
+def end_to_end(sim: Simulator, workdir: Path, relay: Rsyslog, expected: int) -> tuple[float, float]:
+    """(seconds until rsyslog holds every detection, collector peak RSS in MB)."""
+    config = {
+        "globals": {"persistence": {"config": {"directory_name": str(workdir / "state")}}},
+        "outputs": {
+            "devo": {
+                "type": "devo_platform",
+                "config": {
+                    "address": "127.0.0.1",
+                    "port": relay.port,
+                    "type": "SSL",
+                    "chain": str(relay.certs.chain),
+                    "cert": str(relay.certs.client_cert),
+                    "key": str(relay.certs.client_key),
+                },
+            }
+        },
+        "inputs": {
+            "qualys": {
+                "id": "bench",
+                "credentials": {"base_url": sim.url, "username": "demo", "password": "demo"},
+                "services": {"host_list_detection": {"start_time_utc": "2000-01-01T00:00:00Z"}},
+            }
+        },
+    }
+    workdir.mkdir(parents=True, exist_ok=True)
+    path = workdir / "config.json"
+    path.write_text(json.dumps(config))
+    started = time.monotonic()
+    proc = subprocess.Popen(
+        [*CLI, "run", "-c", str(path), "--once"],
+        stdout=subprocess.DEVNULL,
+        stderr=(workdir / "collector.log").open("wb"),
+    )
+    rss = PeakRss(proc.pid)
+    rss.start()
+    code = proc.wait()
+    peak = rss.stop()
+    if code != 0:
+        raise SystemExit(f"the collector failed (exit {code}); see {workdir / 'collector.log'}")
+    needle = b" vuln.qualys.hostdetections: "
+    deadline = time.monotonic() + 120
+    while (delivered := count_lines(relay.out, needle)) < expected and time.monotonic() < deadline:
+        time.sleep(0.1)
+    seconds = time.monotonic() - started
+    if delivered != expected:
+        raise SystemExit(f"rsyslog received {delivered} detections, expected {expected}")
+    return seconds, peak
+
+
+def download(sim: Simulator, target: Path) -> None:
+    """The whole answer in one document, the bytes the parse limit is measured on."""
+    url = f"{sim.url}{PATH}?{urlencode({**PARAMS, 'truncation_limit': '0'})}"
+    with urllib.request.urlopen(urllib.request.Request(url, headers=AUTH)) as answer, target.open("wb") as out:
+        while chunk := answer.read(1 << 20):
+            out.write(chunk)
+
+
+def parse_limit(document: Path, expected: int) -> float:
+    """Seconds for lxml iterparse alone over the document: host elements, each cleared, nothing else."""
+    started = time.monotonic()
+    hosts = 0
+    for _event, element in etree.iterparse(str(document), events=("end",), tag="HOST", huge_tree=True):
+        hosts += 1
+        element.clear(keep_tail=False)
+        while element.getprevious() is not None:
+            del element.getparent()[0]
+    seconds = time.monotonic() - started
+    if hosts * DETECTIONS_PER_HOST != expected:
+        raise SystemExit(f"the parse saw {hosts} hosts, expected {expected // DETECTIONS_PER_HOST}")
+    return seconds
+
+
+def plain_script(sim: Simulator, out: Path, expected: int) -> float:
+    """Seconds for what a user would otherwise write: GET a page, read it all, ElementTree, JSON lines."""
+    started = time.monotonic()
+    url: str | None = f"{sim.url}{PATH}?{urlencode({**PARAMS, 'truncation_limit': '1000'})}"
+    written = 0
+    with out.open("w", encoding="utf-8") as sink:
+        while url:
+            with urllib.request.urlopen(urllib.request.Request(url, headers=AUTH)) as answer:
+                body = answer.read()
+            root = ET.fromstring(body)
+            for host in root.iter("HOST"):
+                fields = {child.tag: (child.text or "").strip() for child in host if len(child) == 0}
+                for detection in host.iter("DETECTION"):
+                    record = {"HOST": fields, "DETECTION": {child.tag: child.text for child in detection}}
+                    sink.write(json.dumps(record) + "\n")
+                    written += 1
+            next_url = root.find("RESPONSE/WARNING/URL")
+            url = next_url.text.strip() if next_url is not None and next_url.text else None
+    seconds = time.monotonic() - started
+    if written != expected:
+        raise SystemExit(f"the script wrote {written} detections, expected {expected}")
+    return seconds
+
+
+def measure(hosts: int, root: Path, certs: Certs, *, compare: bool) -> dict[str, float]:
+    expected = hosts * DETECTIONS_PER_HOST
+    sim = Simulator.start(hosts)
+    relay = Rsyslog(root / f"relay-{hosts}", certs)
+    relay.start()
+    try:
+        seconds, rss = end_to_end(sim, root / f"collector-{hosts}", relay, expected)
+        result = {"detections": expected, "seconds": seconds, "rss_mb": rss, "sim_start_s": sim.start_s}
+        if compare:
+            document = root / "answer.xml"
+            download(sim, document)
+            result["bytes"] = document.stat().st_size
+            result["parse_s"] = parse_limit(document, expected)
+            document.unlink()
+            result["script_s"] = plain_script(sim, root / "script.jsonl", expected)
     finally:
-        sim_rss.done.set()
-        sim.terminate()
-        sim.wait(10)
+        relay.stop()
+        sim_rss = sim.stop()
+    result["sim_rss_mb"] = sim_rss
+    return result
 
 
 def main() -> None:
@@ -138,20 +248,27 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="100k and 200k detections")
     args = parser.parse_args()
     small, large = (10_000, 20_000) if args.quick else (10_000, 100_000)
-    results = []
-    for hosts in (small, large):
-        with tempfile.TemporaryDirectory() as tmp:
-            result = pull(hosts, Path(tmp))
-        results.append(result)
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        certs = Certs.mint(root / "certs")
+        results = [measure(small, root, certs, compare=False), measure(large, root, certs, compare=True)]
+    for r in results:
         print(
-            f"{result['detections']:>9,} detections in {result['seconds']:6.1f} s = "
-            f"{result['detections'] / result['seconds']:>8,.0f}/s; collector peak RSS {result['rss_mb']:.0f} MB; "
-            f"simulator start {result['sim_start_s']:.2f} s, peak RSS {result['sim_rss_mb']:.0f} MB"
+            f"end to end: {r['detections']:>9,} detections in {r['seconds']:6.1f} s = "
+            f"{r['detections'] / r['seconds']:>7,.0f}/s; collector peak RSS {r['rss_mb']:.0f} MB; "
+            f"simulator start {r['sim_start_s']:.2f} s, peak RSS {r['sim_rss_mb']:.0f} MB"
         )
     big = results[-1]
+    n = big["detections"]
+    rate, parse_rate, script_rate = n / big["seconds"], n / big["parse_s"], n / big["script_s"]
     print(
-        f"detections_per_s={big['detections'] / big['seconds']:.0f} rss_mb_small={results[0]['rss_mb']:.0f} "
-        f"rss_mb_large={big['rss_mb']:.0f} sim_start_s={big['sim_start_s']:.2f} sim_rss_mb={big['sim_rss_mb']:.0f}"
+        f"parse limit (lxml iterparse alone, {big['bytes'] / 2**20:,.0f} MiB): {parse_rate:,.0f}/s "
+        f"({big['bytes'] / 2**20 / big['parse_s']:.0f} MiB/s)"
+    )
+    print(f"plain script (GET a page, read all, ElementTree, json.dumps): {script_rate:,.0f}/s")
+    print(
+        f"detections_per_s={rate:.0f} parse_limit_ratio={rate / parse_rate:.2f} script_ratio={rate / script_rate:.2f} "
+        f"rss_mb_small={results[0]['rss_mb']:.0f} rss_mb_large={big['rss_mb']:.0f}"
     )
 
 
