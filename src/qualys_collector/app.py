@@ -266,10 +266,23 @@ class Collector:
         return ok
 
     def run_once(self) -> bool:
-        """Deliver what is pending, pull one cycle of every service, deliver. True if all succeeded."""
+        """Deliver what is pending, pull one cycle of every service while the senders deliver what each page
+        commits, then deliver the rest. True if all succeeded."""
         self.probe_outputs()
         delivered_before = self.drain()
-        pulled = self.scheduler.run_once()
+        pulled_all = threading.Event()
+        senders = [
+            threading.Thread(target=d.run, args=(pulled_all,), name=f"Sender({d.sink.name})", daemon=True)
+            for d in self.drainers
+        ]
+        for thread in senders:
+            thread.start()
+        try:
+            pulled = self.scheduler.run_once()
+        finally:
+            pulled_all.set()
+            for thread in senders:
+                thread.join()
         delivered = self.drain()
         for drainer in self.drainers:
             logger.info("%s", drainer.statistics_line())

@@ -76,3 +76,21 @@ def test_checkpoint_round_trips_through_json() -> None:
     assert Checkpoint.from_json(data) == checkpoint
     fractional = Checkpoint(start_time=None, value=T0 + timedelta(milliseconds=250))
     assert Checkpoint.from_json(fractional.to_json()) == fractional
+
+
+def test_event_json_is_byte_for_byte_what_the_json_module_writes() -> None:
+    """Events are serialised with orjson for speed; the bytes must not change, including what orjson
+    refuses (a lone surrogate, an integer beyond 64 bits) and what goes through ``default=str``."""
+    import json
+
+    from qualys_collector.model import Event
+
+    bodies: list[dict[str, object]] = [
+        {"text": 'Ünïcödé ✓ 漢字 \n\t"x" \\ \u2028 \x00 ]]>', "n": None, "f": 1.5, "l": [1, "2", {"b": True}]},
+        {"when": datetime(2024, 1, 1, 12, 30, tzinfo=UTC)},
+        {"big": 2**70},
+        {"lone": "\ud800"},
+    ]
+    for body in bodies:
+        expected = json.dumps(body, separators=(",", ":"), ensure_ascii=False, default=str)
+        assert Event(tag="t", body=body).to_json() == expected

@@ -134,16 +134,15 @@ class Outbox:
         """Insert ``events`` and store ``checkpoint`` in one transaction."""
         now = time.time()
         source = f"{input_id}/{service}"
+        rows = [(e.tag, e.to_json(), source, now) for e in events]  # serialised before the write lock is taken
+        state = json.dumps(checkpoint, sort_keys=True)
         with self._transaction() as conn:
-            if events:
-                conn.executemany(
-                    "INSERT INTO events (tag, body, source, created) VALUES (?, ?, ?, ?)",
-                    [(e.tag, e.to_json(), source, now) for e in events],
-                )
+            if rows:
+                conn.executemany("INSERT INTO events (tag, body, source, created) VALUES (?, ?, ?, ?)", rows)
             conn.execute(
                 "INSERT INTO checkpoints (input_id, service, data, updated) VALUES (?, ?, ?, ?) "
                 "ON CONFLICT(input_id, service) DO UPDATE SET data = excluded.data, updated = excluded.updated",
-                (input_id, service, json.dumps(checkpoint, sort_keys=True), now),
+                (input_id, service, state, now),
             )
 
     def reset_checkpoint(self, input_id: str, service: str) -> bool:
