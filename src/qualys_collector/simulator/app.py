@@ -73,6 +73,8 @@ class Simulator:
         self.fim = fimapi.FimApi(self.data, self.now)
         self.requests: Counter[str] = Counter()
         self.statuses: Counter[str] = Counter()
+        #: every VM API call that passed authentication and the limits: (resource, parameters), in arrival order
+        self.vm_calls: list[tuple[str, dict[str, str]]] = []
         self.tokens_issued = 0
         self._endpoints: dict[str, _Endpoint] = {}
         self._lock = threading.Lock()
@@ -205,6 +207,8 @@ class Simulator:
                 self._release(key)
                 return self._fault_response(fault, headers, now)
             params = self._params(request)
+            with self._lock:
+                self.vm_calls.append((resource, params))
             base_url = f"{request.host_url.rstrip('/')}{request.path}"
             if resource == "scan":
                 chunks: Iterator[str] = vm.scan_list(self.data, now, params)
@@ -405,6 +409,12 @@ class _Body:
         self._closed = False
 
     def __iter__(self) -> Iterator[bytes]:
+        try:
+            yield from self._chunks()
+        finally:  # the end of the answer, or the generator discarded after a failed write
+            self.close()
+
+    def _chunks(self) -> Iterator[bytes]:
         sent = 0
         buffer: list[bytes] = []
         size = 0
@@ -433,11 +443,21 @@ class _Body:
             yield b"".join(buffer)
 
     def close(self) -> None:
-        """Called by the server when the response ends (or the client went away)."""
-        if not self._closed:
+        """Called by the server when the response ends (or the client went away).
+
+        werkzeug skips this when a client's reset surfaces while it drains the request socket (a
+        collector killed mid-answer), so the end of iteration and garbage collection call it too:
+        a dead call must not hold a concurrency slot for ever.
+        """
+        with self.sim._lock:
+            if self._closed:
+                return
             self._closed = True
-            if self.key is not None:
-                self.sim._release(self.key)
+        if self.key is not None:
+            self.sim._release(self.key)
+
+    def __del__(self) -> None:
+        self.close()
 
 
 def _chain(first: str, rest: Iterator[str]) -> Iterator[str]:
