@@ -319,9 +319,13 @@ class Collector:
             server.server_close()
 
     def close(self) -> None:
-        """Close sinks, Qualys clients and the outbox."""
+        """Close sinks, sources (parsing processes), Qualys clients and the outbox."""
         for sink in self.sinks:
             sink.close()
+        for job in self.jobs:
+            close = getattr(job.source, "close", None)
+            if close is not None:
+                close()
         clients = {id(c): c for c in (getattr(job.source, "client", None) for job in self.jobs) if c is not None}
         for client in clients.values():
             client.close()

@@ -1,6 +1,7 @@
 """kill -9 of the real collector in the middle of a batched host detection pull, under a concurrency limit of
-2 and a tight rate limit: the restart must pull exactly the batches that were not finished, once each, and
-nothing that was (the simulator logs every call it served)."""
+2 and a tight rate limit, with answers parsed in separate processes: the restart must pull exactly the
+batches that were not finished, once each, and nothing that was (the simulator logs every call it served);
+no parsing process may outlive the killed collector."""
 
 from __future__ import annotations
 
@@ -9,10 +10,12 @@ import re
 import sqlite3
 import subprocess
 import sys
+import time
 from collections import Counter
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import psutil
 import pytest
 
 from qualys_collector.engine.outbox import DB_NAME
@@ -23,6 +26,20 @@ pytestmark = [pytest.mark.reliability, pytest.mark.integration]
 CLI = [sys.executable, "-m", "qualys_collector"]
 CHILD = Path(__file__).resolve().parents[1] / "helpers" / "batch_crash_child.py"
 KILL_AFTER_PAGES = 3
+
+
+def parse_processes_after(seconds: float) -> list[psutil.Process]:
+    """Parsing processes still running after up to ``seconds``."""
+    deadline = time.monotonic() + seconds
+    while True:
+        alive = [
+            p
+            for p in psutil.process_iter(["cmdline"])
+            if "qualys_collector.services.hld_process" in " ".join(p.info["cmdline"] or [])
+        ]
+        if not alive or time.monotonic() > deadline:
+            return alive
+        time.sleep(0.1)
 
 
 def test_a_crash_mid_run_resumes_at_the_first_unfinished_batch(tmp_path: Path) -> None:
@@ -54,6 +71,7 @@ def test_a_crash_mid_run_resumes_at_the_first_unfinished_batch(tmp_path: Path) -
                                 "start_time_utc": (now - timedelta(days=5)).strftime("%Y-%m-%dT%H:%M:%SZ"),
                                 "batch_size": 10,
                                 "max_workers": 2,
+                                "parse_processes": 2,  # the parsing processes must not outlive a kill
                             }
                         },
                     }
@@ -64,6 +82,7 @@ def test_a_crash_mid_run_resumes_at_the_first_unfinished_batch(tmp_path: Path) -
     try:
         killed = subprocess.run([sys.executable, str(CHILD), str(config), str(KILL_AFTER_PAGES)], timeout=120)
         assert killed.returncode == -9, "the collector was not killed mid-run"
+        assert not parse_processes_after(5.0), "parsing processes outlived the killed collector"
         before = list(sim.vm_calls)
 
         with sqlite3.connect(tmp_path / "state" / DB_NAME) as db:

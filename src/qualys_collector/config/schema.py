@@ -246,6 +246,7 @@ class HostListDetectionOptions(ServiceOptions):
     parallel: bool = True
     batch_size: int = Field(default=500, ge=1, le=1000)
     max_workers: int | None = Field(default=None, ge=1, le=64)
+    parse_processes: int = Field(default=0, ge=0, le=64)
     summary_tag: str | None = None
     filters: DetectionFilters = DetectionFilters()
 

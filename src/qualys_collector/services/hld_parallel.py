@@ -25,6 +25,7 @@ from qualys_collector.errors import CollectorError, PullError
 from qualys_collector.model import JSON, Page, Record, Window, format_seed_datetime, parse_seed_datetime
 from qualys_collector.qualys.vm import VmClient
 from qualys_collector.qualys.xml import iter_elements
+from qualys_collector.services.hld_process import ParsePool, spooled_host_pages, start_pool
 from qualys_collector.services.host_list_detection import HostDetectionSource
 from qualys_collector.services.vm_hosts import host_pages, server_time, window_params
 
@@ -45,6 +46,20 @@ class ParallelDetectionSource(HostDetectionSource):
         super().__init__(client, options)
         self.list_path = f"/api/{options.api_version}/fo/asset/host/"
         self.key = "asset/host/vm/detection"
+        self._pool: ParsePool | None = None
+
+    def parse_pool(self) -> ParsePool | None:
+        """The parsing processes (``parse_processes``; started on first use, kept for the next cycles), or
+        ``None`` to parse in the worker threads (the default)."""
+        if self._pool is None and self.options.parse_processes:
+            self._pool = start_pool(self.options.parse_processes)
+        return self._pool
+
+    def close(self) -> None:
+        """Stop the parsing processes."""
+        if self._pool is not None:
+            self._pool.close()
+            self._pool = None
 
     def host_ids(self, window: Window) -> tuple[list[int], datetime | None]:
         """The IDs of hosts processed in the window (one call, IDs only), and Qualys' time of that answer."""
@@ -110,11 +125,12 @@ class ParallelDetectionSource(HostDetectionSource):
         out: queue.Queue[Any] = queue.Queue(maxsize=8)
         stop = threading.Event()
         workers = self.options.max_workers or max(1, self.client.budget.limit(self.key))
+        pool = self.parse_pool()
         lock = threading.Lock()
         threads = [
             threading.Thread(
                 target=self._worker,
-                args=(window, state, todo, out, stop, lock),
+                args=(window, state, todo, out, stop, lock, pool),
                 name=f"HLD-worker-{n}",
                 daemon=True,
             )
@@ -183,6 +199,7 @@ class ParallelDetectionSource(HostDetectionSource):
         out: queue.Queue[Any],
         stop: threading.Event,
         lock: threading.Lock,
+        pool: ParsePool | None,
     ) -> None:
         try:
             while not stop.is_set():
@@ -192,15 +209,17 @@ class ParallelDetectionSource(HostDetectionSource):
                     return
                 batch = state["plan"][index]
                 resume = state["partial"].get(str(index))
+                start = {"id_min": resume} if resume else None
+                params = self.batch_params(window, batch)
+                pages = (
+                    host_pages(self.client, self.path, params, start, self.convert, "host detections")
+                    if pool is None
+                    else spooled_host_pages(
+                        self.client, pool, self.path, params, start, self.options.results_max_length, "host detections"
+                    )
+                )
                 try:
-                    for page in host_pages(
-                        self.client,
-                        self.path,
-                        self.batch_params(window, batch),
-                        {"id_min": resume} if resume else None,
-                        self.convert,
-                        "host detections",
-                    ):
+                    for page in pages:
                         if stop.is_set():
                             return
                         out.put(("page", index, page))
