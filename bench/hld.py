@@ -6,8 +6,9 @@
 3. a plain script: one GET per page, the whole body read, parsed with ElementTree, one JSON line per detection;
 4. the collector's peak RSS at the small and the large size (it must not grow with the estate).
 
-    python bench/hld.py            # 100k and 1M detections
-    python bench/hld.py --quick    # 100k and 200k detections (about a minute)
+    python bench/hld.py                         # 100k and 1M detections, the default configuration
+    python bench/hld.py --quick                 # 100k and 200k detections
+    python bench/hld.py --parse-processes 2     # answers parsed in two child processes (opt-in)
 
 The last line is machine-readable:
 ``detections_per_s=N parse_limit_ratio=R script_ratio=S rss_mb_small=A rss_mb_large=B``.
@@ -43,7 +44,7 @@ AUTH = {"Authorization": "Basic " + base64.b64encode(b"demo:demo").decode(), "X-
 
 
 class PeakRss(threading.Thread):
-    """Samples a process's RSS every 50 ms."""
+    """Samples the RSS of a process and its children (parsing processes) every 50 ms."""
 
     def __init__(self, pid: int) -> None:
         super().__init__(daemon=True)
@@ -54,7 +55,8 @@ class PeakRss(threading.Thread):
     def run(self) -> None:
         while not self.done.is_set():
             try:
-                self.peak = max(self.peak, self.process.memory_info().rss)
+                family = [self.process, *self.process.children(recursive=True)]
+                self.peak = max(self.peak, sum(p.memory_info().rss for p in family))
             except psutil.Error:
                 return
             self.done.wait(0.05)
@@ -124,7 +126,9 @@ def count_lines(path: Path, needle: bytes) -> int:
         return sum(1 for line in handle if needle in line)
 
 
-def end_to_end(sim: Simulator, workdir: Path, relay: Rsyslog, expected: int) -> tuple[float, float]:
+def end_to_end(
+    sim: Simulator, workdir: Path, relay: Rsyslog, expected: int, parse_processes: int
+) -> tuple[float, float]:
     """(seconds until rsyslog holds every detection, collector peak RSS in MB)."""
     config = {
         "globals": {"persistence": {"config": {"directory_name": str(workdir / "state")}}},
@@ -145,7 +149,12 @@ def end_to_end(sim: Simulator, workdir: Path, relay: Rsyslog, expected: int) -> 
             "qualys": {
                 "id": "bench",
                 "credentials": {"base_url": sim.url, "username": "demo", "password": "demo"},
-                "services": {"host_list_detection": {"start_time_utc": "2000-01-01T00:00:00Z"}},
+                "services": {
+                    "host_list_detection": {
+                        "start_time_utc": "2000-01-01T00:00:00Z",
+                        "parse_processes": parse_processes,
+                    }
+                },
             }
         },
     }
@@ -221,13 +230,13 @@ def plain_script(sim: Simulator, out: Path, expected: int) -> float:
     return seconds
 
 
-def measure(hosts: int, root: Path, certs: Certs, *, compare: bool) -> dict[str, float]:
+def measure(hosts: int, root: Path, certs: Certs, *, compare: bool, parse_processes: int) -> dict[str, float]:
     expected = hosts * DETECTIONS_PER_HOST
     sim = Simulator.start(hosts)
     relay = Rsyslog(root / f"relay-{hosts}", certs)
     relay.start()
     try:
-        seconds, rss = end_to_end(sim, root / f"collector-{hosts}", relay, expected)
+        seconds, rss = end_to_end(sim, root / f"collector-{hosts}", relay, expected, parse_processes)
         result = {"detections": expected, "seconds": seconds, "rss_mb": rss, "sim_start_s": sim.start_s}
         if compare:
             document = root / "answer.xml"
@@ -246,12 +255,17 @@ def measure(hosts: int, root: Path, certs: Certs, *, compare: bool) -> dict[str,
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="100k and 200k detections")
+    parser.add_argument("--parse-processes", type=int, default=0, help="the collector's parse_processes")
     args = parser.parse_args()
     small, large = (10_000, 20_000) if args.quick else (10_000, 100_000)
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         certs = Certs.mint(root / "certs")
-        results = [measure(small, root, certs, compare=False), measure(large, root, certs, compare=True)]
+        results = [
+            measure(small, root, certs, compare=False, parse_processes=args.parse_processes),
+            measure(large, root, certs, compare=True, parse_processes=args.parse_processes),
+        ]
+    print(f"collector: parallel ID batches (default), parse_processes={args.parse_processes}")
     for r in results:
         print(
             f"end to end: {r['detections']:>9,} detections in {r['seconds']:6.1f} s = "
