@@ -21,7 +21,6 @@ import subprocess
 import sys
 import tempfile
 from collections.abc import Iterator
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -29,11 +28,9 @@ import orjson
 
 from qualys_collector.errors import DataError
 from qualys_collector.model import JSON, Page, Record
-from qualys_collector.qualys.paging import guard_progress, url_cursor
 from qualys_collector.qualys.vm import VmClient
-from qualys_collector.qualys.xml import element_to_value, iter_elements
 from qualys_collector.services.host_list_detection import converter
-from qualys_collector.services.vm_hosts import HOSTS_PER_BATCH, server_time
+from qualys_collector.services.vm_hosts import HOSTS_PER_BATCH, AnswerItem, answer_items, host_pages
 
 
 class ParseProcess:
@@ -117,26 +114,17 @@ def start_pool(processes: int) -> ParsePool:
 
 
 def parse_answer(xml_path: str, out_path: str, results_max_length: int | None, hosts_per_page: int) -> str | None:
-    """Runs in a parsing process: the answer at ``xml_path`` to JSON Lines at ``out_path``.
+    """Runs in a parsing process: the answer at ``xml_path`` to JSON Lines of its items at ``out_path``.
 
     Returns ``None``, or the message of the :class:`DataError` the parse raised (exceptions with extra
     constructor arguments do not travel back between processes intact).
     """
-    convert = converter(results_max_length)
     dumps = orjson.dumps
     try:
         with open(xml_path, "rb") as source, open(out_path, "wb") as out:
-            hosts = 0
-            for tag, element in iter_elements(source, {"HOST", "URL", "DATETIME"}):  # type: ignore[arg-type]
-                if tag == "DATETIME" or tag == "URL":
-                    out.write(dumps(["d" if tag == "DATETIME" else "u", element.text or ""]) + b"\n")
-                    continue
-                host = element_to_value(element)
-                for record in convert(host):
-                    out.write(dumps(["r", record.key, record.data]) + b"\n")
-                hosts += 1
-                if hosts % hosts_per_page == 0 and str(host.get("ID", "")).isdigit():
-                    out.write(dumps(["p", int(host["ID"])]) + b"\n")
+            for kind, value in answer_items(source, converter(results_max_length), hosts_per_page):
+                item = ["r", value.key, value.data] if kind == "r" else [kind, value]
+                out.write(dumps(item) + b"\n")
     except DataError as exc:
         return exc.message
     return None
@@ -153,44 +141,21 @@ def spooled_host_pages(
 ) -> Iterator[Page]:
     """:func:`~qualys_collector.services.vm_hosts.host_pages` for host detections, parsed by ``pool``."""
 
-    def fetch(start: JSON | None) -> Iterator[Page]:
-        id_min = int(start["id_min"]) if start else None
-        while True:
-            request = dict(params)
-            if id_min is not None:
-                request["id_min"] = str(id_min)
-            with tempfile.TemporaryDirectory(prefix="qualys-collector-") as spool:
-                answer, lines = Path(spool) / "answer.xml", Path(spool) / "records.jsonl"
-                with client.open(path, request) as response, answer.open("wb") as out:
-                    shutil.copyfileobj(client.body(path, response), out, 1 << 20)
-                error = pool.parse(str(answer), str(lines), results_max_length, HOSTS_PER_BATCH)
-                if error is not None:
-                    raise DataError(error)
-                answer.unlink()
-                next_id: int | None = None
-                batch: list[Record] = []
-                with lines.open("rb") as records:
-                    for line in records:
-                        item: list[Any] = orjson.loads(line)
-                        kind = item[0]
-                        if kind == "r":
-                            batch.append(Record(data=item[2], key=item[1]))
-                        elif kind == "p":
-                            yield Page(batch, token={"id_min": item[1] + 1}, horizon=horizon[0])
-                            batch = []
-                        elif kind == "d":
-                            horizon[0] = server_time(item[1], horizon[0])
-                        else:
-                            next_id = url_cursor(item[1], "id_min")
-            if next_id is None:
-                yield Page(batch, token=None, horizon=horizon[0])
-                return
-            guard_progress(id_min, next_id, ascending=True)
-            id_min = next_id
-            yield Page(batch, token={"id_min": next_id}, horizon=horizon[0])
+    def read(request: dict[str, str]) -> Iterator[AnswerItem]:
+        with tempfile.TemporaryDirectory(prefix="qualys-collector-") as spool:
+            answer, items = Path(spool) / "answer.xml", Path(spool) / "items.jsonl"
+            with client.open(path, request) as response, answer.open("wb") as out:
+                shutil.copyfileobj(client.body(path, response), out, 1 << 20)
+            error = pool.parse(str(answer), str(items), results_max_length, HOSTS_PER_BATCH)
+            if error is not None:
+                raise DataError(error)
+            answer.unlink()
+            with items.open("rb") as lines:
+                for line in lines:
+                    item: list[Any] = orjson.loads(line)
+                    yield ("r", Record(data=item[2], key=item[1])) if item[0] == "r" else (item[0], item[1])
 
-    horizon: list[datetime | None] = [None]
-    return client.resumable(fetch, token, what)
+    return host_pages(client, path, params, token, converter(results_max_length), what, read)
 
 
 def main() -> None:

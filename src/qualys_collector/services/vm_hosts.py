@@ -27,6 +27,28 @@ def window_params(start: datetime, end: datetime) -> dict[str, str]:
     }
 
 
+#: What reading one answer yields: ``("r", Record)`` per record, ``("p", last host ID)`` where a page may end,
+#: ``("d", RESPONSE/DATETIME text)`` and ``("u", WARNING/URL text)``.
+AnswerItem = tuple[str, Any]
+
+
+def answer_items(
+    source: Any, convert: Callable[[dict[str, Any]], list[Record]], hosts_per_page: int = HOSTS_PER_BATCH
+) -> Iterator[AnswerItem]:
+    """The items of one host-paged XML answer (a binary stream), parsed and converted as they stream."""
+    hosts = 0
+    for tag, element in iter_elements(source, {"HOST", "URL", "DATETIME"}):
+        if tag == "DATETIME" or tag == "URL":
+            yield ("d" if tag == "DATETIME" else "u"), element.text or ""
+            continue
+        host = element_to_value(element)
+        for record in convert(host):
+            yield "r", record
+        hosts += 1
+        if hosts % hosts_per_page == 0 and str(host.get("ID", "")).isdigit():
+            yield "p", int(host["ID"])
+
+
 def host_pages(
     client: VmClient,
     path: str,
@@ -34,8 +56,17 @@ def host_pages(
     token: JSON | None,
     convert: Callable[[dict[str, Any]], list[Record]],
     what: str,
+    read: Callable[[dict[str, str]], Iterator[AnswerItem]] | None = None,
 ) -> Iterator[Page]:
-    """Pages of records from every host of a (possibly truncated) answer, resumable by host ID."""
+    """Pages of records from every host of a (possibly truncated) answer, resumable by host ID.
+
+    ``read(request)`` yields one answer's items; by default the answer is parsed as it streams in this
+    thread (:mod:`~qualys_collector.services.hld_process` reads it through a parsing process instead).
+    """
+
+    def streamed(request: dict[str, str]) -> Iterator[AnswerItem]:
+        with client.open(path, request) as response:
+            yield from answer_items(client.body(path, response), convert)
 
     def fetch(start: JSON | None) -> Iterator[Page]:
         id_min = int(start["id_min"]) if start else None
@@ -45,23 +76,16 @@ def host_pages(
                 request["id_min"] = str(id_min)
             next_id: int | None = None
             batch: list[Record] = []
-            hosts = 0
-            last_id = (id_min or 1) - 1
-            with client.open(path, request) as response:
-                for tag, element in iter_elements(client.body(path, response), {"HOST", "URL", "DATETIME"}):
-                    if tag == "DATETIME":
-                        horizon[0] = server_time(element.text, horizon[0])
-                        continue
-                    if tag == "URL":
-                        next_id = url_cursor(element.text or "", "id_min")
-                        continue
-                    host = element_to_value(element)
-                    batch.extend(convert(host))
-                    hosts += 1
-                    last_id = int(host["ID"]) if str(host.get("ID", "")).isdigit() else last_id
-                    if hosts % HOSTS_PER_BATCH == 0:
-                        yield Page(batch, token={"id_min": last_id + 1}, horizon=horizon[0])
-                        batch = []
+            for kind, value in (read or streamed)(request):
+                if kind == "r":
+                    batch.append(value)
+                elif kind == "p":
+                    yield Page(batch, token={"id_min": value + 1}, horizon=horizon[0])
+                    batch = []
+                elif kind == "d":
+                    horizon[0] = server_time(value, horizon[0])
+                else:
+                    next_id = url_cursor(value, "id_min")
             if next_id is None:
                 yield Page(batch, token=None, horizon=horizon[0])
                 return
