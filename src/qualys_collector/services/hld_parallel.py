@@ -122,7 +122,7 @@ class ParallelDetectionSource(HostDetectionSource):
         for index in range(len(state["plan"])):
             if index not in state["done"]:
                 todo.put(index)
-        out: queue.Queue[Any] = queue.Queue(maxsize=8)
+        out: queue.Queue[Any] = queue.Queue(maxsize=2)
         stop = threading.Event()
         workers = self.options.max_workers or max(1, self.client.budget.limit(self.key))
         pool = self.parse_pool()
