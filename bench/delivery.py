@@ -21,7 +21,7 @@ import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tests.helpers.rsyslog import Certs, Rsyslog
+from tests.helpers.rsyslog import READY_TAG, Certs, Rsyslog
 
 from qualys_collector.engine.outbox import Outbox
 from qualys_collector.model import Event
@@ -30,12 +30,18 @@ from qualys_collector.sinks.drain import Drainer
 
 
 def wait_lines(relay: Rsyslog, count: int, timeout: float = 300) -> float:
-    """Seconds until rsyslog has written ``count`` lines (counted by newlines, cheaply)."""
+    """Seconds until rsyslog has written ``count`` lines (counted by newlines, cheaply, less the relay's own
+    start-up lines)."""
     started = time.monotonic()
+    own = f" {READY_TAG}: ".encode()
     while time.monotonic() - started < timeout:
         if relay.out.exists():
+            lines, carry = 0, b""
             with relay.out.open("rb") as handle:
-                if sum(chunk.count(b"\n") for chunk in iter(lambda: handle.read(1 << 20), b"")) >= count:
+                for chunk in iter(lambda: handle.read(1 << 20), b""):
+                    lines += chunk.count(b"\n") - (carry + chunk).count(own)
+                    carry = chunk[-(len(own) - 1) :]  # a marker split across two reads is counted once
+                if lines >= count:
                     return time.monotonic() - started
         time.sleep(0.2)
     raise SystemExit(f"rsyslog did not receive {count} lines within {timeout} s")

@@ -1,6 +1,17 @@
 """A local Devo-like relay: a real rsyslogd on 127.0.0.1 with mutual TLS (the ossl stream driver,
 client certificates required) and throwaway certificates minted with trustme. Used by ``demo`` when
-rsyslog is installed, and by the delivery tests."""
+rsyslog is installed, and by the delivery tests.
+
+rsyslog 8.2302 (Debian 12) closes every TLS session's socket twice in its ossl driver (fixed upstream by
+rsyslog PR #6375). A descriptor opened by another thread between the two closes is lost: when that was
+the output file (opened on the first message), the next session inherited its number and rsyslog wrote the
+lines it received into that session, in plaintext; the Devo sink saw a broken TLS stream, or a batch it
+had confirmed never reached the file. So the relay opens its output file before any TLS session exists (a
+UDP line of its own, left out of :meth:`Rsyslog.lines`), watches for the listening socket instead of
+probing it with a connection, and resolves no peer names. What remains: sessions opened while another one
+closes can be cut (a failed connection, which the sink retries); the collector opens one at a time per
+output. The GnuTLS driver closes once, but it ends a session without ``close_notify`` whether it kept the
+data or refused the client's certificate, so the sink's delivery proof could not tell the two apart."""
 
 from __future__ import annotations
 
@@ -15,7 +26,21 @@ from pathlib import Path
 
 import trustme
 
+#: The tag of the line the relay sends itself at start (to open its output file); not part of :meth:`lines`.
+READY_TAG = "relay.ready"
 LINE = re.compile(r"^<14>\w{3} [ \d]\d \d\d:\d\d:\d\d (?P<host>\S+) (?P<tag>[^:\s]+): (?P<message>.*)$")
+
+
+def _listening(port: int) -> bool:
+    """Whether a TCP socket listens on 127.0.0.1:``port``, read from ``/proc/net/tcp`` (no connection:
+    a probe connection would be one more session for rsyslog to close)."""
+    wanted = f"0100007F:{port:04X}"
+    try:
+        with open("/proc/net/tcp") as table:
+            rows = [row.split() for row in list(table)[1:]]
+    except FileNotFoundError:  # not Linux: the output file being open is the best sign there is
+        return True
+    return any(row[1] == wanted and row[3] == "0A" for row in rows)
 
 
 def free_port() -> int:
@@ -67,6 +92,7 @@ class Rsyslog:
         self.directory = directory
         self.certs = certs
         self.port = port or free_port()
+        self.udp_port = free_port()
         self.out = directory / "received.log"
         self.proc: subprocess.Popen[bytes] | None = None
         directory.mkdir(parents=True, exist_ok=True)
@@ -80,10 +106,13 @@ global(
   DefaultNetstreamDriverCertFile="{certs.server_cert}"
   DefaultNetstreamDriverKeyFile="{certs.server_key}"
   maxMessageSize="256k"
+  net.enableDNS="off"
 )
 module(load="imtcp" StreamDriver.Name="ossl" StreamDriver.Mode="1" StreamDriver.AuthMode="x509/certvalid"
        MaxSessions="200")
 input(type="imtcp" port="{self.port}" address="127.0.0.1")
+module(load="imudp")
+input(type="imudp" port="{self.udp_port}" address="127.0.0.1")
 template(name="raw" type="string" string="%rawmsg%\\n")
 *.* action(type="omfile" file="{self.out}" template="raw" flushOnTXEnd="on" asyncWriting="off")
 """)
@@ -102,6 +131,8 @@ template(name="raw" type="string" string="%rawmsg%\\n")
         return found
 
     def start(self) -> None:
+        """Start rsyslogd; return once its output file is open and its TLS port listens."""
+        offset = self.out.stat().st_size if self.out.exists() else 0
         with (self.directory / "rsyslogd.stderr").open("ab") as errors:
             self.proc = subprocess.Popen(  # noqa: S603 - our own binary and arguments
                 [self.binary(), "-n", "-f", str(self.conf), "-i", str(self.directory / "rsyslogd.pid")],
@@ -109,15 +140,24 @@ template(name="raw" type="string" string="%rawmsg%\\n")
                 stderr=errors,
             )
         deadline = time.monotonic() + 15
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"rsyslogd exited: {(self.directory / 'rsyslogd.stderr').read_text()}")
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
+        ready = f"<14>Jan  1 00:00:00 relay {READY_TAG}: {{}}\n".encode()
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+            while time.monotonic() < deadline:
+                if self.proc.poll() is not None:
+                    raise RuntimeError(f"rsyslogd exited: {(self.directory / 'rsyslogd.stderr').read_text()}")
+                if self._ready_after(offset) and _listening(self.port):
                     return
-            except OSError:
+                udp.sendto(ready, ("127.0.0.1", self.udp_port))
                 time.sleep(0.05)
-        raise RuntimeError("rsyslogd did not listen within 15 s")
+        raise RuntimeError("rsyslogd did not open its output file and listen within 15 s")
+
+    def _ready_after(self, offset: int) -> bool:
+        """Whether the output file has a ready line written after ``offset``."""
+        if not self.out.exists():
+            return False
+        with self.out.open("rb") as handle:
+            handle.seek(offset)
+            return f" {READY_TAG}: ".encode() in handle.read()
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -137,7 +177,8 @@ template(name="raw" type="string" string="%rawmsg%\\n")
             match = LINE.match(raw)
             if match is None:
                 raise AssertionError(f"rsyslog received a line not in Devo's format: {raw[:200]!r}")
-            out.append(match.groupdict())
+            if match["tag"] != READY_TAG:
+                out.append(match.groupdict())
         return out
 
     def wait_for(self, count: int, timeout: float = 20.0) -> list[dict[str, str]]:

@@ -2,6 +2,6 @@
 
 from __future__ import annotations
 
-from qualys_collector.relay import LINE, Certs, Rsyslog, free_port
+from qualys_collector.relay import LINE, READY_TAG, Certs, Rsyslog, free_port
 
-__all__ = ["LINE", "Certs", "Rsyslog", "free_port"]
+__all__ = ["LINE", "READY_TAG", "Certs", "Rsyslog", "free_port"]
