@@ -91,6 +91,31 @@ def test_detection_events_carry_host_identity_and_all_statuses_by_default(sim: S
     assert any(len(e["DETECTION"].get("RESULTS", "")) >= 4096 for e in events)
 
 
+def test_parsing_processes_give_the_same_events_as_parsing_in_the_workers(sim: Simulator, tmp_path: Path) -> None:
+    services: dict[str, dict[str, object]] = {
+        "host_list_detection": {
+            "start_time_utc": START,
+            "truncation_limit": 7,
+            "results_max_length": 100,
+            "filters": ALL,
+        }
+    }
+    in_threads = Run(sim=sim, url=start_sim(sim), state=tmp_path / "threads", services=services)
+    assert in_threads.cycle()
+    services["host_list_detection"]["parse_processes"] = 2
+    in_processes = Run(sim=sim, url=start_sim(sim), state=tmp_path / "processes", services=services)
+    assert in_processes.cycle()
+
+    def by_key(r: Run) -> dict[str, dict[str, Any]]:
+        events = [e["event"] for e in r.events() if e["tag"] == "vuln.qualys.hostdetections"]
+        return {e["@detection_key"]: {k: v for k, v in e.items() if k != "@devo_pulling_id"} for e in events}
+
+    expected = by_key(in_threads)
+    assert set(expected) == sim.truth("host_list_detection", None, NOW)
+    assert any(e.get("@results_truncated") for e in expected.values())
+    assert by_key(in_processes) == expected
+
+
 def test_status_filter_is_sent_to_qualys(sim: Simulator, tmp_path: Path) -> None:
     r = run(sim, tmp_path, {"host_list_detection": {"start_time_utc": START, "filters": {"status": ["Fixed"]}}})
     assert r.cycle()

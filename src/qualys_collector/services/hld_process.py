@@ -22,15 +22,17 @@ import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
 from qualys_collector.errors import DataError
 from qualys_collector.model import JSON, Page, Record
-from qualys_collector.qualys.vm import VmClient
-from qualys_collector.services.host_list_detection import converter
+from qualys_collector.services.detections import converter
 from qualys_collector.services.vm_hosts import HOSTS_PER_BATCH, AnswerItem, answer_items, host_pages
+
+if TYPE_CHECKING:  # the parsing process runs this module: it needs the parser, not the HTTP client
+    from qualys_collector.qualys.vm import VmClient
 
 
 class ParseProcess:

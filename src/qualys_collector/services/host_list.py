@@ -10,7 +10,7 @@ from qualys_collector.config.schema import HostListOptions
 from qualys_collector.model import JSON, Page, Record, Window
 from qualys_collector.qualys.vm import VmClient
 from qualys_collector.services.base import CursorMode, ServiceSpec
-from qualys_collector.services.host_list_detection import host_key
+from qualys_collector.services.detections import host_key
 from qualys_collector.services.registry import ServiceEntry, register
 from qualys_collector.services.vm_hosts import host_pages, window_params
 

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from qualys_collector.model import JSON, Page, Record, format_seed_datetime, parse_seed_datetime
 from qualys_collector.qualys.paging import guard_progress, url_cursor
-from qualys_collector.qualys.vm import VmClient
 from qualys_collector.qualys.xml import element_to_value, iter_elements
+
+if TYPE_CHECKING:  # the parsing processes import this module: no HTTP client for them
+    from qualys_collector.qualys.vm import VmClient
 
 #: Hosts per page handed to the engine (one transaction each) within a larger response.
 HOSTS_PER_BATCH = 200
