@@ -25,7 +25,7 @@ from qualys_collector.errors import CollectorError, PullError
 from qualys_collector.model import JSON, Page, Record, Window, format_seed_datetime, parse_seed_datetime
 from qualys_collector.qualys.vm import VmClient
 from qualys_collector.qualys.xml import iter_elements
-from qualys_collector.services.hld_process import ParsePool, spooled_host_pages, start_pool
+from qualys_collector.services.hld_process import ParsePool, spooled_host_pages
 from qualys_collector.services.host_list_detection import HostDetectionSource
 from qualys_collector.services.vm_hosts import host_pages, server_time, window_params
 
@@ -52,7 +52,7 @@ class ParallelDetectionSource(HostDetectionSource):
         """The parsing processes (``parse_processes``; started on first use, kept for the next cycles), or
         ``None`` to parse in the worker threads (the default)."""
         if self._pool is None and self.options.parse_processes:
-            self._pool = start_pool(self.options.parse_processes)
+            self._pool = ParsePool(self.options.parse_processes)
         return self._pool
 
     def close(self) -> None:

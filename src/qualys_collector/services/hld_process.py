@@ -110,11 +110,6 @@ class ParsePool:
         self.processes = []
 
 
-def start_pool(processes: int) -> ParsePool:
-    """The parsing processes."""
-    return ParsePool(processes)
-
-
 def parse_answer(xml_path: str, out_path: str, results_max_length: int | None, hosts_per_page: int) -> str | None:
     """Runs in a parsing process: the answer at ``xml_path`` to JSON Lines of its items at ``out_path``.
 
