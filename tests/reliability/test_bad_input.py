@@ -16,9 +16,9 @@ from hypothesis import strategies as st
 
 from qualys_collector.config import build_config
 from qualys_collector.errors import ConfigError, DataError
+from qualys_collector.qualys.fim_common import search_pages
 from qualys_collector.qualys.xml import ByteStream, element_to_value, iter_elements
 from qualys_collector.services import fim_events, host_list_detection, user_activity
-from qualys_collector.services.fim_common import search_pages
 
 pytestmark = pytest.mark.reliability
 SAMPLES = Path(__file__).resolve().parents[3] / "shared" / "reference"

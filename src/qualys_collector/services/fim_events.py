@@ -14,8 +14,8 @@ from qualys_collector.config.schema import FimEventsOptions
 from qualys_collector.errors import DataError
 from qualys_collector.model import JSON, Page, Record, Window, parse_iso_datetime
 from qualys_collector.qualys.fim import FimClient
+from qualys_collector.qualys.fim_common import logger, qql_time, search_pages
 from qualys_collector.services.base import CursorMode, ServiceSpec
-from qualys_collector.services.fim_common import logger, qql_time, search_pages
 from qualys_collector.services.registry import ServiceEntry, register
 
 SPEC = ServiceSpec(

@@ -15,8 +15,8 @@ from qualys_collector.config.schema import FimIncidentsOptions
 from qualys_collector.errors import DataError
 from qualys_collector.model import JSON, Page, Record, Window, epoch_ms, from_epoch_ms
 from qualys_collector.qualys.fim import FimClient
+from qualys_collector.qualys.fim_common import logger, search_pages
 from qualys_collector.services.base import CursorMode, ServiceSpec
-from qualys_collector.services.fim_common import logger, search_pages
 from qualys_collector.services.registry import ServiceEntry, register
 
 SPEC = ServiceSpec(

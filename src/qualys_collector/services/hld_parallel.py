@@ -24,10 +24,10 @@ from qualys_collector.config.schema import HostListDetectionOptions
 from qualys_collector.errors import CollectorError, PullError
 from qualys_collector.model import JSON, Page, Record, Window, format_seed_datetime, parse_seed_datetime
 from qualys_collector.qualys.vm import VmClient
+from qualys_collector.qualys.vm_hosts import host_pages, server_time, window_params
 from qualys_collector.qualys.xml import iter_elements
 from qualys_collector.services.hld_process import ParsePool, spooled_host_pages
 from qualys_collector.services.host_list_detection import HostDetectionSource
-from qualys_collector.services.vm_hosts import host_pages, server_time, window_params
 
 logger = logging.getLogger("qualys_collector.puller")
 SUMMARY_TAG = "vuln.qualys.collector.summary"

@@ -28,8 +28,8 @@ import orjson
 
 from qualys_collector.errors import DataError
 from qualys_collector.model import JSON, Page, Record
-from qualys_collector.services.detections import converter
-from qualys_collector.services.vm_hosts import HOSTS_PER_BATCH, AnswerItem, answer_items, host_pages
+from qualys_collector.qualys.detections import converter
+from qualys_collector.qualys.vm_hosts import HOSTS_PER_BATCH, AnswerItem, answer_items, host_pages
 
 if TYPE_CHECKING:  # the parsing process runs this module: it needs the parser, not the HTTP client
     from qualys_collector.qualys.vm import VmClient
@@ -136,7 +136,7 @@ def spooled_host_pages(
     results_max_length: int | None,
     what: str,
 ) -> Iterator[Page]:
-    """:func:`~qualys_collector.services.vm_hosts.host_pages` for host detections, parsed by ``pool``."""
+    """:func:`~qualys_collector.qualys.vm_hosts.host_pages` for host detections, parsed by ``pool``."""
 
     def read(request: dict[str, str]) -> Iterator[AnswerItem]:
         with tempfile.TemporaryDirectory(prefix="qualys-collector-") as spool:

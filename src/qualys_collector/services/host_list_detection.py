@@ -8,11 +8,11 @@ from typing import Any
 
 from qualys_collector.config.schema import HostListDetectionOptions
 from qualys_collector.model import JSON, Page, Window
+from qualys_collector.qualys.detections import converter
 from qualys_collector.qualys.vm import VmClient
+from qualys_collector.qualys.vm_hosts import host_pages, window_params
 from qualys_collector.services.base import CursorMode, ServiceSpec
-from qualys_collector.services.detections import converter
 from qualys_collector.services.registry import ServiceEntry, register
-from qualys_collector.services.vm_hosts import host_pages, window_params
 
 SPEC = ServiceSpec(
     name="host_list_detection",
