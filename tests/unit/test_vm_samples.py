@@ -34,6 +34,11 @@ UNCONSUMED = {
     "host_list_vm_detection_output_dtd_partial__qualyspy_debug_2022-12.dtd": "DTDs are never loaded",
     "http_exchanges_status_and_headers__jupiterone_recordings.json": "covered by test_recorded_exchanges",
     "http_headers_200_vm_pc_x_powered_by__qualys_docs_tracking_api_usage.txt": "informational headers only",
+    # KnowledgeBase samples arrived with the KB issue (#17); its knowledge_base service will parse them.
+    "kb_vuln_list_output_dtd__qualyspy_debug_2023-07.dtd": "DTDs are never loaded",
+    "kb_xml_2013_five_vulns_cdata_html_cvss2_codes__paragbaxi_kb_exploitability.xml": "no knowledge_base service yet",
+    "kb_xml_empty_no_vuln_list__elastic_stream_mock.xml": "no knowledge_base service yet",
+    "kb_xml_one_vuln_threat_intel_cdata_own_line__elastic_stream_mock.xml": "no knowledge_base service yet",
 }
 
 
