@@ -162,7 +162,7 @@ class ParallelDetectionSource(HostDetectionSource):
                     state["partial"].pop(str(index), None)
                     state["splits"] += 1
                 elif kind == "error" and failure is None:
-                    failure = payload
+                    failure = _batch_failure(state["plan"][index], index, len(state["plan"]), payload)
                     stop.set()
             if failure is not None:
                 raise failure
@@ -238,11 +238,33 @@ class ParallelDetectionSource(HostDetectionSource):
                         continue
                     out.put(("error", index, exc))
                     return
-                except CollectorError as exc:
+                except Exception as exc:  # noqa: BLE001 - any failure fails the window, never a lost batch
                     out.put(("error", index, exc))
                     return
         finally:
             out.put(_DONE)
+
+
+def _batch_failure(batch: list[int], index: int, count: int, exc: BaseException) -> CollectorError:
+    """The numbered error that fails the window for a batch that failed with ``exc``.
+
+    A collector error keeps its number and fix, with the batch named; anything else (a body that fails to
+    decode, a full disk under the parsing spool) is logged with its traceback through the collector's
+    logging and becomes a PullError 301: the batch stays unfinished, so the next cycle pulls it again.
+    """
+    where = f"batch {index + 1} of {count} (host IDs {batch[0]}-{batch[1]})"
+    if isinstance(exc, CollectorError):
+        exc.message = f"{exc.message} [{where}]"
+        return exc
+    logger.error("Host detection %s failed unexpectedly", where, exc_info=exc)
+    failure = PullError(
+        f"Host detection {where} failed: {type(exc).__name__}: {exc}",
+        code=301,
+        retryable=True,
+        fix="nothing is lost: the window stays open and the next cycle pulls this batch from its last committed page",
+    )
+    failure.__cause__ = exc
+    return failure
 
 
 def _copy(state: dict[str, Any]) -> JSON:

@@ -222,6 +222,8 @@ class Simulator:
             raise
         content_type = "text/csv;charset=UTF-8" if resource == "activity_log" else "application/xml"
         stream = _Body(self, key, first, chunks, request.path)
+        if stream.fault is not None and stream.fault.kind == "bad_gzip":
+            headers = {**headers, "Content-Encoding": "gzip"}  # the plain body, mislabelled
         return Response(stream, status=200, content_type=content_type, headers=headers, direct_passthrough=True)
 
     def _fault_response(self, fault: Fault, headers: dict[str, str], now: datetime) -> Response:
@@ -297,6 +299,8 @@ class Simulator:
         finally:
             self._release("fim")
         body = _Body(self, None, text, iter(()), request.path)
+        if body.fault is not None and body.fault.kind == "bad_gzip":
+            headers = {**headers, "Content-Encoding": "gzip"}
         return Response(
             body,
             status=200,
@@ -401,11 +405,11 @@ def _parse(value: str) -> datetime:
 
 
 class _Body:
-    """A streamed body that applies cut/slow/malformed faults and frees the concurrency slot at the end."""
+    """A streamed body that applies cut/slow/malformed/bad_gzip faults and frees the concurrency slot at the end."""
 
     def __init__(self, sim: Simulator, key: str | None, first: str, rest: Iterator[str], path: str) -> None:
         self.sim, self.key, self.first, self.rest, self.path = sim, key, first, rest, path
-        self.fault = sim.faults.take(path, {"cut", "slow", "malformed"})
+        self.fault = sim.faults.take(path, {"cut", "slow", "malformed", "bad_gzip"})
         self._closed = False
 
     def __iter__(self) -> Iterator[bytes]:

@@ -9,6 +9,7 @@ Kinds (each applies to requests whose path contains ``path=``, ``times=`` times,
 * ``cut`` with ``after=`` bytes - the connection is dropped mid-body
 * ``slow`` with ``delay=`` seconds between chunks
 * ``malformed`` - a 200 whose body stops in the middle of the document
+* ``bad_gzip`` - a 200 labelled ``Content-Encoding: gzip`` whose body is not gzip (a client cannot decode it)
 * ``expire_token`` - the next gateway calls answer 401 as for an expired token
 * ``forbidden`` - valid credentials without FIM permission (403)
 """
@@ -62,6 +63,7 @@ def parse_fault(spec: str) -> Fault:
         "cut",
         "slow",
         "malformed",
+        "bad_gzip",
         "expire_token",
         "forbidden",
     }

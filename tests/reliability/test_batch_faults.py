@@ -1,0 +1,91 @@
+"""Faults inside the workers of a parallel host detection pull, against the real simulator: a batch that
+fails in any way fails its window (checkpoint unmoved for that batch, a numbered error naming it), its
+traceback goes through the collector's logging, and the next cycle delivers exactly the ground truth."""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+
+from qualys_collector.simulator import Limits, SimConfig, Simulator
+from qualys_collector.simulator.faults import parse_fault
+from tests.conftest import record_reliability
+from tests.helpers.vmsim import NOW, Run, start_sim
+
+pytestmark = [pytest.mark.reliability, pytest.mark.integration]
+
+START = "2026-05-28T00:00:00Z"
+ALL = {"status": ["New", "Active", "Fixed", "Re-Opened"]}
+
+
+@pytest.fixture
+def sim() -> Iterator[Simulator]:
+    simulator = Simulator(
+        SimConfig(
+            seed=23,
+            hosts=60,
+            detections_per_host=3,
+            base=NOW - timedelta(days=2),
+            span=timedelta(days=2),
+            host_interval=timedelta(days=3650),  # each host processed once
+        ),
+        vm_limits=Limits(rate=10_000, window=60, concurrency=2),
+    )
+    yield simulator
+    simulator.stop()
+
+
+@pytest.fixture
+def thread_crashes(monkeypatch: pytest.MonkeyPatch) -> list[threading.ExceptHookArgs]:
+    """Exceptions that escaped a thread to ``threading.excepthook`` (raw output, no secret filter)."""
+    seen: list[threading.ExceptHookArgs] = []
+    monkeypatch.setattr(threading, "excepthook", seen.append)
+    return seen
+
+
+@pytest.mark.parametrize("parse_processes", [0, 1])
+def test_an_undecodable_answer_in_one_batch_fails_the_window_and_the_rerun_delivers_the_rest(
+    sim: Simulator,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    thread_crashes: list[threading.ExceptHookArgs],
+    parse_processes: int,
+) -> None:
+    """``httpx.DecodingError`` (a gzip body that is not gzip) is not a transport error: before, the worker
+    died of it, the consumer took its end marker for success and the window completed without the batch."""
+    options = {
+        "start_time_utc": START,
+        "filters": ALL,
+        "batch_size": 10,
+        "max_workers": 2,
+        "parse_processes": parse_processes,
+    }
+    r = Run(sim=sim, url=start_sim(sim), state=tmp_path / "state", services={"host_list_detection": options})
+    sim.faults.arm(parse_fault("bad_gzip:path=detection,times=1"))
+    with caplog.at_level(logging.INFO):
+        assert not r.cycle(), "a batch failed: the cycle must fail"
+    assert not thread_crashes, [str(c.exc_value) for c in thread_crashes]
+    truth = sim.truth("host_list_detection", None, NOW)
+    first = r.keys("vuln.qualys.hostdetections", "@detection_key")
+    assert set(first) < truth, "the failed batch's detections cannot have been delivered"
+    assert not [e for e in r.events() if e["tag"] == "vuln.qualys.collector.summary"], "the window did not complete"
+    [failure] = [rec for rec in caplog.records if rec.levelno == logging.ERROR and "[PullError 301]" in rec.message]
+    assert "DecodingError" in failure.message
+    assert re.search(r"batch \d of 6 \(host IDs \d+-\d+\)", failure.message), failure.message
+    traced = [rec for rec in caplog.records if rec.exc_info or rec.exc_text]
+    assert traced, "the traceback goes through the collector's logging"
+    assert any("DecodingError" in (rec.exc_text or "") for rec in traced)
+
+    assert r.cycle()
+    keys = r.keys("vuln.qualys.hostdetections", "@detection_key")
+    assert set(keys) == truth
+    assert max(keys.values()) == 1
+    [summary] = [e["event"] for e in r.events() if e["tag"] == "vuln.qualys.collector.summary"]
+    assert summary["hosts_expected"] == summary["hosts_received"] == 60
+    record_reliability(compared=len(truth), lost=len(truth - set(keys)), duplicated=sum(keys.values()) - len(keys))
