@@ -9,9 +9,9 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 
@@ -39,12 +39,37 @@ class Record:
 
 
 @dataclass(frozen=True, slots=True)
+class TableWrite:
+    """A keyed-table write a page carries, committed in the page's transaction.
+
+    ``value`` ``None`` deletes ``key``; ``stamp`` is an optional integer (such as a date in epoch ms)
+    that a later :class:`TablePrune` compares.
+    """
+
+    table: str
+    key: str
+    value: Any
+    stamp: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class TablePrune:
+    """Remove the rows of ``table`` whose stamp is below ``below`` (committed with the page)."""
+
+    table: str
+    below: int
+
+
+@dataclass(frozen=True, slots=True)
 class Page:
     """A batch of records and the token that resumes the pull right after it.
 
     ``token`` is ``None`` when this page ends the window. ``requests`` counts the HTTP requests
     spent to produce it (retries included), for the statistics line. ``extra``, when set, replaces
-    the service's own small state kept in the checkpoint (committed with this page).
+    the service's own small state kept in the checkpoint (committed with this page); ``writes`` are
+    keyed-table changes committed with it. ``counters`` are the source's running totals for the
+    window (the latest page's values replace earlier ones); the engine adds them to the window's
+    summary event.
     """
 
     records: Sequence[Record]
@@ -54,6 +79,29 @@ class Page:
     #: Qualys' own clock when it answered (``RESPONSE/DATETIME``): a window-mode checkpoint never
     #: moves past it, so records Qualys had not yet timestamped when asked are not skipped.
     horizon: datetime | None = None
+    writes: Sequence[TableWrite | TablePrune] = ()
+    counters: Mapping[str, Any] | None = None
+
+
+class TableReader(Protocol):
+    """Read access to a keyed table of the state store (what was committed)."""
+
+    def get(self, key: str) -> Any | None:
+        """The value under ``key``, or ``None``."""
+        ...
+
+
+class SourceState(dict[str, Any]):
+    """What a page source gets from the state store when a window starts: its small JSON state (the
+    mapping itself, the checkpoint's ``extra``) and read access to the keyed tables it declared."""
+
+    def __init__(self, extra: Mapping[str, Any] | None = None, tables: Mapping[str, TableReader] | None = None) -> None:
+        super().__init__(extra or {})
+        self.tables: Mapping[str, TableReader] = dict(tables or {})
+
+    def table(self, name: str) -> TableReader:
+        """The keyed table ``name`` (declared in the service's ``tables``)."""
+        return self.tables[name]
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,12 +115,13 @@ class Window:
 
 @dataclass(slots=True)
 class Event:
-    """What enters the outbox: a Devo tag and the event body."""
+    """What enters the outbox: a Devo tag and the event body, with the record's key and cursor time
+    (stored beside the body, so a row can be traced to its record without parsing it)."""
 
     tag: str
     body: JSON
-    service: str = ""
-    meta: JSON = field(default_factory=dict)
+    key: str | None = None
+    time: datetime | None = None
 
     def to_json(self) -> str:
         """Compact one-line JSON of the body (newlines inside values are escaped by JSON).

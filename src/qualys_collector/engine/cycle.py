@@ -17,8 +17,9 @@ from datetime import datetime, timedelta
 from qualys_collector.engine.checkpoint import Checkpoint, WindowProgress
 from qualys_collector.engine.cursor import BoundaryCursor, Verdict
 from qualys_collector.engine.outbox import Outbox
+from qualys_collector.engine.store import Transaction
 from qualys_collector.engine.window import plan_window
-from qualys_collector.model import JSON, Event, Window, epoch_ms, utcnow
+from qualys_collector.model import JSON, Event, Page, SourceState, TablePrune, Window, epoch_ms, utcnow
 from qualys_collector.services.base import CursorMode, PageSource, ServiceSpec
 
 logger = logging.getLogger("qualys_collector.puller")
@@ -78,7 +79,13 @@ class CycleStats:
 
 
 def load_checkpoint(job: Job, outbox: Outbox, now: datetime) -> Checkpoint:
-    """The service's checkpoint, reset (and persisted) when ``start_time_utc`` changed."""
+    """The service's checkpoint, reset (and persisted) when ``start_time_utc`` changed.
+
+    Declares the service's keyed tables first, and moves rows an older version kept in the checkpoint's
+    ``extra`` into their table (one transaction).
+    """
+    for table in job.spec.tables:
+        outbox.declare(table.name, job.spec.name)
     configured = job.start_time
     stored = outbox.load_checkpoint(job.input_id, job.spec.name)
     fresh = Checkpoint.initial(configured, now - job.spec.default_lookback)
@@ -86,19 +93,49 @@ def load_checkpoint(job: Job, outbox: Outbox, now: datetime) -> Checkpoint:
         logger.info("No persisted data found; starting from %s", fresh.value)
         outbox.commit(job.input_id, job.spec.name, [], fresh.to_json())
         return fresh
-    logger.info("Data retrieved from the persistence: %s", stored)
+    logger.info("Data retrieved from the persistence: %s", _shown(stored))
     checkpoint = Checkpoint.from_json(stored)
     if checkpoint.start_time != configured:
         logger.warning(
             "Some changes have been detected and the persistence needs to be updated. "
             "Previous content: %s. New content: %s",
-            stored,
+            _shown(stored),
             fresh.to_json(),
         )
-        outbox.commit(job.input_id, job.spec.name, [], fresh.to_json())
+        with outbox.transaction(job.input_id) as tx:
+            for table in job.spec.tables:
+                tx.table(table.name).clear()
+            tx.save_checkpoint(job.spec.name, fresh.to_json())
         logger.warning("Persistence has been updated successfully")
         return fresh
-    return checkpoint
+    return _migrate_extra(job, outbox, checkpoint)
+
+
+def _shown(stored: JSON) -> JSON:
+    """A checkpoint for the log: an old ``extra`` blob of ids is summarised, not printed whole."""
+    extra = stored.get("extra")
+    if not isinstance(extra, dict) or not any(isinstance(v, dict) and len(v) > 20 for v in extra.values()):
+        return stored
+    summary = {k: (f"<{len(v)} entries>" if isinstance(v, dict) and len(v) > 20 else v) for k, v in extra.items()}
+    return {**stored, "extra": summary}
+
+
+def _migrate_extra(job: Job, outbox: Outbox, checkpoint: Checkpoint) -> Checkpoint:
+    """Move ``{key: stamp}`` blobs of the checkpoint's ``extra`` into the keyed tables that replace them."""
+    legacy = [t for t in job.spec.tables if t.legacy_extra_key and t.legacy_extra_key in checkpoint.extra]
+    if not legacy:
+        return checkpoint
+    extra = dict(checkpoint.extra)
+    with outbox.transaction(job.input_id) as tx:
+        for spec in legacy:
+            table = tx.table(spec.name)
+            rows = extra.pop(str(spec.legacy_extra_key)) or {}
+            for key, stamp in dict(rows).items():
+                table.put(str(key), stamp, stamp=stamp if isinstance(stamp, int) else None)
+            logger.info("Moved %d entries of the checkpoint into the state table %s", len(rows), spec.name)
+        migrated = replace(checkpoint, extra=extra)
+        tx.save_checkpoint(job.spec.name, migrated.to_json())
+    return migrated
 
 
 def run_cycle(
@@ -133,7 +170,8 @@ def run_cycle(
     cursor = BoundaryCursor(
         checkpoint.value, checkpoint.ids, window.end, max_value=progress.max_value, max_ids=progress.max_ids
     )
-    pages = job.source.pages(window, token, dict(checkpoint.extra))
+    tables = {t.name: outbox.table(job.input_id, t.name) for t in job.spec.tables}
+    pages = job.source.pages(window, token, SourceState(checkpoint.extra, tables))
     completed = False
     for page in pages:
         stats.pages += 1
@@ -152,7 +190,7 @@ def run_cycle(
             body["@devo_pulling_id"] = stats.pulling_id
             if job.environment:
                 body["environment"] = job.environment
-            events.append(Event(tag=record.tag or job.tag, body=body, service=job.spec.name))
+            events.append(Event(tag=record.tag or job.tag, body=body, key=record.key, time=record.cursor))
         horizon = progress.horizon
         if page.horizon is not None and (horizon is None or page.horizon < horizon):
             horizon = page.horizon
@@ -181,7 +219,10 @@ def run_cycle(
             )
         else:
             new = checkpoint.with_window(progress)
-        outbox.commit(job.input_id, job.spec.name, events, new.to_json())
+        with outbox.transaction(job.input_id) as tx:
+            tx.add_events(job.spec.name, events)
+            apply_writes(tx, page)
+            tx.save_checkpoint(job.spec.name, new.to_json())
         stats.sent += len(events)
         logger.info(stats.line(partial=True))
         if on_page is not None:
@@ -225,3 +266,15 @@ def _complete(
         ids=tuple(sorted(cursor.max_ids)),
         extra=checkpoint.extra,
     )
+
+
+def apply_writes(tx: Transaction, page: Page) -> None:
+    """The page's keyed-table writes, in order, inside the page's transaction."""
+    for write in page.writes:
+        table = tx.table(write.table)
+        if isinstance(write, TablePrune):
+            table.prune(write.below)
+        elif write.value is None:
+            table.delete(write.key)
+        else:
+            table.put(write.key, write.value, stamp=write.stamp)

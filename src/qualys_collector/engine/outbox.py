@@ -1,155 +1,27 @@
-"""The outbox: events and checkpoints in one SQLite database in the state directory.
+"""The outbox: the delivery side of the state store (:mod:`qualys_collector.engine.store`).
 
-A page's events and the checkpoint that follows them are committed in one transaction, so a crash
-either keeps both or neither. Each configured output has its own position; a row is deleted once every
-output has acknowledged it. Nothing is deleted on a failure path.
+A page's events and the checkpoint that follows them are committed in one transaction of the store,
+so a crash either keeps both or neither. Each configured output has its own position; a row is deleted
+once every output has acknowledged it. Nothing is deleted on a failure path.
 """
 
 from __future__ import annotations
 
-import contextlib
-import json
 import logging
-import os
 import sqlite3
-import threading
-import time
-from collections.abc import Iterator, Sequence
-from pathlib import Path
+from collections.abc import Sequence
 
+from qualys_collector.engine.store import DB_NAME, StateStore
 from qualys_collector.errors import StateError
-from qualys_collector.model import JSON, Event, StoredEvent
+from qualys_collector.model import StoredEvent
 
 logger = logging.getLogger(__name__)
 
-DB_NAME = "qualys-collector.sqlite3"
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS events (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT,
-    tag TEXT NOT NULL,
-    body TEXT NOT NULL,
-    source TEXT NOT NULL,
-    created REAL NOT NULL
-);
-CREATE TABLE IF NOT EXISTS checkpoints (
-    input_id TEXT NOT NULL,
-    service TEXT NOT NULL,
-    data TEXT NOT NULL,
-    updated REAL NOT NULL,
-    PRIMARY KEY (input_id, service)
-);
-CREATE TABLE IF NOT EXISTS positions (
-    output TEXT PRIMARY KEY,
-    seq INTEGER NOT NULL
-);
-"""
+__all__ = ["DB_NAME", "Outbox"]
 
 
-class Outbox:
-    """SQLite-backed outbox. Safe to share between threads (one connection per thread)."""
-
-    def __init__(self, state_dir: Path) -> None:
-        self.state_dir = state_dir
-        self.path = state_dir / DB_NAME
-        self._local = threading.local()
-        self._connections: list[sqlite3.Connection] = []
-        self._lock = threading.Lock()
-        try:
-            state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-            if not self.path.exists():
-                fd = os.open(self.path, os.O_CREAT | os.O_RDWR, 0o600)
-                os.close(fd)
-            conn = self._conn()
-            conn.executescript(_SCHEMA)
-        except (OSError, sqlite3.Error) as exc:
-            raise StateError(
-                f"cannot open the state database {self.path}: {exc}",
-                fix="make the state directory writable by this user and check the disk has free space",
-            ) from exc
-
-    # ------------------------------------------------------------------ connection handling
-
-    def _conn(self) -> sqlite3.Connection:
-        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
-        if conn is None:
-            conn = sqlite3.connect(self.path, timeout=30.0, isolation_level=None, check_same_thread=False)
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=FULL")
-            conn.execute("PRAGMA busy_timeout=30000")
-            self._local.conn = conn
-            with self._lock:
-                self._connections.append(conn)
-        return conn
-
-    @contextlib.contextmanager
-    def _transaction(self) -> Iterator[sqlite3.Connection]:
-        conn = self._conn()
-        try:
-            conn.execute("BEGIN IMMEDIATE")
-            yield conn
-            conn.execute("COMMIT")
-        except sqlite3.Error as exc:
-            with contextlib.suppress(sqlite3.Error):
-                conn.execute("ROLLBACK")
-            raise StateError(
-                f"state database {self.path} rejected a write: {exc}",
-                fix="check free disk space and that the state directory is writable; nothing was lost",
-            ) from exc
-        except BaseException:
-            with contextlib.suppress(sqlite3.Error):
-                conn.execute("ROLLBACK")
-            raise
-
-    def close(self) -> None:
-        """Close every connection opened by any thread."""
-        with self._lock:
-            for conn in self._connections:
-                with contextlib.suppress(sqlite3.Error):
-                    conn.close()
-            self._connections.clear()
-        self._local = threading.local()
-
-    # ------------------------------------------------------------------ checkpoints
-
-    def load_checkpoint(self, input_id: str, service: str) -> JSON | None:
-        """The stored checkpoint of a service, or ``None``."""
-        row = (
-            self._conn()
-            .execute("SELECT data FROM checkpoints WHERE input_id = ? AND service = ?", (input_id, service))
-            .fetchone()
-        )
-        return None if row is None else dict(json.loads(row[0]))
-
-    def checkpoints(self) -> list[tuple[str, str, JSON, float]]:
-        """Every stored checkpoint: (input id, service, data, updated epoch seconds)."""
-        rows = (
-            self._conn()
-            .execute("SELECT input_id, service, data, updated FROM checkpoints ORDER BY input_id, service")
-            .fetchall()
-        )
-        return [(r[0], r[1], dict(json.loads(r[2])), float(r[3])) for r in rows]
-
-    def commit(self, input_id: str, service: str, events: Sequence[Event], checkpoint: JSON) -> None:
-        """Insert ``events`` and store ``checkpoint`` in one transaction."""
-        now = time.time()
-        source = f"{input_id}/{service}"
-        rows = [(e.tag, e.to_json(), source, now) for e in events]  # serialised before the write lock is taken
-        state = json.dumps(checkpoint, sort_keys=True)
-        with self._transaction() as conn:
-            if rows:
-                conn.executemany("INSERT INTO events (tag, body, source, created) VALUES (?, ?, ?, ?)", rows)
-            conn.execute(
-                "INSERT INTO checkpoints (input_id, service, data, updated) VALUES (?, ?, ?, ?) "
-                "ON CONFLICT(input_id, service) DO UPDATE SET data = excluded.data, updated = excluded.updated",
-                (input_id, service, state, now),
-            )
-
-    def reset_checkpoint(self, input_id: str, service: str) -> bool:
-        """Forget a service's checkpoint. Returns whether one existed."""
-        with self._transaction() as conn:
-            cur = conn.execute("DELETE FROM checkpoints WHERE input_id = ? AND service = ?", (input_id, service))
-            return cur.rowcount > 0
+class Outbox(StateStore):
+    """The state store with the outputs' positions. Safe to share between threads."""
 
     # ------------------------------------------------------------------ delivery side
 

@@ -11,6 +11,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from typing import Any
 
 import httpx
@@ -191,7 +192,7 @@ class VmClient:
                 for page in fetch(token):
                     spent = self.requests - before
                     before = self.requests
-                    yield Page(page.records, page.token, requests=spent, extra=page.extra, horizon=page.horizon)
+                    yield replace(page, requests=spent)
                     token = page.token
                     attempt = 0
             except MID_BODY as exc:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Protocol
 
-from qualys_collector.model import JSON, Page, Window
+from qualys_collector.model import JSON, Page, SourceState, Window
 
 
 class CursorMode(enum.Enum):
@@ -23,6 +23,16 @@ class CursorMode(enum.Enum):
     RECORD = "record"
     #: Qualys filters by a time it does not return; the checkpoint is the window's end.
     WINDOW = "window"
+
+
+@dataclass(frozen=True, slots=True)
+class TableSpec:
+    """A keyed table of the state store that a service declares (created once, cleared by its reset)."""
+
+    name: str
+    #: The checkpoint ``extra`` key in which an older version kept these rows as ``{key: epoch-ms stamp}``;
+    #: the engine moves them into the table once, in one transaction with the checkpoint.
+    legacy_extra_key: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,14 +47,17 @@ class ServiceSpec:
     is_sorted: bool = False
     #: Where a service without ``start_time_utc`` starts on its first run.
     default_lookback: timedelta = timedelta(days=1)
+    #: Keyed tables the page source reads (``extra.table(name)``) and writes (``Page.writes``).
+    tables: tuple[TableSpec, ...] = ()
 
 
 class PageSource(Protocol):
     """Reads one window of one service, page by page."""
 
-    def pages(self, window: Window, token: JSON | None, extra: JSON) -> Iterator[Page]:
+    def pages(self, window: Window, token: JSON | None, extra: SourceState) -> Iterator[Page]:
         """Yield the window's pages, starting after ``token`` when resuming.
 
-        ``extra`` is the service's own state from the checkpoint (empty at first).
+        ``extra`` is the service's own state from the checkpoint (empty at first), a mapping that also
+        reads the keyed tables the service declared (``extra.table(name).get(key)``).
         """
         ...

@@ -1,0 +1,361 @@
+"""The state store: one SQLite database with the outbox's events, the checkpoints and named keyed tables,
+written through a unit of work.
+
+``with store.transaction(input_id) as tx:`` collects a page's events, its checkpoint and its keyed-table
+writes, and commits them together or not at all. Keyed tables (``tx.table("fim_incident_ids")``: get,
+put, delete, iterate by key) are declared up front with :meth:`StateStore.declare`, so their schema is
+created once; each row belongs to a scope (the input id), so two subscriptions never share rows.
+Reading a table outside a transaction (:meth:`StateStore.table`) sees what was committed.
+
+The schema version is SQLite's ``user_version``; a database written by an older collector is upgraded in
+place when opened (``ALTER TABLE``), one written by a newer one is refused. Only this package touches
+SQLite.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from qualys_collector.errors import StateError
+from qualys_collector.model import JSON, Event, epoch_ms
+
+DB_NAME = "qualys-collector.sqlite3"
+
+#: 0: the seed layout (events without key/time, no keyed tables); 1: record key + event time, keyed tables.
+SCHEMA_VERSION = 1
+
+_BASE = (
+    "CREATE TABLE IF NOT EXISTS events (seq INTEGER PRIMARY KEY AUTOINCREMENT, tag TEXT NOT NULL, body TEXT NOT NULL,"
+    " source TEXT NOT NULL, created REAL NOT NULL, record_key TEXT, event_time INTEGER)",
+    "CREATE TABLE IF NOT EXISTS checkpoints (input_id TEXT NOT NULL, service TEXT NOT NULL, data TEXT NOT NULL,"
+    " updated REAL NOT NULL, PRIMARY KEY (input_id, service))",
+    "CREATE TABLE IF NOT EXISTS positions (output TEXT PRIMARY KEY, seq INTEGER NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS keyed_tables (name TEXT PRIMARY KEY, owner TEXT NOT NULL)",
+)
+_TABLE_NAME = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
+
+
+def _physical(name: str) -> str:
+    return f"kt_{name}"
+
+
+class TableView:
+    """Read access to one keyed table within one scope."""
+
+    def __init__(self, conn: Callable[[], sqlite3.Connection], name: str, scope: str) -> None:
+        self._conn = conn
+        self.name = name
+        self.scope = scope
+        self._table = _physical(name)
+
+    def get(self, key: str) -> Any | None:
+        """The value stored under ``key``, or ``None``."""
+        row = (
+            self._conn()
+            .execute(f"SELECT value FROM {self._table} WHERE scope = ? AND key = ?", (self.scope, key))  # noqa: S608
+            .fetchone()
+        )
+        return None if row is None else json.loads(row[0])
+
+    def __contains__(self, key: object) -> bool:
+        return isinstance(key, str) and self.get(key) is not None
+
+    def items(self) -> Iterator[tuple[str, Any]]:
+        """Every ``(key, value)`` in key order, read in slices (memory stays flat on a large table)."""
+        after = ""
+        while True:
+            rows = (
+                self._conn()
+                .execute(
+                    f"SELECT key, value FROM {self._table} WHERE scope = ? AND key > ? ORDER BY key LIMIT 1000",  # noqa: S608
+                    (self.scope, after),
+                )
+                .fetchall()
+            )
+            if not rows:
+                return
+            for key, value in rows:
+                yield key, json.loads(value)
+            after = rows[-1][0]
+
+    def __len__(self) -> int:
+        row = (
+            self._conn()
+            .execute(f"SELECT COUNT(*) FROM {self._table} WHERE scope = ?", (self.scope,))  # noqa: S608
+            .fetchone()
+        )
+        return int(row[0])
+
+
+class KeyedTable(TableView):
+    """A keyed table inside a transaction: reads see the transaction's own writes."""
+
+    def put(self, key: str, value: Any, *, stamp: int | None = None) -> None:
+        """Store ``value`` (JSON) under ``key``; ``stamp`` is an optional integer :meth:`prune` compares."""
+        self._conn().execute(
+            f"INSERT INTO {self._table} (scope, key, value, stamp) VALUES (?, ?, ?, ?) "  # noqa: S608
+            "ON CONFLICT(scope, key) DO UPDATE SET value = excluded.value, stamp = excluded.stamp",
+            (self.scope, key, json.dumps(value, sort_keys=True, separators=(",", ":")), stamp),
+        )
+
+    def delete(self, key: str) -> bool:
+        """Remove ``key``; whether it was there."""
+        cur = self._conn().execute(
+            f"DELETE FROM {self._table} WHERE scope = ? AND key = ?",  # noqa: S608
+            (self.scope, key),
+        )
+        return cur.rowcount > 0
+
+    def prune(self, below: int) -> int:
+        """Remove the rows whose stamp is below ``below``; how many."""
+        cur = self._conn().execute(
+            f"DELETE FROM {self._table} WHERE scope = ? AND stamp < ?",  # noqa: S608
+            (self.scope, below),
+        )
+        return cur.rowcount
+
+    def clear(self) -> None:
+        """Remove every row of this scope."""
+        self._conn().execute(f"DELETE FROM {self._table} WHERE scope = ?", (self.scope,))  # noqa: S608
+
+
+class Transaction:
+    """One unit of work: events, checkpoints and keyed-table writes that commit together.
+
+    Events are serialised when added and inserted at commit, so a transaction that only carries events
+    and a checkpoint holds SQLite's write lock for the inserts alone; the first keyed-table access takes
+    the lock (reads must see the transaction's own writes).
+    """
+
+    def __init__(self, store: StateStore, conn: sqlite3.Connection, scope: str) -> None:
+        self._store = store
+        self._db = conn
+        self.scope = scope
+        self._begun = False
+        self._rows: list[tuple[str, str, str, float, str | None, int | None]] = []
+        self._checkpoints: dict[str, str] = {}
+
+    def _conn(self) -> sqlite3.Connection:
+        if not self._begun:
+            self._db.execute("BEGIN IMMEDIATE")
+            self._begun = True
+        return self._db
+
+    def add_events(self, service: str, events: Sequence[Event]) -> None:
+        """Queue ``events`` of ``service`` for the outbox (serialised now, inserted at commit)."""
+        now = time.time()
+        source = f"{self.scope}/{service}"
+        self._rows += [
+            (e.tag, e.to_json(), source, now, e.key, None if e.time is None else epoch_ms(e.time)) for e in events
+        ]
+
+    def save_checkpoint(self, service: str, checkpoint: JSON) -> None:
+        """Store ``service``'s checkpoint (the last one saved in the transaction wins)."""
+        self._checkpoints[service] = json.dumps(checkpoint, sort_keys=True)
+
+    def table(self, name: str) -> KeyedTable:
+        """The declared keyed table ``name`` in this transaction's scope."""
+        self._store.require(name)
+        return KeyedTable(self._conn, name, self.scope)
+
+    def _commit(self) -> None:
+        conn = self._conn()
+        if self._rows:
+            conn.executemany(
+                "INSERT INTO events (tag, body, source, created, record_key, event_time) VALUES (?, ?, ?, ?, ?, ?)",
+                self._rows,
+            )
+        now = time.time()
+        for service, data in self._checkpoints.items():
+            conn.execute(
+                "INSERT INTO checkpoints (input_id, service, data, updated) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT(input_id, service) DO UPDATE SET data = excluded.data, updated = excluded.updated",
+                (self.scope, service, data, now),
+            )
+        conn.execute("COMMIT")
+
+    def _rollback(self) -> None:
+        if self._begun:
+            with contextlib.suppress(sqlite3.Error):
+                self._db.execute("ROLLBACK")
+
+
+class StateStore:
+    """The state database. Safe to share between threads (one connection per thread)."""
+
+    def __init__(self, state_dir: Path) -> None:
+        self.state_dir = state_dir
+        self.path = state_dir / DB_NAME
+        self._local = threading.local()
+        self._connections: list[sqlite3.Connection] = []
+        self._lock = threading.Lock()
+        self._declared: set[str] = set()
+        try:
+            state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+            if not self.path.exists():
+                fd = os.open(self.path, os.O_CREAT | os.O_RDWR, 0o600)
+                os.close(fd)
+            with self._transaction() as conn:
+                _upgrade(conn, self.path)
+            self._declared = {r[0] for r in self._conn().execute("SELECT name FROM keyed_tables").fetchall()}
+        except (OSError, sqlite3.Error) as exc:
+            raise StateError(
+                f"cannot open the state database {self.path}: {exc}",
+                fix="make the state directory writable by this user and check the disk has free space",
+            ) from exc
+
+    # ------------------------------------------------------------------ connections and transactions
+
+    def _conn(self) -> sqlite3.Connection:
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = sqlite3.connect(self.path, timeout=30.0, isolation_level=None, check_same_thread=False)
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=FULL")
+            conn.execute("PRAGMA busy_timeout=30000")
+            self._local.conn = conn
+            with self._lock:
+                self._connections.append(conn)
+        return conn
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        conn = self._conn()
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            yield conn
+            conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
+            raise self._rejected(exc) from exc
+        except BaseException:
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
+            raise
+
+    def _rejected(self, exc: sqlite3.Error) -> StateError:
+        return StateError(
+            f"state database {self.path} rejected a write: {exc}",
+            fix="check free disk space and that the state directory is writable; nothing was lost",
+        )
+
+    @contextlib.contextmanager
+    def transaction(self, scope: str) -> Iterator[Transaction]:
+        """A unit of work in ``scope`` (the input id): everything done through it commits on a clean exit
+        and is rolled back on any exception."""
+        tx = Transaction(self, self._conn(), scope)
+        try:
+            yield tx
+            tx._commit()
+        except sqlite3.Error as exc:
+            tx._rollback()
+            raise self._rejected(exc) from exc
+        except BaseException:
+            tx._rollback()
+            raise
+
+    def close(self) -> None:
+        """Close every connection opened by any thread."""
+        with self._lock:
+            for conn in self._connections:
+                with contextlib.suppress(sqlite3.Error):
+                    conn.close()
+            self._connections.clear()
+        self._local = threading.local()
+
+    # ------------------------------------------------------------------ keyed tables
+
+    def declare(self, name: str, owner: str) -> None:
+        """Create keyed table ``name`` once (idempotent); ``owner`` is the service whose reset clears it."""
+        if name in self._declared:
+            return
+        if not _TABLE_NAME.match(name):
+            raise StateError(f"keyed table name {name!r} is not lowercase letters, digits and _", fix="rename it")
+        table = _physical(name)
+        with self._transaction() as conn:
+            conn.execute(
+                f"CREATE TABLE IF NOT EXISTS {table} (scope TEXT NOT NULL, key TEXT NOT NULL, value TEXT NOT NULL,"
+                " stamp INTEGER, PRIMARY KEY (scope, key)) WITHOUT ROWID"
+            )
+            conn.execute(f"CREATE INDEX IF NOT EXISTS {table}_stamp ON {table} (scope, stamp)")
+            conn.execute("INSERT OR IGNORE INTO keyed_tables (name, owner) VALUES (?, ?)", (name, owner))
+        self._declared.add(name)
+
+    def require(self, name: str) -> None:
+        """Raise unless keyed table ``name`` was declared."""
+        if name not in self._declared:
+            raise StateError(
+                f"keyed table {name!r} was used without being declared",
+                fix="this is a bug: the service or stage must list it in its tables",
+            )
+
+    def table(self, scope: str, name: str) -> TableView:
+        """Read-only view of a declared keyed table, outside any transaction (sees committed rows)."""
+        self.require(name)
+        return TableView(self._conn, name, scope)
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def load_checkpoint(self, input_id: str, service: str) -> JSON | None:
+        """The stored checkpoint of a service, or ``None``."""
+        row = (
+            self._conn()
+            .execute("SELECT data FROM checkpoints WHERE input_id = ? AND service = ?", (input_id, service))
+            .fetchone()
+        )
+        return None if row is None else dict(json.loads(row[0]))
+
+    def checkpoints(self) -> list[tuple[str, str, JSON, float]]:
+        """Every stored checkpoint: (input id, service, data, updated epoch seconds)."""
+        rows = (
+            self._conn()
+            .execute("SELECT input_id, service, data, updated FROM checkpoints ORDER BY input_id, service")
+            .fetchall()
+        )
+        return [(r[0], r[1], dict(json.loads(r[2])), float(r[3])) for r in rows]
+
+    def commit(self, input_id: str, service: str, events: Sequence[Event], checkpoint: JSON) -> None:
+        """Insert ``events`` and store ``checkpoint`` in one transaction."""
+        with self.transaction(input_id) as tx:
+            tx.add_events(service, events)
+            tx.save_checkpoint(service, checkpoint)
+
+    def reset_checkpoint(self, input_id: str, service: str) -> bool:
+        """Forget a service's checkpoint and the rows of the keyed tables it owns. Returns whether a
+        checkpoint existed."""
+        with self._transaction() as conn:
+            owned = conn.execute("SELECT name FROM keyed_tables WHERE owner = ?", (service,)).fetchall()
+            for (name,) in owned:
+                conn.execute(f"DELETE FROM {_physical(name)} WHERE scope = ?", (input_id,))  # noqa: S608
+            cur = conn.execute("DELETE FROM checkpoints WHERE input_id = ? AND service = ?", (input_id, service))
+            return cur.rowcount > 0
+
+
+def _upgrade(conn: sqlite3.Connection, path: Path) -> None:
+    """Bring the schema to :data:`SCHEMA_VERSION` inside the caller's write transaction."""
+    version = int(conn.execute("PRAGMA user_version").fetchone()[0])
+    if version > SCHEMA_VERSION:
+        raise StateError(
+            f"the state database {path} has schema version {version}; this collector knows up to {SCHEMA_VERSION}",
+            fix="run the qualys-collector version that wrote it, or point --state-dir at another directory",
+        )
+    if version == SCHEMA_VERSION:
+        return
+    for statement in _BASE:
+        conn.execute(statement)
+    columns = {row[1] for row in conn.execute("PRAGMA table_info(events)").fetchall()}
+    if "record_key" not in columns:  # written by a version-0 collector
+        conn.execute("ALTER TABLE events ADD COLUMN record_key TEXT")
+    if "event_time" not in columns:
+        conn.execute("ALTER TABLE events ADD COLUMN event_time INTEGER")
+    conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
