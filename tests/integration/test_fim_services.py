@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sqlite3
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -15,7 +16,7 @@ import pytest
 from qualys_collector.app import Collector, make_job
 from qualys_collector.config import build_config
 from qualys_collector.engine.cycle import CycleStats, Job
-from qualys_collector.engine.outbox import Outbox
+from qualys_collector.engine.outbox import DB_NAME, Outbox
 from qualys_collector.qualys.fim import FimClient
 from qualys_collector.services.registry import load_all
 from qualys_collector.simulator import Limits, SimConfig, Simulator
@@ -175,6 +176,37 @@ def test_an_incident_closed_after_delivery_is_delivered_again(sim: Simulator, tm
     assert set(seen) == sim.truth("fim_incidents", None, NOW)
     events = r.events("monitor.qualys.fim.incident_event")
     assert Counter(e["id"] for e in events).most_common(1)[0][1] == 1  # each incident's events once
+
+
+def test_incident_ids_kept_in_the_old_checkpoint_blob_move_into_the_keyed_table(sim: Simulator, tmp_path: Path) -> None:
+    services = {"fim_incidents": {"start_time_utc": START, "settle_lag_seconds": 0, "include_events": True}}
+    r = fim(sim, tmp_path, services)
+    sim.offset = -timedelta(days=1)
+    assert r.cycle()
+    # rewrite the state as the previous version kept it: the ids in the checkpoint's extra blob, no table rows
+    with sqlite3.connect(tmp_path / "state" / DB_NAME) as db:
+        pulled = dict(db.execute("SELECT key, stamp FROM kt_fim_incident_ids WHERE scope = '5'").fetchall())
+        assert pulled, "the first cycle pulled the events of some incidents"
+        (data,) = db.execute("SELECT data FROM checkpoints WHERE service = 'fim_incidents'").fetchone()
+        checkpoint = {**json.loads(data), "extra": {"events_pulled": pulled}}
+        db.execute("UPDATE checkpoints SET data = ? WHERE service = 'fim_incidents'", (json.dumps(checkpoint),))
+        db.execute("DELETE FROM kt_fim_incident_ids")
+    sim.offset = timedelta(0)
+    assert r.cycle()
+    events = r.events("monitor.qualys.fim.incident_event")
+    assert Counter(e["id"] for e in events).most_common(1)[0][1] == 1  # the migrated ids were not pulled again
+    outbox = Outbox(tmp_path / "state")
+    try:
+        stored = outbox.load_checkpoint("5", "fim_incidents")
+        assert stored is not None
+        assert "extra" not in stored
+        outbox.declare("fim_incident_ids", owner="fim_incidents")
+        table = dict(outbox.table("5", "fim_incident_ids").items())
+    finally:
+        outbox.close()
+    assert set(pulled) <= set(table)
+    assert set(table) == {i["id"] for i in r.events(INCIDENTS)}
+    assert all(table[k] == v for k, v in pulled.items())
 
 
 def test_bad_credentials_give_101_once(sim: Simulator, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:

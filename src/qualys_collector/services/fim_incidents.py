@@ -2,7 +2,9 @@
 
 Windowing on the last update (not the creation) means a status or approval change re-emits the
 incident, so the SIEM sees it close; ``id`` + ``lastUpdatedBy.date`` is the key. With
-``include_events`` each incident's events are pulled once, when the incident is first seen.
+``include_events`` each incident's events are pulled once, when the incident is first seen: the ids of
+incidents whose events were pulled live in the keyed table ``fim_incident_ids`` (id -> creation date,
+pruned past Qualys' retention), written in the same transaction as the events.
 """
 
 from __future__ import annotations
@@ -13,10 +15,20 @@ from typing import Any
 
 from qualys_collector.config.schema import FimIncidentsOptions
 from qualys_collector.errors import DataError
-from qualys_collector.model import JSON, Page, Record, Window, epoch_ms, from_epoch_ms
+from qualys_collector.model import (
+    JSON,
+    Page,
+    Record,
+    SourceState,
+    TablePrune,
+    TableWrite,
+    Window,
+    epoch_ms,
+    from_epoch_ms,
+)
 from qualys_collector.qualys.fim import FimClient
 from qualys_collector.qualys.fim_common import logger, search_pages
-from qualys_collector.services.base import CursorMode, ServiceSpec
+from qualys_collector.services.base import CursorMode, ServiceSpec, TableSpec
 from qualys_collector.services.registry import ServiceEntry, register
 
 SPEC = ServiceSpec(
@@ -26,11 +38,13 @@ SPEC = ServiceSpec(
     mode=CursorMode.RECORD,
     is_sorted=True,
     default_lookback=timedelta(days=1),
+    tables=(TableSpec("fim_incident_ids", legacy_extra_key="events_pulled"),),
 )
 PATH = "/fim/v3/incidents/search"
 EVENTS_TAG = "monitor.qualys.fim.incident_event"
 #: Qualys keeps incidents for 15 months; the "events already pulled" memory is pruned past that.
 RETENTION = timedelta(days=460)
+PULLED = "fim_incident_ids"
 
 
 def field_ms(incident: JSON, dotted: str) -> int:
@@ -52,33 +66,35 @@ class FimIncidentsSource:
         self.field = options.window_field
         self.events_tag = options.events_tag or EVENTS_TAG
 
-    def pages(self, window: Window, token: JSON | None, extra: JSON) -> Iterator[Page]:
+    def pages(self, window: Window, token: JSON | None, extra: SourceState) -> Iterator[Page]:
         """Incidents in ``[start, end]`` by the window field, sorted by it then ``id``."""
         self.client.check_token()
         before = self.client.requests
         qql = f"{self.field}: ['{epoch_ms(window.start)}'..'{epoch_ms(window.end)}']"
         sort: list[dict[str, str]] = [{self.field: "asc"}, {"id": "asc"}]
-        pulled: dict[str, int] = dict(extra.get("events_pulled", {}))
+        pulled = extra.table(PULLED)
         after = token.get("searchAfter") if token else None
         size = self.options.page_size
+        horizon = epoch_ms(window.end - RETENTION)
         for incidents, last in search_pages(self.client, PATH, qql, sort, size, after, "incidents"):
             records: list[Record] = []
+            writes: dict[str, TableWrite] = {}
             for incident in incidents:
                 when = field_ms(incident, self.field)
                 key = f"{incident.get('id')}@{when}"
                 records.append(Record(data=incident, key=key, cursor=from_epoch_ms(when)))
-                if self.options.include_events and str(incident.get("id")) not in pulled:
+                incident_id = str(incident.get("id"))
+                if self.options.include_events and incident_id not in writes and pulled.get(incident_id) is None:
                     records.extend(self._events(str(incident["id"])))
-                    pulled[str(incident["id"])] = field_ms(incident, "createdBy.date")
-            horizon = epoch_ms(window.end - RETENTION)
-            pulled = {k: v for k, v in pulled.items() if v >= horizon}
+                    created = field_ms(incident, "createdBy.date")
+                    writes[incident_id] = TableWrite(PULLED, incident_id, created, stamp=created)
             logger.info("Sent %d fim_incidents events to the outbox.", len(incidents))
             more = len(incidents) == size
             yield Page(
                 records,
                 token={"searchAfter": last} if more else None,
                 requests=self.client.requests - before,
-                extra={"events_pulled": pulled} if self.options.include_events else None,
+                writes=[*writes.values(), TablePrune(PULLED, horizon)] if self.options.include_events else (),
             )
             before = self.client.requests
 
