@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import re
 import threading
 from collections.abc import Callable
 from datetime import datetime, timedelta
@@ -20,14 +19,16 @@ from qualys_collector.config.schema import (
     StdoutOutput,
     VmInput,
 )
-from qualys_collector.engine.cycle import CycleStats, Job
+from qualys_collector.engine.cycle import Job
 from qualys_collector.engine.obfuscate import compile_rules
 from qualys_collector.engine.outbox import Outbox
 from qualys_collector.engine.scheduler import Scheduler
 from qualys_collector.errors import CollectorError, ConfigError
 from qualys_collector.model import utcnow
 from qualys_collector.observability.memory import gc_line
-from qualys_collector.observability.metrics import Metrics, serve
+from qualys_collector.observability.metrics import Metrics, MetricsObserver, serve
+from qualys_collector.observability.observer import Observer, Observers
+from qualys_collector.qualys.retry import RetryPolicy
 from qualys_collector.services.registry import load_all
 from qualys_collector.sinks.base import Sink
 from qualys_collector.sinks.drain import Drainer
@@ -63,19 +64,46 @@ def build_sinks(config: CollectorConfig, state_dir: Path) -> list[Sink]:
     return sinks
 
 
-def build_client(input_name: str, block: VmInput | FimInput) -> Any:
-    """The Qualys client of one input (one per subscription, shared by its services)."""
+def build_client(
+    input_name: str,
+    block: VmInput | FimInput,
+    *,
+    stop: threading.Event | None = None,
+    observer: Observer | None = None,
+    sleep: Callable[[float], None] | None = None,
+    clock: Callable[[], datetime] = utcnow,
+    policy: RetryPolicy | None = None,
+) -> Any:
+    """The Qualys client of one input (one per subscription, shared by its services).
+
+    ``stop`` ends its waits, ``observer`` hears its answers; ``sleep``, ``clock`` (the FIM token's expiry) and
+    ``policy`` (instead of the configured retry bounds) are for tests.
+    """
     if isinstance(block, VmInput):
         from qualys_collector.qualys.vm import VmClient
 
-        return VmClient.from_config(block)
+        return VmClient.from_config(block, stop=stop, observer=observer, sleep=sleep, policy=policy)
     from qualys_collector.qualys.fim import FimClient
 
-    return FimClient.from_config(block)
+    return FimClient.from_config(
+        block, stop=stop, observer=observer, sleep=sleep, clock=lambda: clock().timestamp(), policy=policy
+    )
 
 
-def build_jobs(config: CollectorConfig) -> list[Job]:
-    """One job per enabled service of each enabled input."""
+#: ``(input_name, block, *, stop, observer, sleep, clock) -> client``: :func:`build_client` or a test's own.
+ClientFactory = Callable[..., Any]
+
+
+def build_jobs(
+    config: CollectorConfig,
+    *,
+    stop: threading.Event | None = None,
+    observer: Observer | None = None,
+    clock: Callable[[], datetime] = utcnow,
+    sleep: Callable[[float], None] | None = None,
+    clients: ClientFactory = build_client,
+) -> list[Job]:
+    """One job per enabled service of each enabled input, their clients made by ``clients``."""
     jobs: list[Job] = []
     for input_name in ("qualys", "qualys_fim"):
         block: VmInput | FimInput | None = getattr(config.inputs, input_name)
@@ -93,7 +121,7 @@ def build_jobs(config: CollectorConfig) -> list[Job]:
                     fix="remove it from the configuration or upgrade qualys-collector",
                 )
             if client is None:
-                client = build_client(input_name, block)
+                client = clients(input_name, block, stop=stop, observer=observer, sleep=sleep, clock=clock)
             salt = block.obfuscation_salt.get_secret_value() if block.obfuscation_salt else None
             source = entry.build(client, options)
             jobs.append(make_job(input_name, block.id, block.environment, options, entry.spec, source, salt=salt))
@@ -157,7 +185,14 @@ def check(config: CollectorConfig, state_dir: Path | None = None) -> list[tuple[
 
 
 class Collector:
-    """A configured collector: outbox, sinks and jobs, run once or until stopped."""
+    """A configured collector: outbox, sinks and jobs, run once or until stopped.
+
+    One stop event (:attr:`stop`, set on SIGTERM/SIGINT) and one observer reach everything built here: the
+    scheduler, every Qualys client (and so its retry and API-budget waits) and every drainer. ``observer`` is
+    the caller's (the demo's progress table, a test's counters); with ``globals.metrics`` the metrics observer
+    hears the same events. ``clock``, ``sleep`` and ``clients`` are passed to :func:`build_jobs` (tests);
+    ``jobs`` replaces it altogether (engine tests with their own sources).
+    """
 
     def __init__(
         self,
@@ -167,70 +202,48 @@ class Collector:
         clock: Callable[[], datetime] = utcnow,
         jobs: list[Job] | None = None,
         sinks: list[Sink] | None = None,
-        on_cycle: Callable[[Job, CycleStats | None], None] | None = None,
-        on_page: Callable[[Job, CycleStats], None] | None = None,
+        observer: Observer | None = None,
+        sleep: Callable[[float], None] | None = None,
+        clients: ClientFactory = build_client,
     ) -> None:
         self.config = config
         self.state_dir = config.state_dir(state_dir)
+        self.stop = threading.Event()
+        self.metrics: Metrics | None = None
+        observers = [observer] if observer is not None else []
+        if config.globals.metrics is not None:
+            self.metrics = Metrics()
+            observers.append(MetricsObserver(self.metrics))
+        self.observer = Observers(*observers)
         self.outbox = Outbox(self.state_dir)
         self.sinks = sinks if sinks is not None else build_sinks(config, self.state_dir)
         self.outbox.register_outputs([s.name for s in self.sinks])
-        self.jobs = jobs if jobs is not None else build_jobs(config)
-        self.stop = threading.Event()
-        self.drainers = [Drainer(self.outbox, sink) for sink in self.sinks]
-        self.metrics: Metrics | None = None
-        if config.globals.metrics is not None:
-            self.metrics = self._wire_metrics(config.globals.metrics.delivery_stall_seconds)
-            on_page, on_cycle = self._with_metrics(on_page, on_cycle)
+        self.clients: list[Any] = []
+
+        def client(*args: Any, **kwargs: Any) -> Any:
+            made = clients(*args, **kwargs)
+            self.clients.append(made)
+            return made
+
+        self.jobs = (
+            jobs
+            if jobs is not None
+            else build_jobs(config, stop=self.stop, observer=self.observer, clock=clock, sleep=sleep, clients=client)
+        )
+        self.drainers = [Drainer(self.outbox, sink, observer=self.observer) for sink in self.sinks]
+        if self.metrics is not None and config.globals.metrics is not None:
+            self._watch(self.metrics, config.globals.metrics.delivery_stall_seconds)
         self.scheduler = Scheduler(
-            self.jobs,
-            self.outbox,
-            stop=self.stop,
-            clock=clock,
-            paused=self.outbox_full,
-            on_cycle=on_cycle,
-            on_page=on_page,
+            self.jobs, self.outbox, stop=self.stop, clock=clock, paused=self.outbox_full, observer=self.observer
         )
 
-    def _wire_metrics(self, stall: float) -> Metrics:
-        metrics = Metrics()
+    def _watch(self, metrics: Metrics, stall: float) -> None:
+        """What ``/readyz`` and the outbox gauges read."""
         metrics.readiness.periods = {job.spec.name: job.period.total_seconds() for job in self.jobs}
         metrics.readiness.delivery_stall_seconds = stall
         metrics.readiness.pending = self.outbox.pending
         metrics.readiness.outbox_full = self.outbox_full
         metrics.watch_outbox(lambda: {s.name: self.outbox.pending(s.name) for s in self.sinks}, self.outbox.size_bytes)
-        for drainer in self.drainers:
-            drainer.on_batch = metrics.delivery
-        for job in self.jobs:
-            client = getattr(job.source, "client", None)
-            if client is not None:
-                client.on_answer = lambda api, status: metrics.api_answer(_api_label(api), status)
-                auth = getattr(client, "auth", None)
-                if auth is not None and hasattr(auth, "on_token"):
-                    auth.on_token = metrics.token_renewals.inc
-        return metrics
-
-    def _with_metrics(
-        self,
-        on_page: Callable[[Job, CycleStats], None] | None,
-        on_cycle: Callable[[Job, CycleStats | None], None] | None,
-    ) -> tuple[Callable[[Job, CycleStats], None], Callable[[Job, CycleStats | None], None]]:
-        metrics = self.metrics
-        assert metrics is not None
-
-        def page(job: Job, stats: CycleStats) -> None:
-            metrics.page(job.spec.name, stats.pulling_id, stats.received, stats.sent, stats.duplicates)
-            if on_page is not None:
-                on_page(job, stats)
-
-        def cycle(job: Job, stats: CycleStats | None) -> None:
-            if stats is not None:
-                metrics.page(job.spec.name, stats.pulling_id, stats.received, stats.sent, stats.duplicates)
-                metrics.cycle(job.spec.name, stats.pulling_id, stats.seconds, stats.completed)
-            if on_cycle is not None:
-                on_cycle(job, stats)
-
-        return page, cycle
 
     def probe_outputs(self) -> bool:
         """Try each output once at start-up (an empty, confirmed batch); log a numbered error, never exit."""
@@ -319,19 +332,13 @@ class Collector:
             server.server_close()
 
     def close(self) -> None:
-        """Close sinks, sources (parsing processes), Qualys clients and the outbox."""
+        """Close sinks, sources (parsing processes), the Qualys clients built here and the outbox."""
         for sink in self.sinks:
             sink.close()
         for job in self.jobs:
             close = getattr(job.source, "close", None)
             if close is not None:
                 close()
-        clients = {id(c): c for c in (getattr(job.source, "client", None) for job in self.jobs) if c is not None}
-        for client in clients.values():
+        for client in self.clients:
             client.close()
         self.outbox.close()
-
-
-def _api_label(api: str) -> str:
-    """A low-cardinality API label: incident ids in FIM paths become ``{id}``."""
-    return re.sub(r"/[0-9a-fA-F-]{16,}/", "/{id}/", api)

@@ -23,6 +23,7 @@ from qualys_collector.app import Collector
 from qualys_collector.config import load_config
 from qualys_collector.engine.cycle import CycleStats, Job
 from qualys_collector.observability.logging import SeedFormatter
+from qualys_collector.observability.observer import Observer
 from qualys_collector.redact import RedactingFilter
 from qualys_collector.relay import Certs, Rsyslog
 from qualys_collector.simulator import SimConfig, Simulator
@@ -88,6 +89,27 @@ def write_config(directory: Path, url: str, start: datetime, relay: Rsyslog | No
     return path
 
 
+class Progress(Observer):
+    """Keeps the table's rows up to date as pages and cycles end."""
+
+    def __init__(self, rows: dict[str, Row]) -> None:
+        self.rows = rows
+
+    def page(self, job: Job, stats: CycleStats) -> None:
+        self._show(job, stats, "pulling")
+
+    def cycle(self, job: Job, stats: CycleStats | None) -> None:
+        if stats is None:
+            self.rows[job.spec.name].state = "FAILED (see collector.log)"
+        else:
+            self._show(job, stats, "done")
+
+    def _show(self, job: Job, stats: CycleStats, state: str) -> None:
+        row = self.rows[job.spec.name]
+        row.events, row.duplicates, row.requests = stats.sent, stats.duplicates, stats.requests
+        row.seconds, row.state = stats.seconds, state
+
+
 def _table(rows: dict[str, Row]) -> Table:
     table = Table(title="qualys-collector demo: one full pull of every service")
     table.add_column("service", no_wrap=True, min_width=19)
@@ -150,20 +172,7 @@ def run_demo(directory: Path, *, hosts: int, minutes: int, console: Console | No
             for child in state.iterdir():
                 child.unlink()
 
-        def on_page(job: Job, stats: CycleStats) -> None:
-            row = rows[job.spec.name]
-            row.events, row.duplicates, row.requests = stats.sent, stats.duplicates, stats.requests
-            row.seconds, row.state = stats.seconds, "pulling"
-
-        def on_cycle(job: Job, stats: CycleStats | None) -> None:
-            row = rows[job.spec.name]
-            if stats is None:
-                row.state = "FAILED (see collector.log)"
-                return
-            row.events, row.duplicates, row.requests = stats.sent, stats.duplicates, stats.requests
-            row.seconds, row.state = stats.seconds, "done"
-
-        collector = Collector(config, on_cycle=on_cycle, on_page=on_page)
+        collector = Collector(config, observer=Progress(rows))
         started = time.monotonic()
         with Live(_table(rows), console=console, refresh_per_second=8) as live:
             result: list[bool] = []

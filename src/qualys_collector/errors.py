@@ -11,6 +11,7 @@
     │         .retryable            True when the caller may try again later (5xx, cut, 409...)
     ├── DataError                   a payload we cannot parse (malformed XML/JSON/CSV) -> PullError 301 upstream
     ├── StateError                  the state directory is unusable (read-only, full, corrupt)
+    ├── StopRequested               SIGTERM/SIGINT ended a wait: not a failure; the checkpoint stays put
     └── DeliveryError               a sink could not confirm delivery; the outbox keeps the rows
 
 Every message says what happened, where (service, key path, URL without secrets) and the fix.
@@ -98,6 +99,13 @@ class StateError(CollectorError):
     """The state directory or its database cannot be used."""
 
     kind = "StateError"
+
+
+class StopRequested(CollectorError):
+    """A stop was requested (SIGTERM/SIGINT) while the collector waited; raised out of the wait so the cycle ends
+    at once, with the checkpoint at the last committed page."""
+
+    kind = "Stopped"
 
 
 class DeliveryError(CollectorError):

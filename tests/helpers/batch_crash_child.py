@@ -11,16 +11,18 @@ from pathlib import Path
 from qualys_collector.app import Collector
 from qualys_collector.config import load_config
 from qualys_collector.engine.cycle import CycleStats, Job
+from qualys_collector.observability.observer import Observer
 
 
 def main() -> None:
     config, kill_after = load_config(Path(sys.argv[1])), int(sys.argv[2])
 
-    def on_page(job: Job, stats: CycleStats) -> None:
-        if job.spec.name == "host_list_detection" and stats.pages == kill_after:
-            os.kill(os.getpid(), signal.SIGKILL)
+    class Killer(Observer):
+        def page(self, job: Job, stats: CycleStats) -> None:
+            if job.spec.name == "host_list_detection" and stats.pages == kill_after:
+                os.kill(os.getpid(), signal.SIGKILL)
 
-    collector = Collector(config, on_page=on_page)
+    collector = Collector(config, observer=Killer())
     collector.run_once()
     raise SystemExit("the pull ended before the kill point")
 

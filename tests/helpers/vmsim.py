@@ -1,92 +1,67 @@
-"""Run collector jobs against a simulator served on loopback, with a shared frozen clock."""
+"""Run the collector, built as the product builds it, against a simulator on loopback with a frozen clock."""
 
 from __future__ import annotations
 
 import json
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from qualys_collector.app import Collector, make_job
-from qualys_collector.config import build_config
-from qualys_collector.engine.cycle import CycleStats, Job
-from qualys_collector.qualys.budget import ApiBudget
+from qualys_collector.app import Collector
+from qualys_collector.config.schema import CollectorConfig
+from qualys_collector.engine.cycle import CycleStats
 from qualys_collector.qualys.retry import RetryPolicy
-from qualys_collector.qualys.vm import VmClient
-from qualys_collector.services.registry import load_all
 from qualys_collector.simulator import Simulator
+from tests.helpers.kit import FAST, NOW, Recorder, clients, config, fim_input, no_sleep, vm_input
 
-NOW = datetime(2026, 6, 1, 12, 0, 0, tzinfo=UTC)
-FAST = RetryPolicy(
-    attempts=4, total_seconds=30, base_backoff=0.01, max_backoff=0.05, max_wait=0.2, concurrency_wait=0.05
-)
+__all__ = ["FAST", "NOW", "Run", "advance", "start_sim"]
 
 
 @dataclass
 class Run:
-    """One collector set up against ``sim``; ``cycle()`` runs every job once and delivers."""
+    """One collector set up against ``sim``; ``cycle()`` runs every job once and delivers.
+
+    ``input`` chooses the VM (``qualys``) or the FIM (``qualys_fim``) input; ``sleep=None`` makes the waits real.
+    """
 
     sim: Simulator
     url: str
     state: Path
     services: dict[str, dict[str, Any]]
-    username: str = "demo"
+    input: str = "qualys"
     password: str = "demo"
     policy: RetryPolicy = FAST
     salt: str | None = None
+    sleep: Callable[[float], None] | None = no_sleep
     stats: dict[str, CycleStats | None] = field(default_factory=dict)
 
-    def config(self) -> Any:
-        raw = {
-            "globals": {"persistence": {"config": {"directory_name": str(self.state)}}},
-            "inputs": {
-                "qualys": {
-                    "id": "7",
-                    "environment": "test",
-                    "credentials": {"base_url": self.url, "username": self.username, "password": self.password},
-                    "services": self.services,
-                    **({"obfuscation_salt": self.salt} if self.salt else {}),
-                }
-            },
-        }
-        return build_config(raw, warnings=[])
+    def config(self) -> CollectorConfig:
+        if self.input == "qualys_fim":
+            return config(self.state, qualys_fim=fim_input(self.url, self.services, password=self.password))
+        extra = {"obfuscation_salt": self.salt} if self.salt else {}
+        block = vm_input(self.url, self.services, password=self.password, environment="test", **extra)
+        return config(self.state, qualys=block)
 
-    def jobs(self) -> tuple[list[Job], VmClient]:
-        config = self.config()
-        block = config.inputs.qualys
-        client = VmClient(
-            self.url, self.username, self.password, budget=ApiBudget(), policy=self.policy, sleep=lambda s: None
+    def collector(
+        self, config: CollectorConfig | None = None, *, recorder: Recorder | None = None, **kw: Any
+    ) -> Collector:
+        """The collector of this run (``kw``: ``clock``, ``sinks``... as :class:`Collector` takes them)."""
+        recorder = recorder or Recorder()
+        recorder.stats = self.stats
+        kw.setdefault("clock", self.sim.now)
+        return Collector(
+            config or self.config(), sleep=self.sleep, clients=clients(self.policy), observer=recorder, **kw
         )
-        registry = load_all()
-        jobs = [
-            make_job(
-                "qualys",
-                block.id,
-                block.environment,
-                options,
-                registry[name].spec,
-                registry[name].build(client, options),
-                salt=self.salt,
-            )
-            for name, options in block.services.items()
-        ]
-        return jobs, client
 
-    def cycle(self) -> bool:
-        jobs, client = self.jobs()
-        collector = Collector(
-            self.config(),
-            clock=lambda: self.sim.now(),
-            jobs=jobs,
-            on_cycle=lambda job, stats: self.stats.__setitem__(job.spec.name, stats),
-        )
+    def cycle(self, **kw: Any) -> bool:
+        collector = self.collector(**kw)
         try:
             return collector.run_once()
         finally:
             collector.close()
-            client.close()
 
     def events(self) -> list[dict[str, Any]]:
         path = self.state / "events.jsonl"

@@ -147,6 +147,52 @@ def test_sigterm_stops_after_the_current_page(sim: Simulator, tmp_path: Path) ->
     assert max(keys.values()) == 1
 
 
+@pytest.mark.parametrize("fault", ["409:code=1965,wait=600,times=-1", "409:code=1960,times=-1"])
+def test_sigterm_interrupts_a_409_wait_within_5_s(sim: Simulator, tmp_path: Path, fault: str) -> None:
+    """Qualys asks for a long wait (1965: 600 s; 1960: the 30 s concurrency wait) mid-window; SIGTERM ends it."""
+    sim.faults.arm(parse_fault("slow:delay=0.05,times=-1,path=detection"))
+    config = write_config(tmp_path, sim.start(), {"host_list_detection": {**START, "truncation_limit": 5}})
+    proc = subprocess.Popen([*CLI, "run", "-c", str(config), "--once"], stderr=subprocess.PIPE, text=True)
+    path = "/api/5.0/fo/asset/host/vm/detection/"
+    deadline = time.monotonic() + 60
+    while sim.requests.get(path, 0) < 3 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    sim.faults.arm(parse_fault(f"{fault},path=detection"))
+    while sim.statuses.get(f"{path} 409", 0) < 1 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert sim.statuses.get(f"{path} 409", 0) >= 1
+    time.sleep(0.5)  # the collector is now waiting as Qualys told it to
+    asked = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    try:
+        _out, err = proc.communicate(timeout=5)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        _out, err = proc.communicate()
+        pytest.fail(f"still running 5 s after SIGTERM:\n{err[-2000:]}")
+    assert time.monotonic() - asked < 5
+    assert proc.returncode == 1, err  # --once: the cycle did not complete
+    assert "Received SIGTERM: stopping after the current page" in err
+    assert "Stop requested while waiting" in err
+    assert " ERROR " not in err, err  # a requested stop is not an error
+    committed = Counter(e["event"]["@detection_key"] for e in events(tmp_path))
+    assert committed  # pages before the 409 were committed and delivered
+    outbox = Outbox(tmp_path / "state")
+    try:
+        assert outbox.pending() == 0  # what was committed before the stop was delivered
+    finally:
+        outbox.close()
+    sim.faults.clear()
+    again = subprocess.run(
+        [*CLI, "run", "-c", str(config), "--once"], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert again.returncode == 0, again.stderr
+    assert "Resuming the window interrupted after page" in again.stderr  # the checkpoint kept the open window
+    keys = Counter(e["event"]["@detection_key"] for e in events(tmp_path) if e["tag"] == "vuln.qualys.hostdetections")
+    assert set(keys) == sim.truth("host_list_detection", None, window_end(tmp_path, "host_list_detection"))
+    assert max(keys.values()) == 1
+
+
 @pytest.mark.reliability
 @pytest.mark.parametrize("kill_after", [2, 5, 9])
 def test_kill_9_mid_pull_then_restart_loses_nothing(sim: Simulator, tmp_path: Path, kill_after: int) -> None:

@@ -87,13 +87,8 @@ def test_pulled_events_arrive_once_with_tag_and_intact_json(tmp_path: Path, cert
                 "vm_scans": {"start_time_utc": "2026-05-29T00:00:00Z", "override_tag": "my.app.scans"},
             },
         )
-        config = r.config()
-        jobs, client = r.jobs()
         devo = sink(certs, relay)
-        collector = Collector(config, clock=sim.now, jobs=jobs, sinks=[devo])
-        assert collector.run_once()
-        collector.close()
-        client.close()
+        assert r.cycle(sinks=[devo])
         truth = sim.truth("host_list_detection", None, NOW)
         lines = relay.wait_for(len(truth) + len(sim.truth("vm_scans", None, NOW)) + 1)
         detections = [json.loads(x["message"]) for x in lines if x["tag"] == "vuln.qualys.hostdetections"]
@@ -361,7 +356,6 @@ def test_an_unreachable_relay_is_reported_at_start_and_pulling_goes_on(
             state=tmp_path / "state",
             services={"host_list": {"start_time_utc": "2026-05-29T00:00:00Z"}},
         )
-        jobs, client = r.jobs()
         devo = DevoSink(
             "devo",
             "127.0.0.1",
@@ -371,11 +365,10 @@ def test_an_unreachable_relay_is_reported_at_start_and_pulling_goes_on(
             key=certs.client_key,
             timeout=2.0,
         )
-        collector = Collector(r.config(), clock=sim.now, jobs=jobs, sinks=[devo])
+        collector = r.collector(sinks=[devo])
         assert not collector.run_once()  # delivery failed...
         assert "[DeliveryError 403] output devo: cannot connect to 127.0.0.1" in caplog.text
         assert collector.outbox.pending("devo") == len(sim.truth("host_list", None, NOW))  # ...pulling did not
         collector.close()
-        client.close()
     finally:
         sim.stop()

@@ -6,91 +6,50 @@ import json
 import sqlite3
 from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from qualys_collector.app import Collector, make_job
+from qualys_collector.app import Collector
 from qualys_collector.config import build_config
 from qualys_collector.engine.cycle import CycleStats, Job
 from qualys_collector.engine.outbox import DB_NAME, Outbox
-from qualys_collector.qualys.fim import FimClient
-from qualys_collector.services.registry import load_all
 from qualys_collector.simulator import Limits, SimConfig, Simulator
 from qualys_collector.simulator.faults import parse_fault
 from tests.conftest import record_reliability
-from tests.helpers.vmsim import FAST, NOW, start_sim
+from tests.helpers.kit import Recorder
+from tests.helpers.vmsim import NOW, Run, start_sim
 
 pytestmark = pytest.mark.integration
 START = "2026-05-28T00:00:00Z"
 
 
 @dataclass
-class FimRun:
-    sim: Simulator
-    url: str
-    state: Path
-    services: dict[str, dict[str, Any]]
-    password: str = "demo"
-    stop_after_pages: int | None = None
-    stats: dict[str, CycleStats | None] = field(default_factory=dict)
+class FimRun(Run):
+    """A :class:`Run` of the FIM input; ``stop_after_pages`` sets the collector's stop after that many pages."""
 
-    def cycle(self) -> bool:
-        raw = {
-            "globals": {"persistence": {"config": {"directory_name": str(self.state)}}},
-            "inputs": {
-                "qualys_fim": {
-                    "id": "5",
-                    "credentials": {"base_url": self.url, "username": "demo", "password": self.password},
-                    "services": self.services,
-                }
-            },
-        }
-        config = build_config(raw, warnings=[])
-        block = config.inputs.qualys_fim
-        assert block is not None
-        client = FimClient(
-            self.url,
-            f"{self.url}/auth",
-            "demo",
-            self.password,
-            policy=FAST,
-            sleep=lambda s: None,
-            clock=lambda: self.sim.now().timestamp(),
-        )
-        registry = load_all()
-        jobs: list[Job] = [
-            make_job("qualys_fim", block.id, None, options, registry[name].spec, registry[name].build(client, options))
-            for name, options in block.services.items()
-        ]
-        pages = [0]
+    input: str = "qualys_fim"
+    stop_after_pages: int | None = None
+
+    def cycle(self, **kw: Any) -> bool:
         collector: Collector
 
         def on_page(job: Job, stats: CycleStats) -> None:
-            pages[0] += 1
-            if self.stop_after_pages is not None and pages[0] >= self.stop_after_pages:
+            if self.stop_after_pages is not None and recorder.pages >= self.stop_after_pages:
                 collector.stop.set()
 
-        collector = Collector(
-            config,
-            clock=self.sim.now,
-            jobs=jobs,
-            on_page=on_page,
-            on_cycle=lambda job, stats: self.stats.__setitem__(job.spec.name, stats),
-        )
+        recorder = Recorder(on_page)
+        collector = self.collector(recorder=recorder, **kw)
         try:
             return collector.run_once()
         finally:
             collector.close()
-            client.close()
 
-    def events(self, tag: str) -> list[dict[str, Any]]:
-        path = self.state / "events.jsonl"
-        lines = [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
-        return [line["event"] for line in lines if line["tag"] == tag]
+    def events(self, tag: str) -> list[dict[str, Any]]:  # type: ignore[override]  # by tag, unlike Run
+        return [line["event"] for line in super().events() if line["tag"] == tag]
 
 
 @pytest.fixture

@@ -11,7 +11,6 @@ from pathlib import Path
 import httpx
 import pytest
 
-from qualys_collector.app import Collector
 from qualys_collector.config.schema import MetricsOptions
 from qualys_collector.simulator import Limits, SimConfig, Simulator
 from qualys_collector.sinks.devo import DevoSink
@@ -67,7 +66,6 @@ def test_metrics_match_deliveries_and_readiness_follows_the_relay(tmp_path: Path
         base = r.config()
         options = MetricsOptions(address="127.0.0.1", port=port, delivery_stall_seconds=1.5)
         config = base.model_copy(update={"globals": base.globals.model_copy(update={"metrics": options})})
-        jobs, client = r.jobs()
         devo = DevoSink(
             "devo",
             "127.0.0.1",
@@ -77,7 +75,7 @@ def test_metrics_match_deliveries_and_readiness_follows_the_relay(tmp_path: Path
             key=certs.client_key,
             timeout=3.0,
         )
-        collector = Collector(config, clock=sim.now, jobs=jobs, sinks=[devo])
+        collector = r.collector(config, sinks=[devo])
         for drainer in collector.drainers:
             drainer.max_backoff = 0.3
         thread = threading.Thread(target=collector.run_forever, daemon=True)
@@ -111,7 +109,6 @@ def test_metrics_match_deliveries_and_readiness_follows_the_relay(tmp_path: Path
         collector.stop.set()
         thread.join(30)
         collector.close()
-        client.close()
     finally:
         sim.stop()
         relay.stop()

@@ -13,7 +13,6 @@ from typing import Any
 
 import pytest
 
-from qualys_collector.app import Collector
 from qualys_collector.engine.outbox import Outbox
 from qualys_collector.errors import DeliveryError
 from qualys_collector.model import Event
@@ -304,9 +303,8 @@ def test_a_full_outbox_pauses_pulling_until_delivery_resumes(
     r = run(sim, tmp_path, {"host_list_detection": {"start_time_utc": START, "request_period_in_seconds": 1}})
     base = r.config()
     config = base.model_copy(update={"globals": base.globals.model_copy(update={"outbox_max_bytes": 1 << 20})})
-    jobs, client = r.jobs()
     relay = SwitchableSink()
-    collector = Collector(config, clock=sim.now, jobs=jobs, sinks=[relay])
+    collector = r.collector(config, sinks=[relay])
     collector.outbox.commit(
         "7", "filler", [Event(tag="a.b", body={"pad": "x" * 4000}) for _ in range(400)], {"@persistence_version": 1}
     )
@@ -323,7 +321,6 @@ def test_a_full_outbox_pauses_pulling_until_delivery_resumes(
     collector.stop.set()
     thread.join(30)
     collector.close()
-    client.close()
     assert relay.got == 401 + len(sim.truth("host_list_detection", None, NOW))  # filler, detections, summary
 
 
@@ -348,13 +345,7 @@ def test_clock_skew_between_qualys_and_us_loses_nothing(tmp_path: Path, skew_min
     moments = [NOW + timedelta(minutes=47 * i) for i in range(10)]
     for moment in moments:
         sim.frozen = moment + timedelta(minutes=skew_minutes)
-        jobs, client = r.jobs()
-        collector = Collector(r.config(), clock=lambda m=moment: m, jobs=jobs)
-        try:
-            assert collector.run_once()
-        finally:
-            collector.close()
-            client.close()
+        assert r.cycle(clock=lambda m=moment: m)
     delivered = {
         (e["event"]["@detection_key"], e["event"]["DETECTION"]["LAST_PROCESSED_DATETIME"])
         for e in r.events()
@@ -409,14 +400,10 @@ def test_parallel_batches_under_a_concurrency_of_two_and_a_tight_rate_limit(tmp_
     r.policy = RetryPolicy(
         attempts=8, total_seconds=120, base_backoff=0.05, max_backoff=0.5, max_wait=3, concurrency_wait=0.2
     )
-    jobs, client = r.jobs()
-    client.sleep = time.sleep  # real waits: the budget must space the calls
-    collector = Collector(r.config(), clock=sim.now, jobs=jobs)
+    r.sleep = None  # real waits: the budget must space the calls
     try:
-        assert collector.run_once()
+        assert r.cycle()
     finally:
-        collector.close()
-        client.close()
         sim.stop()
     keys = r.keys("vuln.qualys.hostdetections", "@detection_key")
     truth = sim.truth("host_list_detection", None, NOW)

@@ -17,6 +17,7 @@ from qualys_collector.observability.logging import setup_logging
 from qualys_collector.qualys.retry import RetryPolicy
 from qualys_collector.simulator import SimConfig, Simulator
 from qualys_collector.simulator.faults import parse_fault
+from tests.helpers.kit import clients, no_sleep
 from tests.helpers.vmsim import NOW, start_sim
 
 pytestmark = [pytest.mark.reliability, pytest.mark.integration]
@@ -116,14 +117,10 @@ def test_no_secret_leaves(sim: Simulator, tmp_path: Path, faults: list[str]) -> 
             sim.faults.arm(parse_fault(spec))
     url = start_sim(sim)
     cfg = config(url, tmp_path / "state", password)
-    collector = Collector(cfg, clock=sim.now)  # type: ignore[arg-type]
-    for job in collector.jobs:
-        client = getattr(job.source, "client", None)
-        if client is not None:
-            client.sleep = lambda _s: None
-            client.policy = RetryPolicy(
-                attempts=2, total_seconds=5, base_backoff=0.01, max_backoff=0.01, max_wait=0.01, concurrency_wait=0.01
-            )
+    policy = RetryPolicy(
+        attempts=2, total_seconds=5, base_backoff=0.01, max_backoff=0.01, max_wait=0.01, concurrency_wait=0.01
+    )
+    collector = Collector(cfg, clock=sim.now, sleep=no_sleep, clients=clients(policy))  # type: ignore[arg-type]
     try:
         collector.run_once()
     finally:

@@ -11,13 +11,24 @@ import logging
 import threading
 from collections.abc import Callable
 from datetime import datetime
+from typing import Protocol
 
 from qualys_collector.engine.cycle import CycleStats, Job, run_cycle
 from qualys_collector.engine.outbox import Outbox
-from qualys_collector.errors import CollectorError
+from qualys_collector.errors import CollectorError, StopRequested
 from qualys_collector.model import utcnow
 
 logger = logging.getLogger("qualys_collector.puller")
+
+
+class CycleObserver(Protocol):
+    """What the scheduler reports (one observer from the composition root; see ``observability.observer``)."""
+
+    def page(self, job: Job, stats: CycleStats) -> None:
+        """A page of ``job`` was committed."""
+
+    def cycle(self, job: Job, stats: CycleStats | None) -> None:
+        """A cycle of ``job`` ended; ``None`` when it failed."""
 
 
 class Scheduler:
@@ -31,29 +42,31 @@ class Scheduler:
         stop: threading.Event,
         clock: Callable[[], datetime] = utcnow,
         paused: Callable[[], bool] | None = None,
-        on_cycle: Callable[[Job, CycleStats | None], None] | None = None,
-        on_page: Callable[[Job, CycleStats], None] | None = None,
+        observer: CycleObserver | None = None,
     ) -> None:
         self.jobs = jobs
         self.outbox = outbox
         self.stop = stop
         self.clock = clock
         self.paused = paused or (lambda: False)
-        self.on_cycle = on_cycle
-        self.on_page = on_page
+        self.observer = observer
         self.results: dict[str, CycleStats | None] = {}
 
     def cycle(self, job: Job) -> CycleStats | None:
         """One cycle of ``job``; ``None`` when it failed (the error is logged)."""
         stats: CycleStats | None = None
+        on_page = self.observer.page if self.observer is not None else None
         try:
-            stats = run_cycle(job, self.outbox, clock=self.clock, stop=self.stop, on_page=self.on_page)
+            stats = run_cycle(job, self.outbox, clock=self.clock, stop=self.stop, on_page=on_page)
+        except StopRequested as exc:
+            logger.warning("%s", exc.message)
+            logger.warning("The window stays open: the checkpoint stays at the last committed page")
         except CollectorError as exc:
             logger.error("%s. The checkpoint stays at the last committed page.", exc)
         except Exception:
             logger.exception("Unexpected failure in %s; the checkpoint stays at the last committed page", job.label)
-        if self.on_cycle is not None:
-            self.on_cycle(job, stats)
+        if self.observer is not None:
+            self.observer.cycle(job, stats)
         return stats
 
     def run_once(self) -> bool:

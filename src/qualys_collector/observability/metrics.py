@@ -1,23 +1,29 @@
 """Prometheus metrics, ``/healthz`` and ``/readyz`` (``globals.metrics: {address, port}``).
 
-Counters are fed by callbacks the composition root wires in (cycles, API answers, deliveries, token
-renewals), so clients and sinks do not depend on this module. Outbox depth and size are read from
-SQLite at scrape time.
+Counters are fed by :class:`MetricsObserver`, the observer the composition root passes to the scheduler,
+the Qualys clients and the drainers (cycles, API answers, token renewals, deliveries), so none of them
+depends on this module. Outbox depth and size are read from SQLite at scrape time.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, make_wsgi_app
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
+
+from qualys_collector.observability.observer import Observer
+
+if TYPE_CHECKING:
+    from qualys_collector.engine.cycle import CycleStats, Job
 
 PREFIX = "qualys_collector"
 
@@ -149,6 +155,35 @@ class Metrics:
             start_response(status, [("Content-Type", "application/json")])
             return [json.dumps({"ready": not problems, "problems": problems}).encode()]
         return make_wsgi_app(self.registry)(environ, start_response)  # type: ignore[no-any-return]
+
+
+class MetricsObserver(Observer):
+    """Feeds :class:`Metrics` (and so ``/readyz``) from the collector's events."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self.metrics = metrics
+
+    def page(self, job: Job, stats: CycleStats) -> None:
+        self.metrics.page(job.spec.name, stats.pulling_id, stats.received, stats.sent, stats.duplicates)
+
+    def cycle(self, job: Job, stats: CycleStats | None) -> None:
+        if stats is not None:
+            self.page(job, stats)
+            self.metrics.cycle(job.spec.name, stats.pulling_id, stats.seconds, stats.completed)
+
+    def api_answer(self, api: str, status: int) -> None:
+        self.metrics.api_answer(api_label(api), status)
+
+    def token_issued(self) -> None:
+        self.metrics.token_renewals.inc()
+
+    def delivery(self, output: str, count: int, ok: bool) -> None:
+        self.metrics.delivery(output, count, ok)
+
+
+def api_label(api: str) -> str:
+    """A low-cardinality API label: incident ids in FIM paths become ``{id}``."""
+    return re.sub(r"/[0-9a-fA-F-]{16,}/", "/{id}/", api)
 
 
 class _Quiet(WSGIRequestHandler):

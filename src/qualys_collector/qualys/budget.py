@@ -14,6 +14,8 @@ from collections import deque
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 
+from qualys_collector.errors import StopRequested
+
 
 @dataclass
 class _Api:
@@ -79,7 +81,10 @@ class ApiBudget:
                     if first and api.running < api.limit and delay <= 0:
                         break
                     if stop is not None and stop.is_set():
-                        raise InterruptedError("stop requested while waiting for an API slot")
+                        raise StopRequested(
+                            f"Stop requested while waiting for a call slot of the Qualys API {key}",
+                            fix="none needed: the checkpoint stays at the last committed page",
+                        )
                     waited = True
                     self._cond.wait(timeout=min(delay, 1.0) if delay > 0 else 1.0)
             finally:

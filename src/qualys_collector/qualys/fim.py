@@ -19,7 +19,7 @@ import httpx
 
 from qualys_collector.config.schema import FimInput
 from qualys_collector.errors import PullError, SetupError, SourceError
-from qualys_collector.qualys.http import HttpSettings, make_client
+from qualys_collector.qualys.http import ApiObserver, HttpSettings, make_client
 from qualys_collector.qualys.retry import Action, RetryPolicy, resolve_gateway
 from qualys_collector.redact import register_secret
 
@@ -42,7 +42,15 @@ def token_expiry(token: str) -> float | None:
 class GatewayAuth(httpx.Auth):
     """Bearer JWT from the gateway's ``/auth``: fetched, attached, renewed before expiry, refreshed once on 401."""
 
-    def __init__(self, token_url: str, username: str, password: str, *, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        token_url: str,
+        username: str,
+        password: str,
+        *,
+        clock: Callable[[], float] = time.time,
+        observer: ApiObserver | None = None,
+    ) -> None:
         register_secret(password)
         self.token_url = token_url
         self._form = {"username": username, "password": password, "token": "true"}
@@ -51,7 +59,7 @@ class GatewayAuth(httpx.Auth):
         self._expires = 0.0
         self._lock = threading.Lock()
         self.renewals = 0
-        self.on_token: Callable[[], None] | None = None
+        self.observer = observer
 
     def token_request(self) -> httpx.Request:
         return httpx.Request("POST", self.token_url, data=self._form)
@@ -64,8 +72,8 @@ class GatewayAuth(httpx.Auth):
             self._token = token
             self._expires = token_expiry(token) or (self.clock() + 4 * 3600)
             self.renewals += 1
-            if self.on_token is not None:
-                self.on_token()
+            if self.observer is not None:
+                self.observer.token_issued()
             return
         if response.status_code == 401:
             raise SetupError(
@@ -105,7 +113,10 @@ class GatewayAuth(httpx.Auth):
 
 
 class FimClient:
-    """One Qualys FIM subscription behind the API gateway."""
+    """One Qualys FIM subscription behind the API gateway.
+
+    ``stop`` ends a 429 wait or a retry backoff at once (:class:`~qualys_collector.errors.StopRequested`).
+    """
 
     def __init__(
         self,
@@ -116,21 +127,32 @@ class FimClient:
         *,
         settings: HttpSettings | None = None,
         policy: RetryPolicy | None = None,
-        sleep: Callable[[float], None] = time.sleep,
+        stop: threading.Event | None = None,
+        observer: ApiObserver | None = None,
+        sleep: Callable[[float], None] | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.base_url = base_url.rstrip("/")
-        self.auth = GatewayAuth(token_url, username, password, clock=clock)
+        self.auth = GatewayAuth(token_url, username, password, clock=clock, observer=observer)
         self.http = make_client(settings or HttpSettings(), auth=self.auth)
         self.policy = policy or RetryPolicy()
         self.sleep = sleep
         self._local = threading.local()
-        self.stop: threading.Event | None = None
-        self.on_answer: Callable[[str, int], None] | None = None
+        self.stop = stop
+        self.observer = observer
 
     @classmethod
-    def from_config(cls, block: FimInput) -> FimClient:
-        """A client from ``inputs.qualys_fim``."""
+    def from_config(
+        cls,
+        block: FimInput,
+        *,
+        stop: threading.Event | None = None,
+        observer: ApiObserver | None = None,
+        sleep: Callable[[float], None] | None = None,
+        clock: Callable[[], float] = time.time,
+        policy: RetryPolicy | None = None,
+    ) -> FimClient:
+        """A client from ``inputs.qualys_fim`` (``policy`` replaces the configured retry bounds, for tests)."""
         c = block.connection
         return cls(
             block.credentials.base_url,
@@ -138,7 +160,12 @@ class FimClient:
             block.credentials.username,
             block.credentials.password.get_secret_value(),
             settings=HttpSettings(c.verify_tls, c.ca_bundle, c.proxy, c.request_timeout_seconds),
-            policy=RetryPolicy(attempts=c.max_attempts, total_seconds=c.max_retry_seconds, max_wait=c.max_wait_seconds),
+            policy=policy
+            or RetryPolicy(attempts=c.max_attempts, total_seconds=c.max_retry_seconds, max_wait=c.max_wait_seconds),
+            stop=stop,
+            observer=observer,
+            sleep=sleep,
+            clock=clock,
         )
 
     @property
@@ -187,8 +214,8 @@ class FimClient:
                 )
                 wait = self.policy.backoff(attempt)
             else:
-                if self.on_answer is not None:
-                    self.on_answer(path, response.status_code)
+                if self.observer is not None:
+                    self.observer.api_answer(path, response.status_code)
                 if response.status_code == 200:
                     try:
                         return response.json()
@@ -202,7 +229,7 @@ class FimClient:
                         wait = self.policy.backoff(attempt)
                 else:
                     failure, wait = self._resolve(response, what, attempt)
-            self.policy.give_up_or_wait(failure, attempt, started, wait, self.sleep)
+            self.policy.give_up_or_wait(failure, attempt, started, wait, self.stop, self.sleep)
 
     def _resolve(self, response: httpx.Response, what: str, attempt: int) -> tuple[SourceError, float]:
         resolution = resolve_gateway(response.status_code)

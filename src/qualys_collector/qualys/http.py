@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import ssl
 from dataclasses import dataclass
+from typing import Protocol
 
 import httpx
 
@@ -13,6 +14,16 @@ from qualys_collector import __version__
 logger = logging.getLogger(__name__)
 
 USER_AGENT = f"qualys-collector/{__version__}"
+
+
+class ApiObserver(Protocol):
+    """What a Qualys client reports (one observer from the composition root; see ``observability.observer``)."""
+
+    def api_answer(self, api: str, status: int) -> None:
+        """Qualys answered a call to ``api`` with HTTP ``status``."""
+
+    def token_issued(self) -> None:
+        """The FIM gateway issued an access token."""
 
 
 @dataclass(frozen=True)

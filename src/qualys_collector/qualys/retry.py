@@ -9,11 +9,12 @@ from __future__ import annotations
 import enum
 import logging
 import random
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from qualys_collector.errors import SourceError
+from qualys_collector.errors import SourceError, StopRequested
 
 logger = logging.getLogger("qualys_collector.qualys")
 
@@ -103,17 +104,45 @@ class RetryPolicy:
         return ceiling / 2 + random.uniform(0, ceiling / 2)  # noqa: S311 - jitter, not crypto
 
     def give_up_or_wait(
-        self, failure: SourceError, attempt: int, started: float, wait: float, sleep: Callable[[float], None]
+        self,
+        failure: SourceError,
+        attempt: int,
+        started: float,
+        wait: float,
+        stop: threading.Event | None,
+        sleep: Callable[[float], None] | None = None,
     ) -> None:
-        """Raise ``failure`` once attempts or total time are spent; otherwise log and wait ``wait`` seconds."""
+        """Raise ``failure`` once attempts or total time are spent; otherwise log and wait ``wait`` seconds
+        (:func:`pause`: a stop ends the wait with :class:`StopRequested`)."""
         elapsed = time.monotonic() - started
         if attempt >= self.attempts or elapsed + wait > self.total_seconds:
             failure.message += f" (gave up after {attempt} attempts in {elapsed:.0f} s)"
             raise failure
         logger.warning("%s; retrying in %.1f s (attempt %d of %d)", failure.message, wait, attempt, self.attempts)
-        sleep(wait)
+        pause(wait, stop, f"to retry after: {failure.message}", sleep)
 
     def limit_wait(self, seconds: float | None) -> float:
         """A wait Qualys asked for, capped, with a little jitter; ``concurrency_wait`` when it said nothing."""
         base = self.concurrency_wait if seconds is None else max(0.0, seconds)
         return min(self.max_wait, base + random.uniform(0, min(2.0, base / 10 + 0.1)))  # noqa: S311
+
+
+def pause(seconds: float, stop: threading.Event | None, why: str, sleep: Callable[[float], None] | None = None) -> None:
+    """Wait ``seconds`` on ``stop``; raise :class:`StopRequested` naming ``why`` if a stop comes first.
+
+    ``sleep`` replaces the wait itself (tests pass one that returns at once); the stop is still checked on
+    both sides of it.
+    """
+    if stop is None:
+        (sleep or time.sleep)(seconds)
+        return
+    if not stop.is_set():
+        if sleep is None:
+            stop.wait(seconds)
+        else:
+            sleep(seconds)
+    if stop.is_set():
+        raise StopRequested(
+            f"Stop requested while waiting {seconds:.1f} s {why}",
+            fix="none needed: the checkpoint stays at the last committed page and the next run resumes there",
+        )

@@ -20,8 +20,8 @@ from qualys_collector.config.schema import VmInput
 from qualys_collector.errors import DataError, PullError, SetupError, SourceError
 from qualys_collector.model import JSON, Page
 from qualys_collector.qualys.budget import ApiBudget
-from qualys_collector.qualys.http import HttpSettings, make_client
-from qualys_collector.qualys.retry import Action, Resolution, RetryPolicy, resolve_vm
+from qualys_collector.qualys.http import ApiObserver, HttpSettings, make_client
+from qualys_collector.qualys.retry import Action, Resolution, RetryPolicy, pause, resolve_vm
 from qualys_collector.qualys.xml import ByteStream, parse_error_document, root_tag, simple_return_items
 from qualys_collector.redact import register_secret, sanitize_url
 
@@ -33,7 +33,11 @@ MID_BODY = (DataError, httpx.TransportError)
 
 
 class VmClient:
-    """One Qualys VM subscription."""
+    """One Qualys VM subscription.
+
+    ``stop`` (the collector's one stop event) ends every wait at once: the API budget's, a 409/429 wait and a
+    retry backoff raise :class:`~qualys_collector.errors.StopRequested`. ``sleep`` replaces those waits in tests.
+    """
 
     def __init__(
         self,
@@ -44,7 +48,9 @@ class VmClient:
         settings: HttpSettings | None = None,
         budget: ApiBudget | None = None,
         policy: RetryPolicy | None = None,
-        sleep: Callable[[float], None] = time.sleep,
+        stop: threading.Event | None = None,
+        observer: ApiObserver | None = None,
+        sleep: Callable[[float], None] | None = None,
         requested_with: str = "qualys-collector",
     ) -> None:
         register_secret(password)
@@ -54,15 +60,23 @@ class VmClient:
         self.budget = budget or ApiBudget()
         self.policy = policy or RetryPolicy()
         self.sleep = sleep
-        self.stop: threading.Event | None = None
-        self.on_answer: Callable[[str, int], None] | None = None
+        self.stop = stop
+        self.observer = observer
         self._local = threading.local()
         self.total_requests = 0
         self._lock = threading.Lock()
 
     @classmethod
-    def from_config(cls, block: VmInput) -> VmClient:
-        """A client from ``inputs.qualys``."""
+    def from_config(
+        cls,
+        block: VmInput,
+        *,
+        stop: threading.Event | None = None,
+        observer: ApiObserver | None = None,
+        sleep: Callable[[float], None] | None = None,
+        policy: RetryPolicy | None = None,
+    ) -> VmClient:
+        """A client from ``inputs.qualys`` (``policy`` replaces the configured retry bounds, for tests)."""
         c = block.connection
         limits = block.requests_limits
         return cls(
@@ -71,7 +85,11 @@ class VmClient:
             block.credentials.password.get_secret_value(),
             settings=HttpSettings(c.verify_tls, c.ca_bundle, c.proxy, c.request_timeout_seconds),
             budget=ApiBudget(calls_per_period=(limits.max_calls, limits.period_seconds) if limits else None),
-            policy=RetryPolicy(attempts=c.max_attempts, total_seconds=c.max_retry_seconds, max_wait=c.max_wait_seconds),
+            policy=policy
+            or RetryPolicy(attempts=c.max_attempts, total_seconds=c.max_retry_seconds, max_wait=c.max_wait_seconds),
+            stop=stop,
+            observer=observer,
+            sleep=sleep,
         )
 
     def close(self) -> None:
@@ -117,8 +135,8 @@ class VmClient:
                     wait = self.policy.backoff(attempt)
                 else:
                     self.budget.update(key, response.headers)
-                    if self.on_answer is not None:
-                        self.on_answer(key, response.status_code)
+                    if self.observer is not None:
+                        self.observer.api_answer(key, response.status_code)
                     if response.status_code == 200:
                         try:
                             yield response
@@ -127,7 +145,7 @@ class VmClient:
                         return
                     body = _read_small(response)
                     failure, wait = self._resolve(path, response, body, attempt)
-            self.policy.give_up_or_wait(failure, attempt, started, wait, self.sleep)
+            self.policy.give_up_or_wait(failure, attempt, started, wait, self.stop, self.sleep)
 
     def _resolve(self, path: str, response: httpx.Response, body: bytes, attempt: int) -> tuple[SourceError, float]:
         code, text = parse_error_document(body)
@@ -208,7 +226,7 @@ class VmClient:
                     ) from exc
                 wait = self.policy.backoff(attempt)
                 logger.warning("%s broke off (%s); resuming from the last committed page in %.1f s", what, detail, wait)
-                self.sleep(wait)
+                pause(wait, self.stop, f"to resume {what} after: {detail}", self.sleep)
             else:
                 return
 

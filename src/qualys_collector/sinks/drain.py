@@ -5,13 +5,20 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from qualys_collector.errors import DeliveryError
 from qualys_collector.sinks.base import OutboxReader, Sink
 
 logger = logging.getLogger("qualys_collector.sender")
+
+
+class DeliveryObserver(Protocol):
+    """What a drainer reports (one observer from the composition root; see ``observability.observer``)."""
+
+    def delivery(self, output: str, count: int, ok: bool) -> None:
+        """A batch of ``count`` events was confirmed by ``output`` (``ok``) or not."""
 
 
 @dataclass
@@ -27,14 +34,22 @@ class DrainStats:
 class Drainer:
     """Drains the outbox into ``sink``; never acknowledges a batch the sink did not confirm."""
 
-    def __init__(self, outbox: OutboxReader, sink: Sink, *, batch_size: int = 1000, max_backoff: float = 60.0) -> None:
+    def __init__(
+        self,
+        outbox: OutboxReader,
+        sink: Sink,
+        *,
+        batch_size: int = 1000,
+        max_backoff: float = 60.0,
+        observer: DeliveryObserver | None = None,
+    ) -> None:
         self.outbox = outbox
         self.sink = sink
         self.batch_size = batch_size
         self.max_backoff = max_backoff
         self.stats = DrainStats()
         self.last_error: DeliveryError | None = None
-        self.on_batch: Callable[[str, int, bool], None] | None = None
+        self.observer = observer
         self.backoff_start = 1.0
 
     def drain_once(self) -> int:
@@ -45,12 +60,12 @@ class Drainer:
         try:
             self.sink.deliver(batch)
         except DeliveryError:
-            if self.on_batch is not None:
-                self.on_batch(self.sink.name, len(batch), False)
+            if self.observer is not None:
+                self.observer.delivery(self.sink.name, len(batch), False)
             raise
         self.outbox.ack(self.sink.name, batch[-1].seq)
-        if self.on_batch is not None:
-            self.on_batch(self.sink.name, len(batch), True)
+        if self.observer is not None:
+            self.observer.delivery(self.sink.name, len(batch), True)
         self.stats.total_sent += len(batch)
         self.stats.since_sent += len(batch)
         self.last_error = None
