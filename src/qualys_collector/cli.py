@@ -13,6 +13,7 @@ import threading
 from datetime import timedelta
 from pathlib import Path
 from types import FrameType
+from typing import NoReturn
 
 import click
 
@@ -26,6 +27,8 @@ logger = logging.getLogger("qualys_collector")
 
 EXIT_FAILURE = 1
 EXIT_CONFIG = 2
+#: What ``demo`` and ``simulate`` need beyond ``run`` (the ``demo`` extra in pyproject.toml).
+DEMO_EXTRA = ("werkzeug", "trustme", "rich")
 
 config_option = click.option(
     "-c", "--config", "config_path", required=True, type=click.Path(path_type=Path), help="YAML or JSON config."
@@ -208,8 +211,11 @@ def simulate(
 ) -> None:
     """Serve a simulated Qualys subscription (VM API and FIM gateway) on one port."""
     setup_logging()
-    from qualys_collector.simulator import Limits, SimConfig, Simulator
-    from qualys_collector.simulator.faults import parse_fault
+    try:
+        from qualys_collector.simulator import Limits, SimConfig, Simulator
+        from qualys_collector.simulator.faults import parse_fault
+    except ImportError as exc:
+        _missing_extra("simulate", exc)
 
     config = SimConfig(
         seed=seed,
@@ -253,9 +259,24 @@ def simulate(
 @click.option("--dir", "directory", default="qualys-demo", show_default=True, type=click.Path(path_type=Path))
 def demo(hosts: int, minutes: int, directory: Path) -> None:
     """Start the built-in simulator and pull all six services once into ./qualys-demo/."""
-    from qualys_collector.demo import run_demo
-
+    try:
+        from qualys_collector.demo import run_demo
+    except ImportError as exc:
+        _missing_extra("demo", exc)
     sys.exit(run_demo(directory, hosts=hosts, minutes=minutes))
+
+
+def _missing_extra(command: str, exc: ImportError) -> NoReturn:
+    """Exit 2 with the install command when ``command`` lacks the ``demo`` extra; re-raise any other ImportError."""
+    if (exc.name or "").split(".")[0] not in DEMO_EXTRA:
+        raise exc
+    click.echo(
+        f"qualys-collector {command} needs the optional 'demo' dependencies ({', '.join(DEMO_EXTRA)}), "
+        f"which are not installed ({exc}). Fix: pip install 'qualys-collector[demo]' "
+        "(from a clone: pip install -e '.[demo]')",
+        err=True,
+    )
+    sys.exit(EXIT_CONFIG)
 
 
 @main.command("check")
