@@ -12,11 +12,8 @@ from typing import Any
 from qualys_collector.config.schema import (
     DEFAULT_TAGS,
     CollectorConfig,
-    DevoOutput,
-    FileOutput,
     FimInput,
     ServiceOptions,
-    StdoutOutput,
     VmInput,
 )
 from qualys_collector.engine.cycle import Job
@@ -30,10 +27,10 @@ from qualys_collector.observability.metrics import Metrics, MetricsObserver, ser
 from qualys_collector.observability.observer import Observer, Observers
 from qualys_collector.qualys.retry import RetryPolicy
 from qualys_collector.services.registry import load_all
-from qualys_collector.sinks.base import Sink
+from qualys_collector.sinks.base import BuildContext, Sink
 from qualys_collector.sinks.drain import Drainer
 from qualys_collector.sinks.file import FileSink
-from qualys_collector.sinks.stdout import StdoutSink
+from qualys_collector.sinks.registry import build_sink
 
 logger = logging.getLogger("qualys_collector")
 
@@ -50,18 +47,8 @@ def build_sinks(config: CollectorConfig, state_dir: Path) -> list[Sink]:
     """One sink per configured output (a file sink under the state directory when there is none)."""
     if not config.outputs:
         return [FileSink(DEFAULT_OUTPUT, default_events_path(state_dir))]
-    sinks: list[Sink] = []
-    for name, output in config.outputs.items():
-        if isinstance(output, FileOutput):
-            path = Path(output.config.path) if output.config.path else state_dir / f"{name}.jsonl"
-            sinks.append(FileSink(name, path))
-        elif isinstance(output, StdoutOutput):
-            sinks.append(StdoutSink(name))
-        elif isinstance(output, DevoOutput):
-            from qualys_collector.sinks.devo import DevoSink
-
-            sinks.append(DevoSink.from_config(name, output.config, config.source_path))
-    return sinks
+    context = BuildContext(state_dir=state_dir, config_path=config.source_path)
+    return [build_sink(name, output, context) for name, output in config.outputs.items()]
 
 
 def build_client(
@@ -164,7 +151,7 @@ def check(config: CollectorConfig, state_dir: Path | None = None) -> list[tuple[
     for sink in sinks:
         try:
             sink.deliver([])
-            results.append((f"output {sink.name}", True, "connection and confirmation work"))
+            results.append((f"output {sink.name}", True, f"connection and confirmation work ({sink.confirmation})"))
         except CollectorError as exc:
             results.append((f"output {sink.name}", False, str(exc)))
         finally:
@@ -262,21 +249,8 @@ class Collector:
 
     def drain(self, *, attempts: int = 3) -> bool:
         """Deliver everything pending to every sink. False if a sink kept failing (events stay)."""
-        ok = True
-        for drainer in self.drainers:
-            failures = 0
-            while True:
-                try:
-                    if drainer.drain_once() == 0:
-                        break
-                except Exception as exc:  # noqa: BLE001 - any sink failure keeps the batch; logged, retried
-                    failures += 1
-                    logger.error("%s (attempt %d of %d)", exc, failures, attempts)
-                    if failures >= attempts:
-                        ok = False
-                        break
-                    self.stop.wait(min(2.0**failures, 10.0))
-        return ok
+        results = [drainer.run(self.stop, attempts=attempts) for drainer in self.drainers]
+        return all(results)
 
     def run_once(self) -> bool:
         """Deliver what is pending, pull one cycle of every service while the senders deliver what each page

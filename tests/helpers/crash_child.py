@@ -7,7 +7,7 @@ import os
 import signal
 import sys
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -16,8 +16,10 @@ from qualys_collector.engine.cycle import Job, run_cycle
 from qualys_collector.engine.outbox import Outbox
 from qualys_collector.model import Page, Record, StoredEvent, Window
 from qualys_collector.services.base import CursorMode, ServiceSpec
+from qualys_collector.sinks.base import Ack
 from qualys_collector.sinks.drain import Drainer
 from qualys_collector.sinks.file import FileSink
+from qualys_collector.sinks.memory import MemorySink
 
 T0 = datetime(2024, 1, 1, tzinfo=UTC)
 N = 50
@@ -41,17 +43,19 @@ class Source:
             yield Page(records=records, token={"page": index} if index * PAGE < N else None)
 
 
-class KillingFileSink(FileSink):
-    def __init__(self, name: str, path: Path, kill_batch: int | None) -> None:
-        super().__init__(name, path)
-        self.kill_batch = kill_batch
-        self.batches = 0
+def killing_after_write(file_sink: FileSink, kill_batch: int | None) -> Callable[[Sequence[StoredEvent]], Ack]:
+    """Writes each batch through the real file sink, then SIGKILLs the process after batch ``kill_batch``:
+    written and fsynced, not acknowledged."""
+    batches = [0]
 
-    def deliver(self, events: Sequence[StoredEvent]) -> None:
-        super().deliver(events)
-        if self.batches == self.kill_batch:
-            os.kill(os.getpid(), signal.SIGKILL)  # written and fsynced, not acknowledged
-        self.batches += 1
+    def handler(batch: Sequence[StoredEvent]) -> Ack:
+        ack = file_sink.deliver(batch)
+        if batches[0] == kill_batch:
+            os.kill(os.getpid(), signal.SIGKILL)
+        batches[0] += 1
+        return ack
+
+    return handler
 
 
 def main() -> None:
@@ -60,14 +64,19 @@ def main() -> None:
     outbox = Outbox(state)
     spec = ServiceSpec("fim_events", "monitor.qualys.fim.event", "processedTime", CursorMode.RECORD, is_sorted=True)
     source = Source(int(number) if kind == "before_commit" else None)
-    sink = KillingFileSink("file", out, int(number) if kind == "after_write" else None)
+    file_sink = FileSink("file", out)
+    sink = MemorySink(
+        killing_after_write(file_sink, int(number) if kind == "after_write" else None),
+        name="file",
+        confirmation=file_sink.confirmation,
+    )
     outbox.register_outputs(["file"])
     drainer = Drainer(outbox, sink, batch_size=PAGE)
     drainer.run(threading.Event(), until_empty=True)  # pending first, as on every start
     job = Job(input_name="qualys_fim", input_id="1", spec=spec, source=source, tag=spec.default_tag, start_time=T0)
     run_cycle(job, outbox, clock=lambda: T0 + timedelta(hours=1))
     drainer.run(threading.Event(), until_empty=True)
-    sink.close()
+    file_sink.close()
     outbox.close()
 
 

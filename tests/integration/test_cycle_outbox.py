@@ -6,7 +6,7 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -17,8 +17,10 @@ from qualys_collector.engine.outbox import Outbox
 from qualys_collector.errors import DeliveryError, PullError
 from qualys_collector.model import StoredEvent, epoch_ms
 from qualys_collector.services.base import CursorMode, ServiceSpec
+from qualys_collector.sinks.base import Ack
 from qualys_collector.sinks.drain import Drainer
 from qualys_collector.sinks.file import FileSink
+from qualys_collector.sinks.memory import MemorySink
 from tests.helpers.sources import ListSource, rec
 
 pytestmark = pytest.mark.integration
@@ -177,26 +179,23 @@ def test_statistics_line_has_the_seed_shape(outbox: Outbox, caplog: pytest.LogCa
     assert "Fetching data From : 2024-01-01 00:00:00+00:00  To : 2024-01-01 00:01:40+00:00" in caplog.text
 
 
-class FlakySink:
-    def __init__(self, name: str, fail_times: int) -> None:
-        self.name = name
-        self.fail_times = fail_times
-        self.got: list[int] = []
+def fails_first(times: int, error: Exception) -> Callable[[Sequence[StoredEvent]], Ack]:
+    """A handler that raises ``error`` for the first ``times`` batches, then confirms every batch."""
+    left = [times]
 
-    def deliver(self, events: Sequence[StoredEvent]) -> None:
-        if self.fail_times:
-            self.fail_times -= 1
-            raise DeliveryError("receiver down")
-        self.got += [e.seq for e in events]
+    def handler(batch: Sequence[StoredEvent]) -> Ack:
+        if left[0]:
+            left[0] -= 1
+            raise error
+        return Ack.all(batch)
 
-    def close(self) -> None:
-        pass
+    return handler
 
 
 def test_every_output_gets_every_event_and_rows_leave_only_when_all_confirmed(outbox: Outbox, tmp_path: Path) -> None:
     run_cycle(job(UNSORTED, ListSource([rec(f"k{i}", at(i)) for i in range(5)])), outbox, clock=lambda: at(100))
     file_sink = FileSink("file", tmp_path / "out.jsonl")
-    flaky = FlakySink("devo", fail_times=1)
+    flaky = MemorySink(fails_first(1, DeliveryError("receiver down")), name="devo")
     outbox.register_outputs(["file", "devo"])
     Drainer(outbox, file_sink, batch_size=2).run(threading.Event(), until_empty=True)
     file_sink.close()
@@ -210,7 +209,7 @@ def test_every_output_gets_every_event_and_rows_leave_only_when_all_confirmed(ou
     assert outbox.pending("devo") == 5
     assert drainer.drain_once() == 5
     assert outbox.pending() == 0
-    assert len(flaky.got) == 5
+    assert len(flaky.events) == 5
 
 
 def test_state_files_are_owner_only(tmp_path: Path) -> None:
@@ -220,38 +219,20 @@ def test_state_files_are_owner_only(tmp_path: Path) -> None:
     assert (tmp_path / "st" / "qualys-collector.sqlite3").stat().st_mode & 0o777 == 0o600
 
 
-class ExplodingSink:
-    """A sink whose library raises something unexpected once."""
-
-    def __init__(self) -> None:
-        self.name = "odd"
-        self.calls = 0
-        self.got = 0
-
-    def deliver(self, events: Sequence[StoredEvent]) -> None:
-        self.calls += 1
-        if self.calls == 1:
-            raise ValueError("I/O operation on closed file")
-        self.got += len(events)
-
-    def close(self) -> None:
-        pass
-
-
 def test_an_unexpected_sink_exception_never_kills_the_sender_thread(outbox: Outbox) -> None:
     run_cycle(job(UNSORTED, ListSource([rec(f"k{i}", at(i)) for i in range(5)])), outbox, clock=lambda: at(100))
     outbox.register_outputs(["odd"])
-    sink = ExplodingSink()
+    sink = MemorySink(fails_first(1, ValueError("I/O operation on closed file")), name="odd")  # a library's surprise
     drainer = Drainer(outbox, sink, max_backoff=0.05)
     drainer.backoff_start = 0.01
     stop = threading.Event()
     thread = threading.Thread(target=drainer.run, args=(stop,), kwargs={"idle": 0.01})
     thread.start()
     deadline = time.monotonic() + 10
-    while sink.got < 5 and time.monotonic() < deadline:
+    while len(sink.events) < 5 and time.monotonic() < deadline:
         stop.wait(0.01)
     stop.set()
     thread.join(5)
-    assert sink.got == 5
+    assert len(sink.events) == 5
     assert drainer.stats.failures == 1
     assert outbox.pending("odd") == 0

@@ -6,7 +6,7 @@ import logging
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -15,10 +15,12 @@ import pytest
 
 from qualys_collector.engine.outbox import Outbox
 from qualys_collector.errors import DeliveryError
-from qualys_collector.model import Event
+from qualys_collector.model import Event, StoredEvent
 from qualys_collector.qualys.retry import RetryPolicy
 from qualys_collector.simulator import Limits, SimConfig, Simulator
 from qualys_collector.simulator.faults import parse_fault
+from qualys_collector.sinks.base import Ack
+from qualys_collector.sinks.memory import MemorySink
 from tests.conftest import record_reliability
 from tests.helpers.vmsim import NOW, Run, advance, start_sim
 
@@ -280,21 +282,15 @@ def test_obfuscated_fields_never_reach_the_outbox_or_the_output(sim: Simulator, 
     assert len(set(same_host.values())) == len(same_host)  # distinct hosts, distinct hashes; same host, same hash
 
 
-class SwitchableSink:
-    """A sink that refuses until told to accept (a relay that is down, then up)."""
+def switchable(up: threading.Event) -> Callable[[Sequence[StoredEvent]], Ack]:
+    """A receiver that refuses until ``up`` is set (a relay that is down, then up)."""
 
-    def __init__(self) -> None:
-        self.name = "relay"
-        self.up = False
-        self.got = 0
-
-    def deliver(self, events: Any) -> None:
-        if not self.up:
+    def handler(batch: Sequence[StoredEvent]) -> Ack:
+        if not up.is_set():
             raise DeliveryError("relay down")
-        self.got += len(events)
+        return Ack.all(batch)
 
-    def close(self) -> None:
-        pass
+    return handler
 
 
 def test_a_full_outbox_pauses_pulling_until_delivery_resumes(
@@ -303,7 +299,8 @@ def test_a_full_outbox_pauses_pulling_until_delivery_resumes(
     r = run(sim, tmp_path, {"host_list_detection": {"start_time_utc": START, "request_period_in_seconds": 1}})
     base = r.config()
     config = base.model_copy(update={"globals": base.globals.model_copy(update={"outbox_max_bytes": 1 << 20})})
-    relay = SwitchableSink()
+    up = threading.Event()
+    relay = MemorySink(switchable(up), name="relay")
     collector = r.collector(config, sinks=[relay])
     collector.outbox.commit(
         "7", "filler", [Event(tag="a.b", body={"pad": "x" * 4000}) for _ in range(400)], {"@persistence_version": 1}
@@ -314,14 +311,15 @@ def test_a_full_outbox_pauses_pulling_until_delivery_resumes(
         time.sleep(1.5)
         assert sum(n for path, n in sim.requests.items() if "/fo/" in path) == 0
         assert "The outbox is full: pulling is paused" in caplog.text
-        relay.up = True
+        up.set()
         deadline = time.monotonic() + 20
-        while relay.got < 401 + len(sim.truth("host_list_detection", None, NOW)) and time.monotonic() < deadline:
+        expected = 401 + len(sim.truth("host_list_detection", None, NOW))
+        while len(relay.events) < expected and time.monotonic() < deadline:
             time.sleep(0.1)
     collector.stop.set()
     thread.join(30)
     collector.close()
-    assert relay.got == 401 + len(sim.truth("host_list_detection", None, NOW))  # filler, detections, summary
+    assert len(relay.events) == 401 + len(sim.truth("host_list_detection", None, NOW))  # filler, detections, summary
 
 
 @pytest.mark.reliability

@@ -13,14 +13,18 @@ from pydantic import BaseModel
 from pydantic_core import PydanticUndefined
 
 from qualys_collector.config import schema
+from qualys_collector.sinks.registry import OUTPUT_TYPES
 
 SECTIONS: list[tuple[str, type[BaseModel]]] = [
     ("globals (YAML) / global_overrides (JSON)", schema.Globals),
     ("globals.persistence", schema.Persistence),
     ("globals.persistence.config", schema.PersistenceOptions),
     ("globals.metrics", schema.MetricsOptions),
-    ("outputs.<name> with type: file — config", schema.FileOutputOptions),
-    ("outputs.<name> with type: devo_platform — config", schema.DevoOutputOptions),
+    *(
+        (f"outputs.<name> with type: {output.name} — config", output.options)
+        for output in OUTPUT_TYPES
+        if output.options.model_fields
+    ),
     ("inputs.qualys (VM)", schema.VmInput),
     ("inputs.qualys.credentials", schema.VmCredentials),
     ("inputs.qualys_fim (FIM)", schema.FimInput),

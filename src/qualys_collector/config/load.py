@@ -28,6 +28,7 @@ from qualys_collector.config.schema import (
 from qualys_collector.errors import ConfigError
 from qualys_collector.model import SEED_DATETIME_FORMAT, utcnow
 from qualys_collector.redact import is_secret_key, register_secret
+from qualys_collector.sinks.registry import output_type_names
 
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _INPUT_SERVICES: dict[str, dict[str, type[ServiceOptions]]] = {"qualys": VM_SERVICES, "qualys_fim": FIM_SERVICES}
@@ -233,8 +234,8 @@ def _read_secret_file(value: Any, path: str, base_dir: Path) -> str:
 def _config_error(exc: ValidationError, prefix: str) -> ConfigError:
     lines = []
     for error in exc.errors():
-        loc = ".".join(str(part) for part in error["loc"] if not str(part).startswith("function-"))
-        loc = _drop_union_tags(loc)
+        parts = [str(part) for part in error["loc"] if not str(part).startswith("function-")]
+        loc = ".".join(_drop_output_type(parts))
         key_path = ".".join(part for part in (prefix, loc) if part)
         message = str(error["msg"]).removeprefix("Value error, ")
         last = key_path.rsplit(".", 1)[-1]
@@ -255,9 +256,11 @@ def _config_error(exc: ValidationError, prefix: str) -> ConfigError:
     return ConfigError(path, message)
 
 
-def _drop_union_tags(loc: str) -> str:
-    """Pydantic names the union member in a location (``outputs.x.file.config``); drop that part."""
-    return re.sub(r"\.(file|stdout|devo_platform)(?=\.|$)", "", loc)
+def _drop_output_type(parts: list[str]) -> list[str]:
+    """Pydantic names the union member after the output's name (``outputs.x.file.config``); drop it."""
+    if len(parts) > 2 and parts[0] == "outputs" and parts[2] in output_type_names():
+        return parts[:2] + parts[3:]
+    return parts
 
 
 def config_to_dict(model: BaseModel) -> dict[str, Any]:

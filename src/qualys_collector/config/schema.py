@@ -12,10 +12,12 @@ import ipaddress
 import re
 from datetime import datetime
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+
+from qualys_collector.sinks.registry import Output
 
 TAG_PATTERN = re.compile(r"^[a-z0-9_-]+(\.[a-z0-9_-]+){1,15}$")
 ID_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,32}$")
@@ -99,52 +101,8 @@ class Globals(BaseModel):
 
 
 # ----------------------------------------------------------------------------------------- outputs
-
-
-class FileOutputOptions(Strict):
-    """``type: file``: JSON Lines, one ``{"tag": ..., "event": {...}}`` per line."""
-
-    path: str | None = None
-
-
-class StdoutOutputOptions(Strict):
-    """``type: stdout``: JSON Lines on standard output."""
-
-
-class DevoOutputOptions(Strict):
-    """``type: devo_platform``: the seeds' Devo relay settings (files relative to ``certs/``)."""
-
-    address: str = Field(min_length=1)
-    port: int = Field(default=443, ge=1, le=65535)
-    type: Literal["SSL"] = "SSL"
-    chain: str = Field(min_length=1)
-    cert: str = Field(min_length=1)
-    key: str = Field(min_length=1)
-    verify_tls: bool = True
-
-
-class FileOutput(Strict):
-    """An output of type ``file``."""
-
-    type: Literal["file"]
-    config: FileOutputOptions = FileOutputOptions()
-
-
-class StdoutOutput(Strict):
-    """An output of type ``stdout``."""
-
-    type: Literal["stdout"]
-    config: StdoutOutputOptions = StdoutOutputOptions()
-
-
-class DevoOutput(Strict):
-    """An output of type ``devo_platform``."""
-
-    type: Literal["devo_platform"]
-    config: DevoOutputOptions
-
-
-Output = Annotated[FileOutput | StdoutOutput | DevoOutput, Field(discriminator="type")]
+# Each output type owns its options model in its module under ``sinks/``; ``Output`` is their tagged
+# union, composed from the explicit list in ``sinks/registry.py``.
 
 # ----------------------------------------------------------------------------------------- services
 

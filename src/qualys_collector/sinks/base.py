@@ -1,24 +1,79 @@
-"""The sink contract, and the part of the outbox a drain needs."""
+"""The sink contract: what an output confirmed, how it confirms, and what it needs to be built.
+
+A sink's ``deliver(batch)`` returns an :class:`Ack`: the highest sequence number the destination
+confirmed. A sink may confirm a prefix of the batch (an HTTP output whose third request failed
+confirms the first two); the drain then forgets exactly that prefix and offers the rest again.
+Each sink declares its :class:`Confirmation` kind, so "delivered" always means something stated.
+
+An output type (``outputs.<name>.type``) is one module in this package that owns its options model
+and a builder (:class:`OutputType`); :mod:`qualys_collector.sinks.registry` lists them.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Protocol
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+from typing import Any, Protocol
 
+from pydantic import BaseModel, ConfigDict
+
+from qualys_collector.errors import DeliveryError
 from qualys_collector.model import StoredEvent
 
 
-class Sink(Protocol):
-    """A destination. ``deliver`` returns only once every event given is confirmed delivered.
+class Confirmation(StrEnum):
+    """What makes a batch count as delivered, per sink."""
 
-    On any failure it raises :class:`~qualys_collector.errors.DeliveryError`; the caller then keeps the
-    events in the outbox and tries again later.
+    APPLICATION_ACK = "application acknowledgement"  # the receiver said so (HTTP 2xx, RELP)
+    TRANSPORT_CLOSE = "transport close"  # every byte written, our close, then the peer's clean close
+    FSYNC = "fsync"  # written and fsynced to a local file
+    NONE = "none"  # written and flushed; nothing can confirm more (standard output)
+
+
+@dataclass(frozen=True)
+class Ack:
+    """What a sink confirmed of a batch: everything up to ``upto_seq`` (``None``: nothing).
+
+    ``error`` says why the rest of the batch was not confirmed, when a sink confirmed only a prefix:
+    the drain forgets the prefix, then treats the error as a failed delivery (logged, retried later).
+    """
+
+    upto_seq: int | None
+    error: DeliveryError | None = None
+
+    @classmethod
+    def all(cls, batch: Sequence[StoredEvent]) -> Ack:
+        """The whole batch is confirmed (an empty batch confirms nothing, and is no failure)."""
+        return cls(batch[-1].seq if batch else None)
+
+    @classmethod
+    def nothing(cls, error: DeliveryError | None = None) -> Ack:
+        """Nothing of the batch is confirmed."""
+        return cls(None, error)
+
+    def covers(self, event: StoredEvent) -> bool:
+        """Whether ``event`` is confirmed by this acknowledgement."""
+        return self.upto_seq is not None and event.seq <= self.upto_seq
+
+    def confirmed(self, batch: Sequence[StoredEvent]) -> int:
+        """How many events of ``batch`` (in outbox order) this acknowledgement confirms."""
+        return sum(1 for event in batch if self.covers(event))
+
+
+class Sink(Protocol):
+    """A destination: ``deliver`` returns what the destination confirmed, or raises ``DeliveryError``.
+
+    On an exception nothing of the batch counts as confirmed; the events stay in the outbox and are
+    offered again later. ``deliver([])`` is the start-up probe: connect and confirm, send nothing.
     """
 
     name: str
+    confirmation: Confirmation
 
-    def deliver(self, events: Sequence[StoredEvent]) -> None:
-        """Deliver ``events`` in order, or raise ``DeliveryError``."""
+    def deliver(self, batch: Sequence[StoredEvent]) -> Ack:
+        """Deliver ``batch`` in order; return what was confirmed, or raise ``DeliveryError``."""
         ...
 
     def close(self) -> None:
@@ -40,6 +95,36 @@ class OutboxReader(Protocol):
     def pending(self, output: str | None = None) -> int:
         """How many events ``output`` has not acknowledged."""
         ...
+
+
+class OutputOptions(BaseModel):
+    """Base of every output's options: unknown keys are errors (as everywhere in the configuration)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, str_strip_whitespace=True)
+
+
+class OutputBlock(OutputOptions):
+    """One ``outputs.<name>`` block: each output type narrows ``type`` to its literal and adds ``config``."""
+
+    type: str
+
+
+@dataclass(frozen=True)
+class BuildContext:
+    """What a builder may use besides its own options: the state directory and the config file's path."""
+
+    state_dir: Path
+    config_path: Path | None = None
+
+
+@dataclass(frozen=True)
+class OutputType:
+    """One ``outputs.<name>.type``: its block model (``type`` + ``config``), options model and builder."""
+
+    name: str
+    block: type[OutputBlock]
+    options: type[OutputOptions]
+    build: Callable[[str, Any, BuildContext], Sink]
 
 
 def envelope(event: StoredEvent) -> str:

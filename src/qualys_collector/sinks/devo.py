@@ -1,12 +1,14 @@
 """``type: devo_platform``: Devo's relay over mutual TLS, through Devo's own SDK (``devo-sdk``).
 
-The SDK speaks Devo's wire format (``<14>Jan  1 00:00:00 HOST TAG: MESSAGE\\n``). What we do not take
-from it is its idea of "sent": a batch counts as delivered only when every line was written, our end
-of the stream was closed, and the relay closed its end in turn (it has read everything). The SDK's
-own ``close()`` swallows failures of that handshake, and its buffered path empties the buffer even
-when a send failed, so neither is used: on any doubt the batch stays in the outbox and is sent again.
+Three parts (see :mod:`qualys_collector.sinks.stream`): Devo's line framing (the SDK's own header,
+``<14>Jan  1 00:00:00 HOST TAG: MESSAGE\\n``), the SDK's mutual-TLS connection, and our confirmation.
+What we do not take from the SDK is its idea of "sent": a batch counts as delivered only when every
+line was written, our end of the stream was closed, and the relay closed its end in turn (it has read
+everything). The SDK's own ``close()`` swallows failures of that handshake, and its buffered path
+empties the buffer even when a send failed, so neither is used: on any doubt the batch stays in the
+outbox and is sent again.
 
-This is the one module that imports ``devo``.
+This is the one module that imports ``devo`` (lazily: loading the configuration does not need it).
 """
 
 from __future__ import annotations
@@ -15,21 +17,39 @@ import contextlib
 import logging
 import socket
 import ssl
-import time
-from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from devo.sender import DevoSenderException, Sender, SenderConfigSSL
+from pydantic import Field
 
-from qualys_collector.config.schema import DevoOutputOptions
 from qualys_collector.errors import DeliveryError
-from qualys_collector.model import StoredEvent
+from qualys_collector.sinks.base import BuildContext, OutputBlock, OutputOptions, OutputType
+from qualys_collector.sinks.stream import ERR_CONFIRM, ERR_CONNECT, CloseNotifyThenEof, LineFraming, StreamSink
 
 logger = logging.getLogger("qualys_collector.sender")
 
 #: Output-side error numbers (the seeds number only input errors).
-ERR_CERT_FILE, ERR_CERT_KEY, ERR_CERT_CHAIN, ERR_CONNECT, ERR_CONFIRM = 400, 401, 402, 403, 404
+ERR_CERT_FILE, ERR_CERT_KEY, ERR_CERT_CHAIN = 400, 401, 402
+__all__ = ["ERR_CERT_CHAIN", "ERR_CERT_FILE", "ERR_CERT_KEY", "ERR_CONFIRM", "ERR_CONNECT", "DevoSink"]
+
+
+class DevoOutputOptions(OutputOptions):
+    """``type: devo_platform``: the seeds' Devo relay settings (files relative to ``certs/``)."""
+
+    address: str = Field(min_length=1)
+    port: int = Field(default=443, ge=1, le=65535)
+    type: Literal["SSL"] = "SSL"
+    chain: str = Field(min_length=1)
+    cert: str = Field(min_length=1)
+    key: str = Field(min_length=1)
+    verify_tls: bool = True
+
+
+class DevoOutput(OutputBlock):
+    """An output of type ``devo_platform``."""
+
+    type: Literal["devo_platform"]
+    config: DevoOutputOptions
 
 
 def certs_dir(config_path: Path | None) -> Path:
@@ -40,8 +60,45 @@ def certs_dir(config_path: Path | None) -> Path:
     return parent.parent / "certs" if parent.name == "config" else parent / "certs"
 
 
-class DevoSink:
-    """Delivers outbox batches to a Devo relay and confirms each batch before acknowledging it."""
+def devo_header(hostname: str) -> LineFraming:
+    """Devo's line framing: the SDK's ``compose_mem`` header for each tag."""
+    from devo.sender import Sender
+
+    return LineFraming(lambda tag: Sender.compose_mem(tag, hostname=hostname).encode("utf-8"))
+
+
+class SdkConnection:
+    """A connection opened by the SDK's ``Sender``; its failures surface as ``OSError``."""
+
+    def __init__(self, sender: Any) -> None:
+        self.sender = sender
+
+    @property
+    def socket(self) -> socket.socket | None:
+        """The SDK's TLS socket."""
+        sock: socket.socket | None = self.sender.socket
+        return sock
+
+    def send(self, data: bytes) -> None:
+        """The SDK's raw send (no framing of its own)."""
+        from devo.sender import DevoSenderException
+
+        try:
+            self.sender.send_raw(data)
+        except DevoSenderException as exc:
+            raise OSError(str(exc)) from exc
+
+    def close(self) -> None:
+        """Close the socket without the SDK's ``close()`` (which would hide a failed handshake)."""
+        sock = getattr(self.sender, "socket", None)
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.close()
+            self.sender.socket = None
+
+
+class DevoTlsTransport:
+    """Mutual TLS to a Devo relay through the SDK (``SenderConfigSSL``), one connection per batch."""
 
     def __init__(
         self,
@@ -54,38 +111,38 @@ class DevoSink:
         key: Path,
         verify_tls: bool = True,
         timeout: float = 30.0,
-        hostname: str | None = None,
     ) -> None:
         self.name = name
         self.address = (address, port)
         self.chain, self.cert, self.key = chain, cert, key
         self.verify_tls = verify_tls
         self.timeout = timeout
-        self.hostname = hostname or socket.gethostname()
-        self.sent_total = 0
-        self.batches = 0
-        if not verify_tls:
-            logger.warning("Output %s: TLS verification of the Devo relay is OFF (verify_tls: false)", name)
-        self.check_files()
 
-    @classmethod
-    def from_config(cls, name: str, options: DevoOutputOptions, config_path: Path | None) -> DevoSink:
-        """A sink from ``outputs.<name>.config``; files are relative to the ``certs/`` directory."""
-        base = certs_dir(config_path)
+    @property
+    def endpoint(self) -> str:
+        """``address:port``."""
+        return f"{self.address[0]}:{self.address[1]}"
 
-        def resolve(value: str) -> Path:
-            path = Path(value)
-            return path if path.is_absolute() else base / path
+    def connect(self) -> SdkConnection:
+        """A fresh TLS session with our client certificate."""
+        from devo.sender import DevoSenderException, Sender, SenderConfigSSL
 
-        return cls(
-            name,
-            options.address,
-            options.port,
-            chain=resolve(options.chain),
-            cert=resolve(options.cert),
-            key=resolve(options.key),
-            verify_tls=options.verify_tls,
+        config = SenderConfigSSL(
+            address=self.address,
+            key=str(self.key),
+            cert=str(self.cert),
+            chain=str(self.chain),
+            check_hostname=self.verify_tls,
+            verify_mode=ssl.CERT_REQUIRED if self.verify_tls else ssl.CERT_NONE,
         )
+        try:
+            return SdkConnection(Sender(config=config, timeout=self.timeout, logger=logger))
+        except DevoSenderException as exc:
+            raise DeliveryError(
+                f"output {self.name}: cannot connect to {self.endpoint} ({exc})",
+                code=ERR_CONNECT,
+                fix="check address, port and network access to the Devo relay; events stay in the outbox",
+            ) from exc
 
     def check_files(self) -> None:
         """Missing files, a key that does not match the certificate, a certificate not issued by the chain."""
@@ -127,104 +184,58 @@ class DevoSink:
                 f"output {self.name}: cannot read the certificate files ({exc})", code=ERR_CERT_FILE
             ) from None
 
-    def _connect(self) -> Sender:
-        config = SenderConfigSSL(
-            address=self.address,
-            key=str(self.key),
-            cert=str(self.cert),
-            chain=str(self.chain),
-            check_hostname=self.verify_tls,
-            verify_mode=ssl.CERT_REQUIRED if self.verify_tls else ssl.CERT_NONE,
+
+class DevoSink(StreamSink):
+    """Devo line framing x the SDK's mutual TLS x our close confirmation (certificates checked at build)."""
+
+    def __init__(
+        self,
+        name: str,
+        address: str,
+        port: int,
+        *,
+        chain: Path,
+        cert: Path,
+        key: Path,
+        verify_tls: bool = True,
+        timeout: float = 30.0,
+        hostname: str | None = None,
+    ) -> None:
+        transport = DevoTlsTransport(
+            name, address, port, chain=chain, cert=cert, key=key, verify_tls=verify_tls, timeout=timeout
         )
-        try:
-            return Sender(config=config, timeout=self.timeout, logger=logger)
-        except DevoSenderException as exc:
-            raise DeliveryError(
-                f"output {self.name}: cannot connect to {self.address[0]}:{self.address[1]} ({exc})",
-                code=ERR_CONNECT,
-                fix="check address, port and network access to the Devo relay; events stay in the outbox",
-            ) from exc
+        super().__init__(name, devo_header(hostname or socket.gethostname()), transport, CloseNotifyThenEof(timeout))
+        self.address = transport.address
+        if not verify_tls:
+            logger.warning("Output %s: TLS verification of the Devo relay is OFF (verify_tls: false)", name)
+        transport.check_files()
 
-    def deliver(self, events: Sequence[StoredEvent]) -> None:
-        """Send the batch on a fresh connection and confirm it by a clean close from the relay."""
-        started = time.monotonic()
-        sender = self._connect()
-        try:
-            for chunk in self._chunks(events):
-                sender.send_raw(chunk)
-            self._confirm(sender)
-        except (DevoSenderException, OSError, ValueError) as exc:
-            raise DeliveryError(
-                f"output {self.name}: sending to {self.address[0]}:{self.address[1]} failed ({exc}); "
-                f"the batch of {len(events)} events stays in the outbox",
-                code=ERR_CONFIRM,
-            ) from exc
-        finally:
-            _discard(sender)
-        self.sent_total += len(events)
-        self.batches += 1
-        logger.debug("Output %s: %d events confirmed in %.3f s", self.name, len(events), time.monotonic() - started)
+    @classmethod
+    def from_config(cls, name: str, options: DevoOutputOptions, config_path: Path | None) -> DevoSink:
+        """A sink from ``outputs.<name>.config``; files are relative to the ``certs/`` directory."""
+        base = certs_dir(config_path)
 
-    def _chunks(self, events: Sequence[StoredEvent], size: int = 1 << 20) -> list[bytes]:
-        """The batch as Devo lines (the SDK's own header), joined into chunks of about ``size`` bytes."""
-        headers: dict[str, bytes] = {}
-        chunks: list[bytes] = []
-        parts: list[bytes] = []
-        length = 0
-        for event in events:
-            header = headers.get(event.tag)
-            if header is None:
-                header = headers[event.tag] = Sender.compose_mem(event.tag, hostname=self.hostname).encode("utf-8")
-            line = header + event.body.encode("utf-8") + b"\n"
-            parts.append(line)
-            length += len(line)
-            if length >= size:
-                chunks.append(b"".join(parts))
-                parts, length = [], 0
-        if parts:
-            chunks.append(b"".join(parts))
-        return chunks
+        def resolve(value: str) -> Path:
+            path = Path(value)
+            return path if path.is_absolute() else base / path
 
-    def _confirm(self, sender: Sender) -> None:
-        """Close the TLS session, then wait for the relay to close the TCP connection cleanly.
-
-        ``unwrap()`` alone is no proof: CPython reports success when ``SSL_shutdown`` returned 0
-        twice, without the relay's ``close_notify`` (seen with a relay that had refused our client
-        certificate after a TLS 1.3 handshake). The proof is what follows on the wire: a relay that
-        read everything answers our ``close_notify`` by closing (clean EOF); one that had dropped the
-        session answers our bytes with a reset.
-        """
-        sock: Any = sender.socket
-        if sock is None:
-            raise OSError("the SDK dropped the connection")
-        sock.setblocking(True)
-        sock.settimeout(self.timeout)
-        try:
-            sock.unwrap()
-        except (ssl.SSLError, OSError) as exc:
-            raise OSError(f"the relay did not accept the end of the TLS session ({exc})") from exc
-        raw = socket.socket(fileno=sock.fileno())
-        raw.settimeout(self.timeout)
-        try:
-            while raw.recv(4096):
-                pass  # anything the relay still sends before its FIN
-        except TimeoutError as exc:
-            raise OSError(f"the relay did not close the connection within {self.timeout:.0f} s") from exc
-        except OSError as exc:
-            raise OSError(f"the relay reset the connection instead of confirming ({exc})") from exc
-        finally:
-            raw.detach()
-
-    def close(self) -> None:
-        """Nothing stays open between batches."""
+        return cls(
+            name,
+            options.address,
+            options.port,
+            chain=resolve(options.chain),
+            cert=resolve(options.cert),
+            key=resolve(options.key),
+            verify_tls=options.verify_tls,
+        )
 
 
-def _discard(sender: Sender) -> None:
-    sock = getattr(sender, "socket", None)
-    if sock is not None:
-        with contextlib.suppress(OSError):
-            sock.close()
-        sender.socket = None
+def build(name: str, output: DevoOutput, context: BuildContext) -> DevoSink:
+    """The certificate files are checked here, before any connection (errors 400-402)."""
+    return DevoSink.from_config(name, output.config, context.config_path)
+
+
+OUTPUT = OutputType("devo_platform", DevoOutput, DevoOutputOptions, build)
 
 
 def _pem_blocks(data: bytes) -> list[bytes]:

@@ -1,4 +1,8 @@
-"""Move events from the outbox to one sink, oldest first, acknowledging only confirmed batches."""
+"""Move events from the outbox to one sink, oldest first, acknowledging only what the sink confirmed.
+
+This is the one delivery retry loop: :meth:`Drainer.run` retries a failed batch with doubling
+backoff, for ever (``run_forever``'s senders) or for a bounded number of ``attempts`` (``run --once``).
+"""
 
 from __future__ import annotations
 
@@ -32,7 +36,7 @@ class DrainStats:
 
 
 class Drainer:
-    """Drains the outbox into ``sink``; never acknowledges a batch the sink did not confirm."""
+    """Drains the outbox into ``sink``; never acknowledges what the sink did not confirm."""
 
     def __init__(
         self,
@@ -53,49 +57,90 @@ class Drainer:
         self.backoff_start = 1.0
 
     def drain_once(self) -> int:
-        """Deliver one batch. Returns how many events were confirmed (0 when the outbox is empty)."""
+        """Deliver one batch. Returns how many events were confirmed (0 when the outbox is empty).
+
+        A sink that confirmed a prefix has that prefix acknowledged, then its reason for the rest is
+        raised; a sink that confirmed nothing of a non-empty batch without saying why is a failure too.
+        """
         batch = self.outbox.read(self.sink.name, self.batch_size)
         if not batch:
             return 0
         try:
-            self.sink.deliver(batch)
+            ack = self.sink.deliver(batch)
         except DeliveryError:
-            if self.observer is not None:
-                self.observer.delivery(self.sink.name, len(batch), False)
+            self._report(len(batch), ok=False)
             raise
-        self.outbox.ack(self.sink.name, batch[-1].seq)
-        if self.observer is not None:
-            self.observer.delivery(self.sink.name, len(batch), True)
-        self.stats.total_sent += len(batch)
-        self.stats.since_sent += len(batch)
-        self.last_error = None
-        return len(batch)
+        if ack.upto_seq is not None and ack.upto_seq > batch[-1].seq:
+            self._report(len(batch), ok=False)
+            raise DeliveryError(
+                f"output {self.sink.name}: acknowledged seq {ack.upto_seq}, beyond its batch "
+                f"(last seq {batch[-1].seq}); nothing is taken as delivered"
+            )
+        confirmed = ack.confirmed(batch)
+        if confirmed:
+            assert ack.upto_seq is not None
+            self.outbox.ack(self.sink.name, ack.upto_seq)
+            self._report(confirmed, ok=True)
+            self.stats.total_sent += confirmed
+            self.stats.since_sent += confirmed
+            self.last_error = None
+        if ack.error is not None or confirmed == 0:
+            if confirmed < len(batch):
+                self._report(len(batch) - confirmed, ok=False)
+            raise ack.error or DeliveryError(
+                f"output {self.sink.name}: confirmed none of {len(batch)} events; they stay in the outbox"
+            )
+        return confirmed
 
-    def run(self, stop: threading.Event, *, idle: float = 0.5, until_empty: bool = False) -> None:
-        """Drain until ``stop`` is set (or, with ``until_empty``, until nothing is pending)."""
+    def _report(self, count: int, *, ok: bool) -> None:
+        if self.observer is not None:
+            self.observer.delivery(self.sink.name, count, ok)
+
+    def run(
+        self,
+        stop: threading.Event,
+        *,
+        idle: float = 0.5,
+        until_empty: bool = False,
+        attempts: int | None = None,
+    ) -> bool:
+        """Drain until ``stop`` is set (or, with ``until_empty``, until nothing is pending).
+
+        A failed batch is retried after a doubling backoff (``backoff_start`` .. ``max_backoff``, reset by
+        a success). With ``attempts`` (``run --once``), the loop drains until nothing is pending or gives up
+        after that many failures and returns False, the events staying in the outbox for the next run;
+        ``stop`` then only cuts its waits short. Returns True when it ended without giving up.
+        """
         backoff = self.backoff_start
-        while not stop.is_set():
+        failures = 0
+        until_empty = until_empty or attempts is not None
+        while attempts is not None or not stop.is_set():
             try:
                 sent = self.drain_once()
-            except DeliveryError as exc:
+            except Exception as exc:  # a sender must never die: the batch stays, we retry
+                failures += 1
                 self.stats.failures += 1
-                self.last_error = exc
-                logger.error("%s; retrying in %.0f s", exc, backoff)
-                stop.wait(backoff)
-                backoff = min(backoff * 2, self.max_backoff)
-                continue
-            except Exception as exc:  # a sender thread must never die: the batch stays, we retry
-                self.stats.failures += 1
-                self.last_error = DeliveryError(f"output {self.sink.name}: unexpected {type(exc).__name__}: {exc}")
-                logger.exception("Output %s failed unexpectedly; the batch stays in the outbox", self.sink.name)
+                if isinstance(exc, DeliveryError):
+                    self.last_error = exc
+                    message = str(exc)
+                else:
+                    self.last_error = DeliveryError(f"output {self.sink.name}: unexpected {type(exc).__name__}: {exc}")
+                    logger.exception("Output %s failed unexpectedly; the batch stays in the outbox", self.sink.name)
+                    message = str(self.last_error)
+                if attempts is not None and failures >= attempts:
+                    logger.error("%s (attempt %d of %d); the events stay in the outbox", message, failures, attempts)
+                    return False
+                counted = f" (attempt {failures} of {attempts})" if attempts is not None else ""
+                logger.error("%s; retrying in %.0f s%s", message, backoff, counted)
                 stop.wait(backoff)
                 backoff = min(backoff * 2, self.max_backoff)
                 continue
             backoff = self.backoff_start
             if sent == 0:
                 if until_empty:
-                    return
+                    return True
                 stop.wait(idle)
+        return True
 
     def statistics_line(self) -> str:
         """The seed's sender statistics line; resets the "since" counter."""

@@ -6,15 +6,38 @@ import contextlib
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import IO
+from typing import IO, Literal
 
 from qualys_collector.errors import DeliveryError
 from qualys_collector.model import StoredEvent
-from qualys_collector.sinks.base import envelope
+from qualys_collector.sinks.base import (
+    Ack,
+    BuildContext,
+    Confirmation,
+    OutputBlock,
+    OutputOptions,
+    OutputType,
+    envelope,
+)
+
+
+class FileOutputOptions(OutputOptions):
+    """``type: file``: JSON Lines, one ``{"tag": ..., "event": {...}}`` per line."""
+
+    path: str | None = None
+
+
+class FileOutput(OutputBlock):
+    """An output of type ``file``."""
+
+    type: Literal["file"]
+    config: FileOutputOptions = FileOutputOptions()
 
 
 class FileSink:
     """Appends ``{"tag": ..., "event": {...}}`` lines to one file."""
+
+    confirmation = Confirmation.FSYNC
 
     def __init__(self, name: str, path: Path) -> None:
         self.name = name
@@ -28,13 +51,13 @@ class FileSink:
             self._file = os.fdopen(fd, "ab")
         return self._file
 
-    def deliver(self, events: Sequence[StoredEvent]) -> None:
+    def deliver(self, batch: Sequence[StoredEvent]) -> Ack:
         """Write, flush and fsync; on failure cut the file back so no partial batch remains."""
         start: int | None = None
         try:
             handle = self._open()
             start = handle.seek(0, os.SEEK_END)
-            handle.write("".join(envelope(e) for e in events).encode("utf-8"))
+            handle.write("".join(envelope(e) for e in batch).encode("utf-8"))
             handle.flush()
             os.fsync(handle.fileno())
         except OSError as exc:
@@ -46,6 +69,7 @@ class FileSink:
                 f"output {self.name}: cannot write {self.path}: {exc.strerror}",
                 fix="free disk space or fix the file's permissions; the events stay in the outbox",
             ) from exc
+        return Ack.all(batch)
 
     def close(self) -> None:
         """Close the file."""
@@ -53,3 +77,12 @@ class FileSink:
             with contextlib.suppress(OSError):
                 self._file.close()
             self._file = None
+
+
+def build(name: str, output: FileOutput, context: BuildContext) -> FileSink:
+    """``config.path``, else ``<state>/<name>.jsonl``."""
+    path = Path(output.config.path) if output.config.path else context.state_dir / f"{name}.jsonl"
+    return FileSink(name, path)
+
+
+OUTPUT = OutputType("file", FileOutput, FileOutputOptions, build)
