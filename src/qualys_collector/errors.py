@@ -8,7 +8,8 @@
     ├── SourceError                 Qualys answered badly or not at all
     │   ├── SetupError              100-103: authentication / permission; not retried in a loop
     │   └── PullError               300 (HTTP error) / 301 (anything else while pulling)
-    │         .retryable            True when the caller may try again later (5xx, cut, 409...)
+    │       │ .retryable            True when the caller may try again later (5xx, cut, 409...)
+    │       └── PullTimeoutError    301: Qualys did not answer in time; a smaller request may succeed
     ├── DataError                   a payload we cannot parse (malformed XML/JSON/CSV) -> PullError 301 upstream
     ├── StateError                  the state directory is unusable (read-only, full, corrupt)
     ├── StopRequested               SIGTERM/SIGINT ended a wait: not a failure; the checkpoint stays put
@@ -84,6 +85,16 @@ class PullError(SourceError):
     def __init__(self, message: str, *, code: int = 301, fix: str | None = None, retryable: bool = False) -> None:
         super().__init__(message, code=code, fix=fix)
         self.retryable = retryable
+
+
+class PullTimeoutError(PullError):
+    """Qualys did not answer within ``request_timeout_seconds`` (after the bounded retries): 301, retryable.
+
+    A timeout, unlike other pull failures, may be cured by asking for less: a batch that times out is split.
+    """
+
+    def __init__(self, message: str, *, fix: str | None = None) -> None:
+        super().__init__(message, code=301, fix=fix, retryable=True)
 
 
 class DataError(CollectorError):

@@ -17,7 +17,7 @@ from typing import Any
 import httpx
 
 from qualys_collector.config.schema import VmInput
-from qualys_collector.errors import DataError, PullError, SetupError, SourceError
+from qualys_collector.errors import DataError, PullError, PullTimeoutError, SetupError, SourceError
 from qualys_collector.model import JSON, Page
 from qualys_collector.qualys.budget import ApiBudget
 from qualys_collector.qualys.http import ApiObserver, HttpSettings, make_client
@@ -125,11 +125,13 @@ class VmClient:
                         self.http.build_request("POST", f"{self.base_url}{path}", data=params), stream=True
                     )
                 except httpx.TransportError as exc:
-                    failure: SourceError = PullError(
-                        f"ERROR: API Error. Cause: {type(exc).__name__} calling {sanitize_url(self.base_url + path)}",
-                        code=301,
-                        retryable=True,
-                        fix="check network access to the Qualys API server; the collector retries",
+                    url = sanitize_url(self.base_url + path)
+                    cause = f"ERROR: API Error. Cause: {type(exc).__name__} calling {url}"
+                    fix = "check network access to the Qualys API server; the collector retries"
+                    failure: SourceError = (
+                        PullTimeoutError(cause, fix=fix)
+                        if isinstance(exc, httpx.TimeoutException)
+                        else PullError(cause, code=301, retryable=True, fix=fix)
                     )
                     failure.__cause__ = exc
                     wait = self.policy.backoff(attempt)
@@ -217,13 +219,14 @@ class VmClient:
                 attempt += 1
                 detail = exc.message if isinstance(exc, DataError) else f"{type(exc).__name__}: {exc}"
                 if attempt >= self.policy.attempts:
-                    raise PullError(
+                    message = (
                         f"Some error occurred while retrieving {what} from Qualys server. Error details: {detail} "
-                        f"(gave up after {attempt} attempts)",
-                        code=301,
-                        retryable=True,
-                        fix="the next cycle resumes from the last committed page",
-                    ) from exc
+                        f"(gave up after {attempt} attempts)"
+                    )
+                    fix = "the next cycle resumes from the last committed page"
+                    if isinstance(exc, httpx.TimeoutException):
+                        raise PullTimeoutError(message, fix=fix) from exc
+                    raise PullError(message, code=301, retryable=True, fix=fix) from exc
                 wait = self.policy.backoff(attempt)
                 logger.warning("%s broke off (%s); resuming from the last committed page in %.1f s", what, detail, wait)
                 pause(wait, self.stop, f"to resume {what} after: {detail}", self.sleep)
