@@ -11,8 +11,12 @@ from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 
+import httpx
 import pytest
 
+from qualys_collector.app import Collector
+from qualys_collector.engine.cycle import CycleStats, Job
+from qualys_collector.engine.outbox import Outbox
 from qualys_collector.simulator import Limits, SimConfig, Simulator
 from qualys_collector.simulator.faults import parse_fault
 from tests.conftest import record_reliability
@@ -77,7 +81,17 @@ def test_an_undecodable_answer_in_one_batch_fails_the_window_and_the_rerun_deliv
     assert not [e for e in r.events() if e["tag"] == "vuln.qualys.collector.summary"], "the window did not complete"
     [failure] = [rec for rec in caplog.records if rec.levelno == logging.ERROR and "[PullError 301]" in rec.message]
     assert "DecodingError" in failure.message
-    assert re.search(r"batch \d of 6 \(host IDs \d+-\d+\)", failure.message), failure.message
+    named = re.search(r"batch (\d) of 6 \(host IDs \d+-\d+\)", failure.message)
+    assert named, failure.message
+    outbox = Outbox(tmp_path / "state")
+    try:
+        stored = outbox.load_checkpoint("7", "host_list_detection")
+    finally:
+        outbox.close()
+    assert stored is not None
+    assert stored["last_event_time_str"] == "2026-05-28T00:00:00Z"  # the window stays open ...
+    if "window" in stored:  # ... after what other batches committed, the failed batch unfinished
+        assert int(named.group(1)) - 1 not in stored["window"]["token"]["done"]
     traced = [rec for rec in caplog.records if rec.exc_info or rec.exc_text]
     assert traced, "the traceback goes through the collector's logging"
     assert any("DecodingError" in (rec.exc_text or "") for rec in traced)
@@ -89,3 +103,53 @@ def test_an_undecodable_answer_in_one_batch_fails_the_window_and_the_rerun_deliv
     [summary] = [e["event"] for e in r.events() if e["tag"] == "vuln.qualys.collector.summary"]
     assert summary["hosts_expected"] == summary["hosts_received"] == 60
     record_reliability(compared=len(truth), lost=len(truth - set(keys)), duplicated=sum(keys.values()) - len(keys))
+
+
+def test_a_batch_that_times_out_after_committed_pages_is_split_from_the_committed_point(tmp_path: Path) -> None:
+    """Before, the halves of a timed-out batch started at the batch's first host: every page already
+    committed was pulled and delivered again (``hosts_received > hosts_expected``)."""
+    sim = Simulator(
+        SimConfig(
+            seed=31,
+            hosts=40,
+            detections_per_host=2,
+            base=NOW - timedelta(days=2),
+            span=timedelta(days=2),
+            host_interval=timedelta(days=3650),
+        ),
+        vm_limits=Limits(rate=10_000, window=60, concurrency=20),  # slow answers must not turn into 409s
+    )
+    options = {
+        "start_time_utc": START,
+        "filters": ALL,
+        "batch_size": 40,  # one batch ...
+        "truncation_limit": 5,  # ... of eight answers, one page each
+        "max_workers": 1,
+    }
+    r = Run(sim=sim, url=start_sim(sim), state=tmp_path / "state", services={"host_list_detection": options})
+    jobs, client = r.jobs()
+    client.http.timeout = httpx.Timeout(0.5)
+    armed: list[int] = []
+
+    def on_page(job: Job, stats: CycleStats) -> None:
+        if not armed:  # the first page is committed: the next answers of the batch time out, every attempt
+            armed.append(stats.pages)
+            sim.faults.arm(parse_fault(f"slow:delay=1,times={r.policy.attempts},path=detection"))
+
+    collector = Collector(r.config(), clock=sim.now, jobs=jobs, on_page=on_page)
+    try:
+        assert collector.run_once()
+    finally:
+        collector.close()
+        client.close()
+        sim.stop()
+    assert armed
+    keys = r.keys("vuln.qualys.hostdetections", "@detection_key")
+    truth = sim.truth("host_list_detection", None, NOW)
+    record_reliability(compared=len(truth), lost=len(truth - set(keys)), duplicated=sum(keys.values()) - len(keys))
+    assert set(keys) == truth
+    assert max(keys.values()) == 1, f"{sum(keys.values()) - len(keys)} detections delivered twice"
+    [summary] = [e["event"] for e in r.events() if e["tag"] == "vuln.qualys.collector.summary"]
+    assert summary["split_batches"] == 1
+    assert summary["hosts_expected"] == summary["hosts_received"] == 40
+    assert summary["detections"] == len(truth)

@@ -1,18 +1,37 @@
-"""``host_list_detection`` -> ``vuln.qualys.hostdetections``: one event per host x detection."""
+"""``host_list_detection`` -> ``vuln.qualys.hostdetections``: one event per host x detection.
+
+Two ways to read a window: one stream of host pages (``parallel: false``), or by default in batches: the
+window's host IDs (host list, ``details=None``, no truncation) cut into ID ranges that the engine's batch
+scheduler (:mod:`~qualys_collector.engine.batches`) pulls several at a time under the subscription's one
+API budget. This module only describes the batches: the plan, how to pull one range from a resume token,
+and the completeness summary on the last page (hosts expected vs received, detections, batches, splits,
+API calls, seconds) so the SIEM can alarm on gaps.
+"""
 
 from __future__ import annotations
 
+import logging
+import time
 from collections.abc import Iterator
-from datetime import timedelta
+from datetime import datetime, timedelta
+from functools import partial
 from typing import Any
 
 from qualys_collector.config.schema import HostListDetectionOptions
-from qualys_collector.model import JSON, Page, Window
+from qualys_collector.engine.batches import Batches, BatchProgress, pull_batches
+from qualys_collector.model import JSON, Page, Record, Window, format_seed_datetime, parse_seed_datetime
 from qualys_collector.qualys.detections import converter
 from qualys_collector.qualys.vm import VmClient
-from qualys_collector.qualys.vm_hosts import host_pages, window_params
+from qualys_collector.qualys.vm_hosts import host_pages, server_time, window_params
+from qualys_collector.qualys.xml import iter_elements
 from qualys_collector.services.base import CursorMode, ServiceSpec
+from qualys_collector.services.hld_process import ParsePool, spooled_host_pages
 from qualys_collector.services.registry import ServiceEntry, register
+
+logger = logging.getLogger("qualys_collector.puller")
+SUMMARY_TAG = "vuln.qualys.collector.summary"
+#: The service's own counters, kept in the page token beside the engine's batch progress.
+COUNTERS = ("expected", "received", "detections", "calls", "listed_at")
 
 SPEC = ServiceSpec(
     name="host_list_detection",
@@ -50,13 +69,155 @@ class HostDetectionSource:
         return host_pages(self.client, self.path, self.params(window), token, self.convert, "host detections")
 
 
+def cut(ids: list[int], size: int) -> list[list[int]]:
+    """Consecutive ID ranges ``[first, last]`` of at most ``size`` listed hosts each."""
+    return [[chunk[0], chunk[-1]] for chunk in (ids[i : i + size] for i in range(0, len(ids), size))]
+
+
+class BatchedDetectionSource(HostDetectionSource):
+    """``/api/<v>/fo/asset/host/vm/detection/`` in ID batches, several at a time.
+
+    The page token is the engine's batch progress (plan, finished batches, each unfinished batch's last
+    ``id_min``) plus this service's counters, committed with every page.
+    """
+
+    def __init__(self, client: VmClient, options: HostListDetectionOptions) -> None:
+        super().__init__(client, options)
+        self.list_path = f"/api/{options.api_version}/fo/asset/host/"
+        self.key = "asset/host/vm/detection"
+        self._pool: ParsePool | None = None
+
+    def parse_pool(self) -> ParsePool | None:
+        """The parsing processes (``parse_processes``; started on first use, kept for the next cycles), or
+        ``None`` to parse in the worker threads (the default)."""
+        if self._pool is None and self.options.parse_processes:
+            self._pool = ParsePool(self.options.parse_processes)
+        return self._pool
+
+    def close(self) -> None:
+        """Stop the parsing processes."""
+        if self._pool is not None:
+            self._pool.close()
+            self._pool = None
+
+    def host_ids(self, window: Window) -> tuple[list[int], datetime | None]:
+        """The IDs of hosts processed in the window (one call, IDs only), and Qualys' time of that answer."""
+        params = {
+            "action": "list",
+            "details": "None",
+            "truncation_limit": "0",
+            **window_params(window.start, window.end),
+        }
+        ids: list[int] = []
+        horizon: datetime | None = None
+        with self.client.open(self.list_path, params) as response:
+            for tag, element in iter_elements(
+                self.client.body(self.list_path, response), {"ID", "ID_RANGE", "DATETIME"}
+            ):
+                text = (element.text or "").strip()
+                if tag == "DATETIME":
+                    horizon = server_time(text, horizon)
+                elif tag == "ID" and text.isdigit():
+                    ids.append(int(text))
+                elif tag == "ID_RANGE" and "-" in text:
+                    low, high = (int(part) for part in text.split("-", 1))
+                    ids.extend(range(low, high + 1))
+        return sorted(set(ids)), horizon
+
+    def batch_params(self, window: Window, batch: list[int]) -> dict[str, str]:
+        """The detection request of one batch: the window's request narrowed to an ID range."""
+        return {**self.params(window), "ids": f"{batch[0]}-{batch[1]}"}
+
+    def pull(self, window: Window, pool: ParsePool | None, batch: list[int], token: Any) -> Iterator[Page]:
+        """The pages of one batch, from its last committed ``id_min`` when resuming."""
+        start = token if token is None or isinstance(token, dict) else {"id_min": token}  # older state: a bare id
+        params = self.batch_params(window, batch)
+        if pool is None:
+            return host_pages(self.client, self.path, params, start, self.convert, "host detections")
+        return spooled_host_pages(
+            self.client, pool, self.path, params, start, self.options.results_max_length, "host detections"
+        )
+
+    def pages(self, window: Window, token: JSON | None, extra: JSON) -> Iterator[Page]:
+        """Pages from all batches as they arrive; each token is the whole plan's progress."""
+        started = time.monotonic()
+        before = self.client.total_requests
+        if token and "plan" in token:
+            progress = BatchProgress.from_json(token)
+            counts: dict[str, Any] = {k: token.get(k) for k in COUNTERS}
+        else:
+            ids, listed_at = self.host_ids(window)
+            progress = BatchProgress(plan=cut(ids, self.options.batch_size))
+            counts = {
+                "expected": len(ids),
+                "received": 0,
+                "detections": 0,
+                "calls": 1,
+                "listed_at": format_seed_datetime(listed_at) if listed_at else None,
+            }
+            logger.info(
+                "%d hosts processed in the window, in %d batches of up to %d",
+                len(ids),
+                len(progress.plan),
+                self.options.batch_size,
+            )
+        listed = parse_seed_datetime(counts["listed_at"]) if counts.get("listed_at") else None
+        batches = Batches(
+            pull=partial(self.pull, window, self.parse_pool()),  # the pool is started here, not in a worker
+            remaining=_remaining,
+            workers=self.options.max_workers or max(1, self.client.budget.limit(self.key)),
+            what="host IDs",
+        )
+        for item in pull_batches(batches, progress, self.client.stop):
+            if item.page is None:  # stop requested: commit the progress so far, the window stays open
+                yield Page([], token={**item.progress, **counts}, requests=0)
+                continue
+            page = item.page
+            counts["received"] += len({r.data["HOST"]["ID"] for r in page.records})
+            counts["detections"] += len(page.records)
+            yield Page(
+                page.records,
+                token={**item.progress, **counts},
+                requests=0,
+                horizon=_earliest(listed, page.horizon),
+            )
+        counts["calls"] += self.client.total_requests - before
+        summary = {
+            "@summary": "host_list_detection",
+            "window_start": format_seed_datetime(window.start),
+            "window_end": format_seed_datetime(window.end),
+            "hosts_expected": counts["expected"],
+            "hosts_received": counts["received"],
+            "detections": counts["detections"],
+            "batches": progress.batches,
+            "split_batches": progress.splits,
+            "api_calls": counts["calls"],
+            "seconds": round(time.monotonic() - started, 3),
+        }
+        tag = self.options.summary_tag or SUMMARY_TAG
+        yield Page(
+            [Record(data=summary, key=f"summary:{summary['window_end']}", tag=tag)],
+            token=None,
+            requests=self.client.total_requests - before,
+            horizon=listed,
+        )
+
+
+def _remaining(batch: list[int], token: Any) -> list[int]:
+    """What is left of a batch after a page whose token resumes at ``id_min``."""
+    id_min = token["id_min"] if isinstance(token, dict) else token
+    return [max(batch[0], int(id_min)), batch[1]]
+
+
+def _earliest(first: datetime | None, second: datetime | None) -> datetime | None:
+    if first is None or second is None:
+        return first or second
+    return min(first, second)
+
+
 def build(client: VmClient, options: HostListDetectionOptions) -> Any:
     """Batched, parallel pulls by default (``parallel: false`` reads the window as one stream)."""
-    if options.parallel:
-        from qualys_collector.services.hld_parallel import ParallelDetectionSource
-
-        return ParallelDetectionSource(client, options)
-    return HostDetectionSource(client, options)
+    return BatchedDetectionSource(client, options) if options.parallel else HostDetectionSource(client, options)
 
 
 ENTRY = register(ServiceEntry(SPEC, build))
