@@ -14,12 +14,12 @@ from pathlib import Path
 import httpx
 import pytest
 
-from qualys_collector.app import Collector
 from qualys_collector.engine.cycle import CycleStats, Job
 from qualys_collector.engine.outbox import Outbox
 from qualys_collector.simulator import Limits, SimConfig, Simulator
 from qualys_collector.simulator.faults import parse_fault
 from tests.conftest import record_reliability
+from tests.helpers.kit import Recorder
 from tests.helpers.vmsim import NOW, Run, start_sim
 
 pytestmark = [pytest.mark.reliability, pytest.mark.integration]
@@ -127,8 +127,6 @@ def test_a_batch_that_times_out_after_committed_pages_is_split_from_the_committe
         "max_workers": 1,
     }
     r = Run(sim=sim, url=start_sim(sim), state=tmp_path / "state", services={"host_list_detection": options})
-    jobs, client = r.jobs()
-    client.http.timeout = httpx.Timeout(0.5)
     armed: list[int] = []
 
     def on_page(job: Job, stats: CycleStats) -> None:
@@ -136,12 +134,13 @@ def test_a_batch_that_times_out_after_committed_pages_is_split_from_the_committe
             armed.append(stats.pages)
             sim.faults.arm(parse_fault(f"slow:delay=1,times={r.policy.attempts},path=detection"))
 
-    collector = Collector(r.config(), clock=sim.now, jobs=jobs, on_page=on_page)
+    collector = r.collector(recorder=Recorder(on_page))
+    for client in collector.clients:
+        client.http.timeout = httpx.Timeout(0.5)
     try:
         assert collector.run_once()
     finally:
         collector.close()
-        client.close()
         sim.stop()
     assert armed
     keys = r.keys("vuln.qualys.hostdetections", "@detection_key")
