@@ -36,10 +36,13 @@ def test_dockerfile_and_compose_follow_the_seed_layout() -> None:
     final_stage = dockerfile.split("\nFROM ")[-1]
     assert "gcc" not in final_stage
     assert "build-essential" not in final_stage
-    lock = (REPO / "docker" / "requirements.lock").read_text().splitlines()
-    pins = [line for line in lock if line and not line.startswith("#")]
+    lock = (REPO / "docker" / "requirements.lock").read_text()
+    joined = lock.replace("\\\n", " ").splitlines()  # one requirement and its hashes per line
+    entries = [e.strip() for e in joined if e.strip() and not e.lstrip().startswith("#")]
+    pins = [e.split()[0] for e in entries]
     assert pins
     assert all(re.fullmatch(r"[A-Za-z0-9_.\-]+==[\w.\-]+", p) for p in pins)
+    assert all("--hash=sha256:" in e for e in entries), "every pin carries its hashes (pip --require-hashes)"
     compose = yaml.safe_load((REPO / "docker-compose.yml").read_text())
     service = compose["services"]["collector-qualys"]
     assert set(service["volumes"]) >= {
