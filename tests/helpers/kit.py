@@ -4,10 +4,13 @@ and an observer that records what the collector reports."""
 from __future__ import annotations
 
 import functools
+import json
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+import yaml
 
 from qualys_collector.app import ClientFactory, build_client
 from qualys_collector.config import build_config
@@ -58,22 +61,38 @@ def raw_config(
 
 
 def vm_input(
-    url: str, services: dict[str, Any], *, id: str = "7", password: str = "demo", **extra: Any
+    url: str,
+    services: dict[str, Any],
+    *,
+    id: str = "7",
+    username: str = "demo",
+    password: str = "demo",
+    **extra: Any,
 ) -> dict[str, Any]:
-    """An ``inputs.qualys`` block against ``url`` (user ``demo``)."""
+    """An ``inputs.qualys`` block against ``url``; ``extra`` are more keys of the block (``connection``...)."""
     return {
         "id": id,
-        "credentials": {"base_url": url, "username": "demo", "password": password},
+        "credentials": {"base_url": url, "username": username, "password": password},
         "services": services,
         **extra,
     }
 
 
 def fim_input(
-    url: str, services: dict[str, Any], *, id: str = "5", password: str = "demo", **extra: Any
+    url: str,
+    services: dict[str, Any],
+    *,
+    id: str = "5",
+    username: str = "demo",
+    password: str = "demo",
+    auth_url: str | None = None,
+    **extra: Any,
 ) -> dict[str, Any]:
     """An ``inputs.qualys_fim`` block against the simulator's gateway at ``url``."""
-    return vm_input(url, services, id=id, password=password, **extra)
+    block = vm_input(url, services, id=id, username=username, password=password, **extra)
+    if auth_url is not None:
+        block["credentials"]["auth_url"] = auth_url
+    return block
 
 
 def config(state: Path, **kw: Any) -> CollectorConfig:
@@ -101,3 +120,9 @@ class Recorder(Observer):
 
     def cycle(self, job: Job, stats: CycleStats | None) -> None:
         self.stats[job.spec.name] = stats
+
+
+def write_config(path: Path, raw: dict[str, Any]) -> Path:
+    """Write ``raw`` as the file a user would: YAML, or JSON for a ``.json`` path (the collector-server shape)."""
+    path.write_text(json.dumps(raw) if path.suffix == ".json" else yaml.safe_dump(raw))
+    return path

@@ -9,18 +9,19 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
 from qualys_collector.engine.outbox import Outbox
 from qualys_collector.model import parse_iso_datetime
-from qualys_collector.simulator import Limits, SimConfig, Simulator
+from qualys_collector.simulator import Limits, Simulator
 from qualys_collector.simulator.faults import parse_fault
+from tests.conftest import SimFactory
+from tests.helpers.kit import file_output, fim_input, raw_config, vm_input
+from tests.helpers.kit import write_config as write_file
 from tests.helpers.vmsim import NOW
 
 pytestmark = pytest.mark.integration
@@ -29,38 +30,26 @@ SEED_LINE = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3} +(INFO|WARNING|E
 
 
 @pytest.fixture
-def sim() -> Iterator[Simulator]:
+def sim(make_sim: SimFactory) -> Simulator:
     # real time here: the CLI runs in its own process with the wall clock
-    simulator = Simulator(
-        SimConfig(seed=11, hosts=60, detections_per_host=5, fim_events=3000, fim_incidents=5),
+    return make_sim(
+        seed=11,
+        hosts=60,
+        detections_per_host=5,
+        fim_events=3000,
+        fim_incidents=5,
         vm_limits=Limits(rate=100_000, window=60, concurrency=2),
     )
-    yield simulator
-    simulator.stop()
 
 
 def write_config(tmp_path: Path, url: str, services: dict[str, Any], fim: dict[str, Any] | None = None) -> Path:
-    inputs: dict[str, Any] = {
-        "qualys": {
-            "id": "c1",
-            "credentials": {"base_url": url, "username": "demo", "password": "demo"},
-            "services": services,
-        }
-    }
-    if fim:
-        inputs["qualys_fim"] = {
-            "id": "c1",
-            "credentials": {"base_url": url, "username": "demo", "password": "demo"},
-            "services": fim,
-        }
-    config = {
-        "globals": {"persistence": {"config": {"directory_name": str(tmp_path / "state")}}},
-        "outputs": {"out": {"type": "file", "config": {"path": str(tmp_path / "events.jsonl")}}},
-        "inputs": inputs,
-    }
-    path = tmp_path / "config.yaml"
-    path.write_text(yaml.safe_dump(config))
-    return path
+    raw = raw_config(
+        tmp_path / "state",
+        qualys=vm_input(url, services, id="c1"),
+        qualys_fim=fim_input(url, fim, id="c1") if fim else None,
+        outputs=file_output(tmp_path / "events.jsonl"),
+    )
+    return write_file(tmp_path / "config.yaml", raw)
 
 
 def events(tmp_path: Path) -> list[dict[str, Any]]:
@@ -126,6 +115,7 @@ def test_json_logs_and_failure_exit_code(sim: Simulator, tmp_path: Path) -> None
     assert {"time", "level", "process", "thread", "logger", "message"} <= set(errors[0])
 
 
+@pytest.mark.slow
 def test_sigterm_stops_after_the_current_page(sim: Simulator, tmp_path: Path) -> None:
     sim.faults.arm(parse_fault("slow:delay=0.05,times=-1,path=detection"))
     config = write_config(tmp_path, sim.start(), {"host_list_detection": {**START, "truncation_limit": 5}})
@@ -147,6 +137,7 @@ def test_sigterm_stops_after_the_current_page(sim: Simulator, tmp_path: Path) ->
     assert max(keys.values()) == 1
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fault", ["409:code=1965,wait=600,times=-1", "409:code=1960,times=-1"])
 def test_sigterm_interrupts_a_409_wait_within_5_s(sim: Simulator, tmp_path: Path, fault: str) -> None:
     """Qualys asks for a long wait (1965: 600 s; 1960: the 30 s concurrency wait) mid-window; SIGTERM ends it."""
@@ -193,6 +184,7 @@ def test_sigterm_interrupts_a_409_wait_within_5_s(sim: Simulator, tmp_path: Path
     assert max(keys.values()) == 1
 
 
+@pytest.mark.slow
 @pytest.mark.reliability
 @pytest.mark.parametrize("kill_after", [2, 5, 9])
 def test_kill_9_mid_pull_then_restart_loses_nothing(sim: Simulator, tmp_path: Path, kill_after: int) -> None:

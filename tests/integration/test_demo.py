@@ -24,6 +24,7 @@ TAGS = {
 }
 
 
+@pytest.mark.slow
 def test_demo_runs_small(tmp_path: Path) -> None:
     done = subprocess.run(
         [

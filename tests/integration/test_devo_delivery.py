@@ -22,10 +22,10 @@ from qualys_collector.config import build_config
 from qualys_collector.engine.outbox import Outbox
 from qualys_collector.errors import DeliveryError
 from qualys_collector.model import Event, StoredEvent
-from qualys_collector.simulator import SimConfig, Simulator
 from qualys_collector.sinks.devo import DevoSink
 from qualys_collector.sinks.drain import Drainer
-from tests.conftest import REPO, record_reliability
+from tests.conftest import REPO, SimFactory, record_reliability
+from tests.helpers.kit import fim_input, raw_config, vm_input, write_config
 from tests.helpers.rsyslog import Certs, Rsyslog
 from tests.helpers.vmsim import NOW, Run, start_sim
 
@@ -68,43 +68,40 @@ def fill(outbox: Outbox, n: int, tag: str = "vuln.qualys.hosts", start: int = 0)
     outbox.commit("1", "host_list", events, {"@persistence_version": 1})
 
 
-def test_pulled_events_arrive_once_with_tag_and_intact_json(tmp_path: Path, certs: Certs, relay: Rsyslog) -> None:
-    sim = Simulator(
-        SimConfig(
-            seed=2, hosts=25, detections_per_host=3, scans=8, base=NOW - timedelta(days=2), span=timedelta(days=2)
-        )
+def test_pulled_events_arrive_once_with_tag_and_intact_json(
+    make_sim: SimFactory, tmp_path: Path, certs: Certs, relay: Rsyslog
+) -> None:
+    sim = make_sim(
+        seed=2, hosts=25, detections_per_host=3, scans=8, base=NOW - timedelta(days=2), span=timedelta(days=2)
     )
-    try:
-        r = Run(
-            sim=sim,
-            url=start_sim(sim),
-            state=tmp_path / "state",
-            services={
-                "host_list_detection": {
-                    "start_time_utc": "2026-05-29T00:00:00Z",
-                    "filters": {"status": ["New", "Active", "Fixed", "Re-Opened"]},
-                },
-                "vm_scans": {"start_time_utc": "2026-05-29T00:00:00Z", "override_tag": "my.app.scans"},
+    r = Run(
+        sim=sim,
+        url=start_sim(sim),
+        state=tmp_path / "state",
+        services={
+            "host_list_detection": {
+                "start_time_utc": "2026-05-29T00:00:00Z",
+                "filters": {"status": ["New", "Active", "Fixed", "Re-Opened"]},
             },
-        )
-        devo = sink(certs, relay)
-        assert r.cycle(sinks=[devo])
-        truth = sim.truth("host_list_detection", None, NOW)
-        lines = relay.wait_for(len(truth) + len(sim.truth("vm_scans", None, NOW)) + 1)
-        detections = [json.loads(x["message"]) for x in lines if x["tag"] == "vuln.qualys.hostdetections"]
-        keys = Counter(d["@detection_key"] for d in detections)
-        assert set(keys) == truth
-        assert max(keys.values()) == 1
-        scans = [json.loads(x["message"]) for x in lines if x["tag"] == "my.app.scans"]
-        assert {s["REF"] for s in scans} == sim.truth("vm_scans", None, NOW)
-        assert {x["tag"] for x in lines} == {
-            "vuln.qualys.hostdetections",
-            "my.app.scans",
-            "vuln.qualys.collector.summary",
-        }
-        assert all("\n" not in x["message"] for x in lines)
-    finally:
-        sim.stop()
+            "vm_scans": {"start_time_utc": "2026-05-29T00:00:00Z", "override_tag": "my.app.scans"},
+        },
+    )
+    devo = sink(certs, relay)
+    assert r.cycle(sinks=[devo])
+    truth = sim.truth("host_list_detection", None, NOW)
+    lines = relay.wait_for(len(truth) + len(sim.truth("vm_scans", None, NOW)) + 1)
+    detections = [json.loads(x["message"]) for x in lines if x["tag"] == "vuln.qualys.hostdetections"]
+    keys = Counter(d["@detection_key"] for d in detections)
+    assert set(keys) == truth
+    assert max(keys.values()) == 1
+    scans = [json.loads(x["message"]) for x in lines if x["tag"] == "my.app.scans"]
+    assert {s["REF"] for s in scans} == sim.truth("vm_scans", None, NOW)
+    assert {x["tag"] for x in lines} == {
+        "vuln.qualys.hostdetections",
+        "my.app.scans",
+        "vuln.qualys.collector.summary",
+    }
+    assert all("\n" not in x["message"] for x in lines)
 
 
 def test_a_certificate_from_another_ca_is_refused_and_nothing_leaves_the_outbox(
@@ -129,6 +126,7 @@ def test_a_certificate_from_another_ca_is_refused_and_nothing_leaves_the_outbox(
     outbox.close()
 
 
+@pytest.mark.slow
 @pytest.mark.reliability
 def test_one_batch_per_session_from_the_relays_first_write_each_confirmed_and_landed_once(
     tmp_path: Path, certs: Certs
@@ -226,6 +224,7 @@ def test_relay_outage_loses_nothing_and_repeats_at_most_one_batch(tmp_path: Path
     assert sum(counts.values()) - 600 <= 100
 
 
+@pytest.mark.slow
 @pytest.mark.reliability
 def test_killed_mid_drain_and_restarted_loses_nothing(tmp_path: Path, certs: Certs, relay: Rsyslog) -> None:
     state = tmp_path / "state"
@@ -286,89 +285,66 @@ def test_devo_output_from_the_seed_config_layout(tmp_path: Path, certs: Certs, r
     assert len(relay.wait_for(5)) == 5
 
 
-def test_check_command_reports_what_works(tmp_path: Path, certs: Certs, relay: Rsyslog) -> None:
+def test_check_command_reports_what_works(make_sim: SimFactory, tmp_path: Path, certs: Certs, relay: Rsyslog) -> None:
     from click.testing import CliRunner
 
     from qualys_collector.cli import main
 
-    sim = Simulator(SimConfig(seed=1, hosts=3))
+    sim = make_sim(seed=1, hosts=3)
     url = sim.start()
-    try:
 
-        def config(password: str) -> Path:
-            raw = {
-                "globals": {"persistence": {"config": {"directory_name": str(tmp_path / "state")}}},
-                "outputs": {
-                    "devo_1": {
-                        "type": "devo_platform",
-                        "config": {
-                            "address": "127.0.0.1",
-                            "port": relay.port,
-                            "chain": str(certs.chain),
-                            "cert": str(certs.client_cert),
-                            "key": str(certs.client_key),
-                        },
-                    }
-                },
-                "inputs": {
-                    "qualys": {
-                        "id": 1,
-                        "credentials": {"base_url": url, "username": "demo", "password": password},
-                        "services": {"host_list": {}},
-                    },
-                    "qualys_fim": {
-                        "id": 1,
-                        "credentials": {"base_url": url, "username": "demo", "password": password},
-                        "services": {"fim_events": {}},
-                    },
-                },
-            }
-            path = tmp_path / f"{password}.json"
-            path.write_text(json.dumps(raw))
-            return path
+    def config(password: str) -> Path:
+        devo = {
+            "address": "127.0.0.1",
+            "port": relay.port,
+            "chain": str(certs.chain),
+            "cert": str(certs.client_cert),
+            "key": str(certs.client_key),
+        }
+        raw = raw_config(
+            tmp_path / "state",
+            outputs={"devo_1": {"type": "devo_platform", "config": devo}},
+            qualys=vm_input(url, {"host_list": {}}, id="1", password=password),
+            qualys_fim=fim_input(url, {"fim_events": {}}, id="1", password=password),
+        )
+        return write_config(tmp_path / f"{password}.json", raw)
 
-        good = CliRunner().invoke(main, ["check", "-c", str(config("demo"))])
-        assert good.exit_code == 0, good.output
-        assert good.output.count("OK    ") == 3
-        bad = CliRunner().invoke(main, ["check", "-c", str(config("wrong-pass"))])
-        assert bad.exit_code == 1
-        assert "OK     output devo_1" in bad.output
-        assert "FAILED input qualys: [SetupError 101]" in bad.output
-        assert "FAILED input qualys_fim: [SetupError 101]" in bad.output
-        assert relay.lines() == []  # nothing was sent
-        assert sim.requests.get("/api/2.0/fo/activity_log/", 0) == 2
-    finally:
-        sim.stop()
+    good = CliRunner().invoke(main, ["check", "-c", str(config("demo"))])
+    assert good.exit_code == 0, good.output
+    assert good.output.count("OK    ") == 3
+    bad = CliRunner().invoke(main, ["check", "-c", str(config("wrong-pass"))])
+    assert bad.exit_code == 1
+    assert "OK     output devo_1" in bad.output
+    assert "FAILED input qualys: [SetupError 101]" in bad.output
+    assert "FAILED input qualys_fim: [SetupError 101]" in bad.output
+    assert relay.lines() == []  # nothing was sent
+    assert sim.requests.get("/api/2.0/fo/activity_log/", 0) == 2
 
 
+@pytest.mark.slow
 def test_an_unreachable_relay_is_reported_at_start_and_pulling_goes_on(
-    tmp_path: Path, certs: Certs, caplog: pytest.LogCaptureFixture
+    make_sim: SimFactory, tmp_path: Path, certs: Certs, caplog: pytest.LogCaptureFixture
 ) -> None:
     from tests.helpers.rsyslog import free_port
 
-    sim = Simulator(
-        SimConfig(seed=3, hosts=5, detections_per_host=2, base=NOW - timedelta(days=2), span=timedelta(days=2))
+    sim = make_sim(seed=3, hosts=5, detections_per_host=2, base=NOW - timedelta(days=2), span=timedelta(days=2))
+    r = Run(
+        sim=sim,
+        url=start_sim(sim),
+        state=tmp_path / "state",
+        services={"host_list": {"start_time_utc": "2026-05-29T00:00:00Z"}},
     )
-    try:
-        r = Run(
-            sim=sim,
-            url=start_sim(sim),
-            state=tmp_path / "state",
-            services={"host_list": {"start_time_utc": "2026-05-29T00:00:00Z"}},
-        )
-        devo = DevoSink(
-            "devo",
-            "127.0.0.1",
-            free_port(),
-            chain=certs.chain,
-            cert=certs.client_cert,
-            key=certs.client_key,
-            timeout=2.0,
-        )
-        collector = r.collector(sinks=[devo])
-        assert not collector.run_once()  # delivery failed...
-        assert "[DeliveryError 403] output devo: cannot connect to 127.0.0.1" in caplog.text
-        assert collector.outbox.pending("devo") == len(sim.truth("host_list", None, NOW))  # ...pulling did not
-        collector.close()
-    finally:
-        sim.stop()
+    devo = DevoSink(
+        "devo",
+        "127.0.0.1",
+        free_port(),
+        chain=certs.chain,
+        cert=certs.client_cert,
+        key=certs.client_key,
+        timeout=2.0,
+    )
+    collector = r.collector(sinks=[devo])
+    assert not collector.run_once()  # delivery failed...
+    assert "[DeliveryError 403] output devo: cannot connect to 127.0.0.1" in caplog.text
+    assert collector.outbox.pending("devo") == len(sim.truth("host_list", None, NOW))  # ...pulling did not
+    collector.close()

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -14,7 +13,8 @@ import yaml
 
 from qualys_collector.engine.outbox import Outbox
 from qualys_collector.model import parse_iso_datetime
-from qualys_collector.simulator import Limits, SimConfig, Simulator
+from qualys_collector.simulator import Limits, Simulator
+from tests.conftest import SimFactory
 from tests.helpers.kit import file_output, raw_config, vm_input
 
 pytestmark = pytest.mark.integration
@@ -30,10 +30,8 @@ WITHOUT_DEMO_EXTRA = [
 
 
 @pytest.fixture
-def sim() -> Iterator[Simulator]:
-    simulator = Simulator(SimConfig(seed=5, hosts=12, detections_per_host=2), vm_limits=Limits(rate=100_000, window=60))
-    yield simulator
-    simulator.stop()
+def sim(make_sim: SimFactory) -> Simulator:
+    return make_sim(seed=5, hosts=12, detections_per_host=2, vm_limits=Limits(rate=100_000, window=60))
 
 
 def cli(*args: str) -> subprocess.CompletedProcess[str]:

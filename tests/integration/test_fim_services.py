@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import sqlite3
 from collections import Counter
-from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -17,9 +16,9 @@ from qualys_collector.app import Collector
 from qualys_collector.config import build_config
 from qualys_collector.engine.cycle import CycleStats, Job
 from qualys_collector.engine.outbox import DB_NAME, Outbox
-from qualys_collector.simulator import Limits, SimConfig, Simulator
+from qualys_collector.simulator import Limits, Simulator
 from qualys_collector.simulator.faults import parse_fault
-from tests.conftest import record_reliability
+from tests.conftest import SimFactory, record_reliability
 from tests.helpers.kit import Recorder
 from tests.helpers.vmsim import NOW, Run, start_sim
 
@@ -53,15 +52,16 @@ class FimRun(Run):
 
 
 @pytest.fixture
-def sim() -> Iterator[Simulator]:
-    simulator = Simulator(
-        SimConfig(
-            seed=3, hosts=20, fim_events=600, fim_incidents=12, base=NOW - timedelta(days=3), span=timedelta(days=3)
-        ),
+def sim(make_sim: SimFactory) -> Simulator:
+    return make_sim(
+        seed=3,
+        hosts=20,
+        fim_events=600,
+        fim_incidents=12,
+        base=NOW - timedelta(days=3),
+        span=timedelta(days=3),
         fim_limits=Limits(rate=100_000, window=60),
     )
-    yield simulator
-    simulator.stop()
 
 
 def fim(sim: Simulator, tmp_path: Path, services: dict[str, dict[str, Any]], **kw: Any) -> FimRun:
@@ -73,21 +73,22 @@ INCIDENTS = "monitor.qualys.fim.incident"
 
 
 @pytest.mark.slow
-def test_25000_events_past_the_10000_row_window_arrive_once(tmp_path: Path) -> None:
-    sim = Simulator(
-        SimConfig(seed=9, fim_events=25_000, fim_incidents=1, base=NOW - timedelta(days=2), span=timedelta(days=2)),
+def test_25000_events_past_the_10000_row_window_arrive_once(make_sim: SimFactory, tmp_path: Path) -> None:
+    sim = make_sim(
+        seed=9,
+        fim_events=25_000,
+        fim_incidents=1,
+        base=NOW - timedelta(days=2),
+        span=timedelta(days=2),
         fim_limits=Limits(rate=100_000, window=60),
     )
-    try:
-        r = fim(sim, tmp_path, {"fim_events": {"start_time_utc": START, "settle_lag_seconds": 0}})
-        assert r.cycle()
-        ids = Counter(e["id"] for e in r.events(EVENTS))
-        assert len(ids) == 25_000
-        assert max(ids.values()) == 1
-        assert set(ids) == sim.truth("fim_events", None, NOW)
-        assert sim.statuses.get("/fim/v2/events/search 416", 0) == 0  # keyset paging, never offset past 10,000
-    finally:
-        sim.stop()
+    r = fim(sim, tmp_path, {"fim_events": {"start_time_utc": START, "settle_lag_seconds": 0}})
+    assert r.cycle()
+    ids = Counter(e["id"] for e in r.events(EVENTS))
+    assert len(ids) == 25_000
+    assert max(ids.values()) == 1
+    assert set(ids) == sim.truth("fim_events", None, NOW)
+    assert sim.statuses.get("/fim/v2/events/search 416", 0) == 0  # keyset paging, never offset past 10,000
 
 
 def test_late_events_and_shared_timestamps_across_pages_arrive_once(sim: Simulator, tmp_path: Path) -> None:

@@ -12,8 +12,9 @@ import httpx
 import pytest
 
 from qualys_collector.config.schema import MetricsOptions
-from qualys_collector.simulator import Limits, SimConfig, Simulator
+from qualys_collector.simulator import Limits
 from qualys_collector.sinks.devo import DevoSink
+from tests.conftest import SimFactory
 from tests.helpers.rsyslog import Certs, Rsyslog, free_port
 from tests.helpers.vmsim import NOW, Run, start_sim
 
@@ -36,20 +37,19 @@ def wait(condition: object, timeout: float = 30) -> None:
         time.sleep(0.1)
 
 
-def test_metrics_match_deliveries_and_readiness_follows_the_relay(tmp_path: Path) -> None:
+@pytest.mark.slow
+def test_metrics_match_deliveries_and_readiness_follows_the_relay(make_sim: SimFactory, tmp_path: Path) -> None:
     certs = Certs.mint(tmp_path / "certs")
     relay = Rsyslog(tmp_path / "relay", certs)
     relay.start()
-    sim = Simulator(
-        SimConfig(
-            seed=17,
-            hosts=30,
-            detections_per_host=3,
-            scans=6,
-            base=NOW - timedelta(days=2),
-            span=timedelta(days=2),
-            host_interval=timedelta(hours=6),
-        ),
+    sim = make_sim(
+        seed=17,
+        hosts=30,
+        detections_per_host=3,
+        scans=6,
+        base=NOW - timedelta(days=2),
+        span=timedelta(days=2),
+        host_interval=timedelta(hours=6),
         vm_limits=Limits(rate=100_000, window=60, concurrency=2),
     )
     port = free_port()
@@ -110,7 +110,6 @@ def test_metrics_match_deliveries_and_readiness_follows_the_relay(tmp_path: Path
         thread.join(30)
         collector.close()
     finally:
-        sim.stop()
         relay.stop()
 
 

@@ -14,8 +14,7 @@ import yaml
 
 from qualys_collector.cli import main
 from qualys_collector.config.docs import render
-from qualys_collector.simulator import SimConfig, Simulator
-from tests.conftest import REPO
+from tests.conftest import REPO, SimFactory
 
 pytestmark = pytest.mark.integration
 
@@ -57,52 +56,49 @@ def test_dockerfile_and_compose_follow_the_seed_layout() -> None:
     assert os.access(REPO / "docker" / "entrypoint.sh", os.X_OK)
 
 
-def test_entrypoint_runs_the_seed_layout_outside_docker(tmp_path: Path) -> None:
-    sim = Simulator(SimConfig(seed=2, hosts=6, detections_per_host=2))
+def test_entrypoint_runs_the_seed_layout_outside_docker(make_sim: SimFactory, tmp_path: Path) -> None:
+    sim = make_sim(seed=2, hosts=6, detections_per_host=2)
     url = sim.start()
-    try:
-        root = tmp_path / "devo-collectors" / "qualys"
-        (root / "config").mkdir(parents=True)
-        (root / "certs").mkdir()
-        config = {
-            "globals": {"persistence": {"type": "filesystem", "config": {"directory_name": "state"}}},
-            "outputs": {"local": {"type": "file", "config": {"path": "state/events.jsonl"}}},
-            "inputs": {
-                "qualys": {
-                    "id": 1,
-                    "credentials": {"base_url": url, "username": "demo", "password": "demo"},
-                    "services": {"host_list": {"start_time_utc": "2020-01-01T00:00:00Z"}},
-                }
-            },
-        }
-        (root / "config" / "collector.yaml").write_text(yaml.safe_dump(config))
-        env = {
-            **os.environ,
-            "COLLECTOR_ROOT": str(root),
-            "CONFIG_FILE": "collector.yaml",
-            "PATH": f"{Path(os.sys.executable).parent}:{os.environ['PATH']}",
-        }
-        done = subprocess.run(
-            [str(REPO / "docker" / "entrypoint.sh"), "--once"],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=120,
-            check=False,
-        )
-        assert done.returncode == 0, done.stderr[-1500:]
-        assert (root / "state" / "qualys-collector.sqlite3").exists()
-        hosts = [json.loads(x)["event"]["ID"] for x in (root / "state" / "events.jsonl").read_text().splitlines()]
-        assert set(hosts) == sim.truth("host_list")
-        missing = subprocess.run(
-            [str(REPO / "docker" / "entrypoint.sh")],
-            env={**env, "CONFIG_FILE": "nope.yaml"},
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
-        assert missing.returncode == 2
-        assert "CONFIG_FILE" in missing.stderr
-    finally:
-        sim.stop()
+    root = tmp_path / "devo-collectors" / "qualys"
+    (root / "config").mkdir(parents=True)
+    (root / "certs").mkdir()
+    config = {
+        "globals": {"persistence": {"type": "filesystem", "config": {"directory_name": "state"}}},
+        "outputs": {"local": {"type": "file", "config": {"path": "state/events.jsonl"}}},
+        "inputs": {
+            "qualys": {
+                "id": 1,
+                "credentials": {"base_url": url, "username": "demo", "password": "demo"},
+                "services": {"host_list": {"start_time_utc": "2020-01-01T00:00:00Z"}},
+            }
+        },
+    }
+    (root / "config" / "collector.yaml").write_text(yaml.safe_dump(config))
+    env = {
+        **os.environ,
+        "COLLECTOR_ROOT": str(root),
+        "CONFIG_FILE": "collector.yaml",
+        "PATH": f"{Path(os.sys.executable).parent}:{os.environ['PATH']}",
+    }
+    done = subprocess.run(
+        [str(REPO / "docker" / "entrypoint.sh"), "--once"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-1500:]
+    assert (root / "state" / "qualys-collector.sqlite3").exists()
+    hosts = [json.loads(x)["event"]["ID"] for x in (root / "state" / "events.jsonl").read_text().splitlines()]
+    assert set(hosts) == sim.truth("host_list")
+    missing = subprocess.run(
+        [str(REPO / "docker" / "entrypoint.sh")],
+        env={**env, "CONFIG_FILE": "nope.yaml"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert missing.returncode == 2
+    assert "CONFIG_FILE" in missing.stderr

@@ -12,8 +12,9 @@ import httpx
 import pytest
 from lxml import etree
 
-from qualys_collector.simulator import Limits, SimConfig, Simulator
+from qualys_collector.simulator import Limits, Simulator
 from qualys_collector.simulator.faults import parse_fault
+from tests.conftest import SimFactory
 from tests.helpers.vmsim import NOW
 
 pytestmark = pytest.mark.integration
@@ -24,19 +25,17 @@ ACTIVITY = "/api/2.0/fo/activity_log/"
 
 
 @pytest.fixture
-def sim() -> Iterator[tuple[Simulator, httpx.Client]]:
-    simulator = Simulator(
-        SimConfig(
-            seed=4,
-            hosts=30,
-            detections_per_host=4,
-            scans=12,
-            activity_rows=60,
-            fim_events=40,
-            fim_incidents=4,
-            base=NOW - timedelta(days=2),
-            span=timedelta(days=2),
-        ),
+def sim(make_sim: SimFactory) -> Iterator[tuple[Simulator, httpx.Client]]:
+    simulator = make_sim(
+        seed=4,
+        hosts=30,
+        detections_per_host=4,
+        scans=12,
+        activity_rows=60,
+        fim_events=40,
+        fim_incidents=4,
+        base=NOW - timedelta(days=2),
+        span=timedelta(days=2),
         vm_limits=Limits(rate=50, window=60, concurrency=2),
     )
     simulator.frozen = NOW
@@ -44,7 +43,6 @@ def sim() -> Iterator[tuple[Simulator, httpx.Client]]:
     client = httpx.Client(base_url=url, auth=("demo", "demo"), headers={"X-Requested-With": "pytest"}, timeout=30)
     yield simulator, client
     client.close()
-    simulator.stop()
 
 
 def xml(response: httpx.Response) -> Any:
@@ -93,6 +91,7 @@ def test_limit_headers_and_409_rate_limit(sim: tuple[Simulator, httpx.Client]) -
     assert post(client, HOSTS).status_code == 200  # limits are per API
 
 
+@pytest.mark.slow
 def test_concurrency_limit_gives_1960_without_rate_headers(sim: tuple[Simulator, httpx.Client]) -> None:
     simulator, client = sim
     simulator.faults.arm(parse_fault("slow:delay=0.3,times=2,path=detection"))

@@ -6,7 +6,7 @@ import logging
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -17,11 +17,11 @@ from qualys_collector.engine.outbox import Outbox
 from qualys_collector.errors import DeliveryError
 from qualys_collector.model import Event, StoredEvent
 from qualys_collector.qualys.retry import RetryPolicy
-from qualys_collector.simulator import Limits, SimConfig, Simulator
+from qualys_collector.simulator import Limits, Simulator
 from qualys_collector.simulator.faults import parse_fault
 from qualys_collector.sinks.base import Ack
 from qualys_collector.sinks.memory import MemorySink
-from tests.conftest import record_reliability
+from tests.conftest import SimFactory, record_reliability
 from tests.helpers.vmsim import NOW, Run, advance, start_sim
 
 pytestmark = pytest.mark.integration
@@ -31,22 +31,18 @@ ALL = {"status": ["New", "Active", "Fixed", "Re-Opened"]}
 
 
 @pytest.fixture
-def sim() -> Iterator[Simulator]:
-    simulator = Simulator(
-        SimConfig(
-            seed=7,
-            hosts=40,
-            detections_per_host=4,
-            scans=25,
-            activity_rows=300,
-            base=NOW - timedelta(days=3),
-            span=timedelta(days=3),
-            host_interval=timedelta(hours=20),
-        ),
+def sim(make_sim: SimFactory) -> Simulator:
+    return make_sim(
+        seed=7,
+        hosts=40,
+        detections_per_host=4,
+        scans=25,
+        activity_rows=300,
+        base=NOW - timedelta(days=3),
+        span=timedelta(days=3),
+        host_interval=timedelta(hours=20),
         vm_limits=Limits(rate=10_000, window=60, concurrency=2),
     )
-    yield simulator
-    simulator.stop()
 
 
 def run(sim: Simulator, tmp_path: Path, services: dict[str, dict[str, object]], **kw: object) -> Run:
@@ -293,6 +289,7 @@ def switchable(up: threading.Event) -> Callable[[Sequence[StoredEvent]], Ack]:
     return handler
 
 
+@pytest.mark.slow
 def test_a_full_outbox_pauses_pulling_until_delivery_resumes(
     sim: Simulator, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -324,19 +321,19 @@ def test_a_full_outbox_pauses_pulling_until_delivery_resumes(
 
 @pytest.mark.reliability
 @pytest.mark.parametrize("skew_minutes", [-10, 10])
-def test_clock_skew_between_qualys_and_us_loses_nothing(tmp_path: Path, skew_minutes: int) -> None:
+def test_clock_skew_between_qualys_and_us_loses_nothing(
+    make_sim: SimFactory, tmp_path: Path, skew_minutes: int
+) -> None:
     """Qualys' clock `skew_minutes` ahead of (or behind) ours, hosts re-processed between cycles: every
     detection version that Qualys showed as current at some query and that fell before our window end
     is delivered."""
-    sim = Simulator(
-        SimConfig(
-            seed=13,
-            hosts=300,
-            detections_per_host=2,
-            base=NOW - timedelta(hours=3),
-            span=timedelta(hours=3),
-            host_interval=timedelta(hours=3),
-        ),
+    sim = make_sim(
+        seed=13,
+        hosts=300,
+        detections_per_host=2,
+        base=NOW - timedelta(hours=3),
+        span=timedelta(hours=3),
+        host_interval=timedelta(hours=3),
         vm_limits=Limits(rate=10_000, window=60, concurrency=2),
     )
     r = run(sim, tmp_path, {"host_list_detection": {"start_time_utc": START, "filters": ALL, "truncation_limit": 50}})
@@ -363,23 +360,23 @@ def test_clock_skew_between_qualys_and_us_loses_nothing(tmp_path: Path, skew_min
                         for d in sim.data.detections(host, k, at)
                     )
                     break
-    sim.stop()
     missing = observable - delivered
     record_reliability(compared=len(observable), lost=len(missing), duplicated=0)
     assert observable
     assert not missing, f"{len(missing)} of {len(observable)} detection versions lost, e.g. {sorted(missing)[:3]}"
 
 
-def test_parallel_batches_under_a_concurrency_of_two_and_a_tight_rate_limit(tmp_path: Path) -> None:
-    sim = Simulator(
-        SimConfig(
-            seed=19,
-            hosts=90,
-            detections_per_host=2,
-            base=NOW - timedelta(days=2),
-            span=timedelta(days=2),
-            host_interval=timedelta(days=3650),
-        ),
+@pytest.mark.slow
+def test_parallel_batches_under_a_concurrency_of_two_and_a_tight_rate_limit(
+    make_sim: SimFactory, tmp_path: Path
+) -> None:
+    sim = make_sim(
+        seed=19,
+        hosts=90,
+        detections_per_host=2,
+        base=NOW - timedelta(days=2),
+        span=timedelta(days=2),
+        host_interval=timedelta(days=3650),
         vm_limits=Limits(rate=5, window=2, concurrency=2),
     )
     r = run(
@@ -399,10 +396,7 @@ def test_parallel_batches_under_a_concurrency_of_two_and_a_tight_rate_limit(tmp_
         attempts=8, total_seconds=120, base_backoff=0.05, max_backoff=0.5, max_wait=3, concurrency_wait=0.2
     )
     r.sleep = None  # real waits: the budget must space the calls
-    try:
-        assert r.cycle()
-    finally:
-        sim.stop()
+    assert r.cycle()
     keys = r.keys("vuln.qualys.hostdetections", "@detection_key")
     truth = sim.truth("host_list_detection", None, NOW)
     assert set(keys) == truth

@@ -7,7 +7,6 @@ from __future__ import annotations
 import logging
 import re
 import threading
-from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 
@@ -16,9 +15,9 @@ import pytest
 
 from qualys_collector.engine.cycle import CycleStats, Job
 from qualys_collector.engine.outbox import Outbox
-from qualys_collector.simulator import Limits, SimConfig, Simulator
+from qualys_collector.simulator import Limits, Simulator
 from qualys_collector.simulator.faults import parse_fault
-from tests.conftest import record_reliability
+from tests.conftest import SimFactory, record_reliability
 from tests.helpers.kit import Recorder
 from tests.helpers.vmsim import NOW, Run, start_sim
 
@@ -29,20 +28,16 @@ ALL = {"status": ["New", "Active", "Fixed", "Re-Opened"]}
 
 
 @pytest.fixture
-def sim() -> Iterator[Simulator]:
-    simulator = Simulator(
-        SimConfig(
-            seed=23,
-            hosts=60,
-            detections_per_host=3,
-            base=NOW - timedelta(days=2),
-            span=timedelta(days=2),
-            host_interval=timedelta(days=3650),  # each host processed once
-        ),
+def sim(make_sim: SimFactory) -> Simulator:
+    return make_sim(
+        seed=23,
+        hosts=60,
+        detections_per_host=3,
+        base=NOW - timedelta(days=2),
+        span=timedelta(days=2),
+        host_interval=timedelta(days=3650),  # each host processed once
         vm_limits=Limits(rate=10_000, window=60, concurrency=2),
     )
-    yield simulator
-    simulator.stop()
 
 
 @pytest.fixture
@@ -105,18 +100,18 @@ def test_an_undecodable_answer_in_one_batch_fails_the_window_and_the_rerun_deliv
     record_reliability(compared=len(truth), lost=len(truth - set(keys)), duplicated=sum(keys.values()) - len(keys))
 
 
-def test_a_batch_that_times_out_after_committed_pages_is_split_from_the_committed_point(tmp_path: Path) -> None:
+def test_a_batch_that_times_out_after_committed_pages_is_split_from_the_committed_point(
+    make_sim: SimFactory, tmp_path: Path
+) -> None:
     """Before, the halves of a timed-out batch started at the batch's first host: every page already
     committed was pulled and delivered again (``hosts_received > hosts_expected``)."""
-    sim = Simulator(
-        SimConfig(
-            seed=31,
-            hosts=40,
-            detections_per_host=2,
-            base=NOW - timedelta(days=2),
-            span=timedelta(days=2),
-            host_interval=timedelta(days=3650),
-        ),
+    sim = make_sim(
+        seed=31,
+        hosts=40,
+        detections_per_host=2,
+        base=NOW - timedelta(days=2),
+        span=timedelta(days=2),
+        host_interval=timedelta(days=3650),
         vm_limits=Limits(rate=10_000, window=60, concurrency=20),  # slow answers must not turn into 409s
     )
     options = {
@@ -141,7 +136,6 @@ def test_a_batch_that_times_out_after_committed_pages_is_split_from_the_committe
         assert collector.run_once()
     finally:
         collector.close()
-        sim.stop()
     assert armed
     keys = r.keys("vuln.qualys.hostdetections", "@detection_key")
     truth = sim.truth("host_list_detection", None, NOW)

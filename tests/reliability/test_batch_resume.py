@@ -19,8 +19,9 @@ import psutil
 import pytest
 
 from qualys_collector.engine.outbox import DB_NAME
-from qualys_collector.simulator import Limits, SimConfig, Simulator
-from tests.conftest import record_reliability
+from qualys_collector.simulator import Limits
+from tests.conftest import SimFactory, record_reliability
+from tests.helpers.kit import file_output, raw_config, vm_input, write_config
 
 pytestmark = [pytest.mark.reliability, pytest.mark.integration]
 CLI = [sys.executable, "-m", "qualys_collector"]
@@ -42,64 +43,51 @@ def parse_processes_after(seconds: float) -> list[psutil.Process]:
         time.sleep(0.1)
 
 
-def test_a_crash_mid_run_resumes_at_the_first_unfinished_batch(tmp_path: Path) -> None:
+@pytest.mark.slow
+def test_a_crash_mid_run_resumes_at_the_first_unfinished_batch(make_sim: SimFactory, tmp_path: Path) -> None:
     now = datetime.now(UTC).replace(microsecond=0)
-    sim = Simulator(
-        SimConfig(
-            seed=29,
-            hosts=90,
-            detections_per_host=2,
-            base=now - timedelta(days=4),
-            span=timedelta(days=2),
-            host_interval=timedelta(days=3650),  # each host processed once, two to four days ago
-        ),
+    sim = make_sim(
+        seed=29,
+        hosts=90,
+        detections_per_host=2,
+        base=now - timedelta(days=4),
+        span=timedelta(days=2),
+        host_interval=timedelta(days=3650),  # each host processed once, two to four days ago
         vm_limits=Limits(rate=5, window=2, concurrency=2),
     )
     url = sim.start()
-    config = tmp_path / "config.json"
-    config.write_text(
-        json.dumps(
-            {
-                "globals": {"persistence": {"config": {"directory_name": str(tmp_path / "state")}}},
-                "outputs": {"file": {"type": "file", "config": {"path": str(tmp_path / "events.jsonl")}}},
-                "inputs": {
-                    "qualys": {
-                        "id": "crash",
-                        "credentials": {"base_url": url, "username": "demo", "password": "demo"},
-                        "services": {
-                            "host_list_detection": {
-                                "start_time_utc": (now - timedelta(days=5)).strftime("%Y-%m-%dT%H:%M:%SZ"),
-                                "batch_size": 10,
-                                "max_workers": 2,
-                                "parse_processes": 2,  # the parsing processes must not outlive a kill
-                            }
-                        },
-                    }
-                },
-            }
-        )
+    services = {
+        "host_list_detection": {
+            "start_time_utc": (now - timedelta(days=5)).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "batch_size": 10,
+            "max_workers": 2,
+            "parse_processes": 2,  # the parsing processes must not outlive a kill
+        }
+    }
+    raw = raw_config(
+        tmp_path / "state",
+        qualys=vm_input(url, services, id="crash"),
+        outputs=file_output(tmp_path / "events.jsonl", name="file"),
     )
-    try:
-        killed = subprocess.run([sys.executable, str(CHILD), str(config), str(KILL_AFTER_PAGES)], timeout=120)
-        assert killed.returncode == -9, "the collector was not killed mid-run"
-        assert not parse_processes_after(5.0), "parsing processes outlived the killed collector"
-        before = list(sim.vm_calls)
+    config = write_config(tmp_path / "config.json", raw)
+    killed = subprocess.run([sys.executable, str(CHILD), str(config), str(KILL_AFTER_PAGES)], timeout=120)
+    assert killed.returncode == -9, "the collector was not killed mid-run"
+    assert not parse_processes_after(5.0), "parsing processes outlived the killed collector"
+    before = list(sim.vm_calls)
 
-        with sqlite3.connect(tmp_path / "state" / DB_NAME) as db:
-            (stored,) = db.execute("SELECT data FROM checkpoints WHERE service = 'host_list_detection'").fetchone()
-        progress = json.loads(stored)["window"]["token"]
-        plan = [f"{low}-{high}" for low, high in progress["plan"]]
-        finished = {plan[i] for i in progress["done"]}
-        assert len(plan) == 9
-        assert len(finished) == KILL_AFTER_PAGES  # one page per batch of ten hosts: three batches committed
+    with sqlite3.connect(tmp_path / "state" / DB_NAME) as db:
+        (stored,) = db.execute("SELECT data FROM checkpoints WHERE service = 'host_list_detection'").fetchone()
+    progress = json.loads(stored)["window"]["token"]
+    plan = [f"{low}-{high}" for low, high in progress["plan"]]
+    finished = {plan[i] for i in progress["done"]}
+    assert len(plan) == 9
+    assert len(finished) == KILL_AFTER_PAGES  # one page per batch of ten hosts: three batches committed
 
-        log = tmp_path / "resumed.log"
-        with log.open("wb") as sink:
-            resumed = subprocess.run([*CLI, "run", "-c", str(config), "--once"], timeout=120, stderr=sink)
-        assert resumed.returncode == 0, log.read_text()[-3000:]
-        after = sim.vm_calls[len(before) :]
-    finally:
-        sim.stop()
+    log = tmp_path / "resumed.log"
+    with log.open("wb") as sink:
+        resumed = subprocess.run([*CLI, "run", "-c", str(config), "--once"], timeout=120, stderr=sink)
+    assert resumed.returncode == 0, log.read_text()[-3000:]
+    after = sim.vm_calls[len(before) :]
 
     assert not [call for call in after if call[0] != "asset/host/vm/detection"], "the host IDs were listed again"
     pulled_again = Counter(params["ids"] for _resource, params in after)

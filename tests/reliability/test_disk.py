@@ -10,55 +10,40 @@ import sqlite3
 import subprocess
 import sys
 from collections import Counter
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-import yaml
 
-from qualys_collector.simulator import Limits, SimConfig, Simulator
-from tests.conftest import record_reliability
+from qualys_collector.simulator import Limits, Simulator
+from tests.conftest import SimFactory, record_reliability
+from tests.helpers.kit import file_output, raw_config, vm_input, write_config
 
 pytestmark = [pytest.mark.reliability, pytest.mark.integration]
 CLI = [sys.executable, "-m", "qualys_collector"]
 
 
 @pytest.fixture
-def setup(tmp_path: Path) -> Iterator[tuple[Simulator, Path]]:
+def setup(make_sim: SimFactory, tmp_path: Path) -> tuple[Simulator, Path]:
     now = datetime.now(UTC).replace(microsecond=0)
-    sim = Simulator(
-        SimConfig(
-            seed=31,
-            hosts=80,
-            detections_per_host=5,
-            base=now - timedelta(days=1),
-            span=timedelta(hours=23),
-            host_interval=timedelta(days=3650),
-        ),
+    sim = make_sim(
+        seed=31,
+        hosts=80,
+        detections_per_host=5,
+        base=now - timedelta(days=1),
+        span=timedelta(hours=23),
+        host_interval=timedelta(days=3650),
         vm_limits=Limits(rate=100_000, window=60, concurrency=2),
     )
     url = sim.start()
-    config = {
-        "globals": {"persistence": {"config": {"directory_name": str(tmp_path / "state")}}},
-        "outputs": {"out": {"type": "file", "config": {"path": str(tmp_path / "out" / "events.jsonl")}}},
-        "inputs": {
-            "qualys": {
-                "id": "d",
-                "credentials": {"base_url": url, "username": "demo", "password": "demo"},
-                "services": {
-                    "host_list_detection": {
-                        "start_time_utc": (now - timedelta(days=2)).strftime("%Y-%m-%dT%H:%M:%SZ"),
-                        "truncation_limit": 10,
-                    }
-                },
-            }
-        },
-    }
-    path = tmp_path / "config.yaml"
-    path.write_text(yaml.safe_dump(config))
-    yield sim, path
-    sim.stop()
+    start = (now - timedelta(days=2)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    services = {"host_list_detection": {"start_time_utc": start, "truncation_limit": 10}}
+    raw = raw_config(
+        tmp_path / "state",
+        qualys=vm_input(url, services, id="d"),
+        outputs=file_output(tmp_path / "out" / "events.jsonl"),
+    )
+    return sim, write_config(tmp_path / "config.yaml", raw)
 
 
 def delivered(tmp_path: Path) -> Counter[str]:
@@ -85,6 +70,7 @@ def limit_file_size() -> None:
     resource.setrlimit(resource.RLIMIT_FSIZE, (160_000, 160_000))
 
 
+@pytest.mark.slow
 def test_a_full_disk_is_a_clear_error_and_corrupts_nothing(setup: tuple[Simulator, Path], tmp_path: Path) -> None:
     sim, config = setup
     state = tmp_path / "state"

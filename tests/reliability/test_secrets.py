@@ -5,19 +5,19 @@ from __future__ import annotations
 
 import io
 import logging
-from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 
 import pytest
 
 from qualys_collector.app import Collector
-from qualys_collector.config import build_config
 from qualys_collector.observability.logging import setup_logging
 from qualys_collector.qualys.retry import RetryPolicy
-from qualys_collector.simulator import SimConfig, Simulator
+from qualys_collector.simulator import Simulator
 from qualys_collector.simulator.faults import parse_fault
-from tests.helpers.kit import clients, no_sleep
+from tests.conftest import SimFactory
+from tests.helpers.kit import clients, fim_input, no_sleep, vm_input
+from tests.helpers.kit import config as kit_config
 from tests.helpers.vmsim import NOW, start_sim
 
 pytestmark = [pytest.mark.reliability, pytest.mark.integration]
@@ -28,19 +28,17 @@ USER = "canary-user"
 
 
 @pytest.fixture
-def sim() -> Iterator[Simulator]:
-    simulator = Simulator(
-        SimConfig(
-            seed=8,
-            hosts=12,
-            detections_per_host=3,
-            scans=6,
-            activity_rows=40,
-            fim_events=60,
-            fim_incidents=3,
-            base=NOW - timedelta(days=2),
-            span=timedelta(days=2),
-        ),
+def sim(make_sim: SimFactory) -> Simulator:
+    simulator = make_sim(
+        seed=8,
+        hosts=12,
+        detections_per_host=3,
+        scans=6,
+        activity_rows=40,
+        fim_events=60,
+        fim_incidents=3,
+        base=NOW - timedelta(days=2),
+        span=timedelta(days=2),
         username=USER,
         password=PASSWORD,
     )
@@ -53,41 +51,27 @@ def sim() -> Iterator[Simulator]:
         return token
 
     simulator.tokens.issue = recording  # type: ignore[method-assign]
-    yield simulator
-    simulator.stop()
+    return simulator
 
 
 def config(url: str, state: Path, password: str) -> object:
-    credentials = {"base_url": url, "username": USER, "password": password}
     start = {"start_time_utc": "2026-05-29T00:00:00Z"}
-    return build_config(
-        {
-            "globals": {"persistence": {"config": {"directory_name": str(state)}}},
-            "inputs": {
-                "qualys": {
-                    "id": "s",
-                    "credentials": credentials,
-                    "obfuscation_salt": SALT,
-                    "connection": {"max_attempts": 2, "max_retry_seconds": 5, "max_wait_seconds": 0.1},
-                    "services": {
-                        "vm_scans": start,
-                        "host_list": start,
-                        "user_activity": start,
-                        "host_list_detection": {**start, "obfuscation": [{"field": "HOST.IP", "action": "hash"}]},
-                    },
-                },
-                "qualys_fim": {
-                    "id": "s",
-                    "credentials": {**credentials, "auth_url": f"{url}/auth"},
-                    "connection": {"max_attempts": 2, "max_retry_seconds": 5, "max_wait_seconds": 0.1},
-                    "services": {
-                        "fim_events": {**start, "settle_lag_seconds": 0},
-                        "fim_incidents": {**start, "settle_lag_seconds": 0, "include_events": True},
-                    },
-                },
-            },
-        },
-        warnings=[],
+    connection = {"max_attempts": 2, "max_retry_seconds": 5, "max_wait_seconds": 0.1}
+    vm = {
+        "vm_scans": start,
+        "host_list": start,
+        "user_activity": start,
+        "host_list_detection": {**start, "obfuscation": [{"field": "HOST.IP", "action": "hash"}]},
+    }
+    fim = {
+        "fim_events": {**start, "settle_lag_seconds": 0},
+        "fim_incidents": {**start, "settle_lag_seconds": 0, "include_events": True},
+    }
+    login = {"id": "s", "username": USER, "password": password, "connection": connection}
+    return kit_config(
+        state,
+        qualys=vm_input(url, vm, obfuscation_salt=SALT, **login),
+        qualys_fim=fim_input(url, fim, auth_url=f"{url}/auth", **login),
     )
 
 
