@@ -10,23 +10,25 @@ from pathlib import Path
 from typing import Any
 
 from qualys_collector.config.schema import (
-    DEFAULT_TAGS,
     CollectorConfig,
+    Connection,
     FimInput,
-    ServiceOptions,
     VmInput,
 )
 from qualys_collector.engine.cycle import Job
 from qualys_collector.engine.obfuscate import compile_rules
 from qualys_collector.engine.outbox import Outbox
 from qualys_collector.engine.scheduler import Scheduler
-from qualys_collector.errors import CollectorError, ConfigError
+from qualys_collector.errors import CollectorError
 from qualys_collector.model import utcnow
 from qualys_collector.observability.memory import gc_line
 from qualys_collector.observability.metrics import Metrics, MetricsObserver, serve
 from qualys_collector.observability.observer import Observer, Observers
+from qualys_collector.qualys.budget import ApiBudget
+from qualys_collector.qualys.http import HttpSettings
 from qualys_collector.qualys.retry import RetryPolicy
-from qualys_collector.services.registry import load_all
+from qualys_collector.services.catalog import BY_NAME
+from qualys_collector.services.options import ServiceOptions
 from qualys_collector.sinks.base import BuildContext, Sink
 from qualys_collector.sinks.drain import Drainer
 from qualys_collector.sinks.file import FileSink
@@ -51,6 +53,18 @@ def build_sinks(config: CollectorConfig, state_dir: Path) -> list[Sink]:
     return [build_sink(name, output, context) for name, output in config.outputs.items()]
 
 
+def http_settings(connection: Connection) -> HttpSettings:
+    """``inputs.<input>.connection`` as the HTTP seam's settings."""
+    c = connection
+    return HttpSettings(c.verify_tls, c.ca_bundle, c.proxy, c.request_timeout_seconds)
+
+
+def retry_policy(connection: Connection) -> RetryPolicy:
+    """``inputs.<input>.connection``'s retry bounds."""
+    c = connection
+    return RetryPolicy(attempts=c.max_attempts, total_seconds=c.max_retry_seconds, max_wait=c.max_wait_seconds)
+
+
 def build_client(
     input_name: str,
     block: VmInput | FimInput,
@@ -61,7 +75,8 @@ def build_client(
     clock: Callable[[], datetime] = utcnow,
     policy: RetryPolicy | None = None,
 ) -> Any:
-    """The Qualys client of one input (one per subscription, shared by its services).
+    """The Qualys client of one input (one per subscription, shared by its services), from the settings the
+    input's block describes: the clients never read the configuration themselves.
 
     ``stop`` ends its waits, ``observer`` hears its answers; ``sleep``, ``clock`` (the FIM token's expiry) and
     ``policy`` (instead of the configured retry bounds) are for tests.
@@ -69,11 +84,31 @@ def build_client(
     if isinstance(block, VmInput):
         from qualys_collector.qualys.vm import VmClient
 
-        return VmClient.from_config(block, stop=stop, observer=observer, sleep=sleep, policy=policy)
+        limits = block.requests_limits
+        return VmClient(
+            block.credentials.api_url,
+            block.credentials.username,
+            block.credentials.password.get_secret_value(),
+            settings=http_settings(block.connection),
+            budget=ApiBudget(calls_per_period=(limits.max_calls, limits.period_seconds) if limits else None),
+            policy=policy or retry_policy(block.connection),
+            stop=stop,
+            observer=observer,
+            sleep=sleep,
+        )
     from qualys_collector.qualys.fim import FimClient
 
-    return FimClient.from_config(
-        block, stop=stop, observer=observer, sleep=sleep, clock=lambda: clock().timestamp(), policy=policy
+    return FimClient(
+        block.credentials.base_url,
+        block.credentials.token_url,
+        block.credentials.username,
+        block.credentials.password.get_secret_value(),
+        settings=http_settings(block.connection),
+        policy=policy or retry_policy(block.connection),
+        stop=stop,
+        observer=observer,
+        sleep=sleep,
+        clock=lambda: clock().timestamp(),
     )
 
 
@@ -100,13 +135,7 @@ def build_jobs(
         for service, options in block.services.items():
             if not options.enabled:
                 continue
-            entry = load_all().get(service)
-            if entry is None:
-                raise ConfigError(
-                    f"inputs.{input_name}.services.{service}",
-                    "this service is not available in this version",
-                    fix="remove it from the configuration or upgrade qualys-collector",
-                )
+            entry = BY_NAME[service]  # the configuration accepts only the catalog's services
             if client is None:
                 client = clients(input_name, block, stop=stop, observer=observer, sleep=sleep, clock=clock)
             salt = block.obfuscation_salt.get_secret_value() if block.obfuscation_salt else None
@@ -131,7 +160,7 @@ def make_job(
         input_id=input_id,
         spec=spec,
         source=source,
-        tag=options.override_tag or DEFAULT_TAGS.get(spec.name, spec.default_tag),
+        tag=options.override_tag or spec.default_tag,
         start_time=options.start_time_utc,
         environment=environment,
         period=timedelta(seconds=options.request_period_in_seconds),

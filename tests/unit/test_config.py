@@ -11,8 +11,9 @@ from click.testing import CliRunner
 
 from qualys_collector.cli import main
 from qualys_collector.config import load_config
-from qualys_collector.config.schema import HostListDetectionOptions, HostListOptions
 from qualys_collector.errors import ConfigError
+from qualys_collector.services.host_list import HostListOptions
+from qualys_collector.services.host_list_detection import HostListDetectionOptions
 from qualys_collector.sinks.file import FileOutput
 
 # The seed's on-premises config.yaml (001_*.txt), placeholders filled, its `vm_scans::` typo kept.

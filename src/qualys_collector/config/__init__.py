@@ -3,6 +3,6 @@
 from __future__ import annotations
 
 from qualys_collector.config.load import build_config, load_config
-from qualys_collector.config.schema import DEFAULT_TAGS, CollectorConfig
+from qualys_collector.config.schema import CollectorConfig
 
-__all__ = ["DEFAULT_TAGS", "CollectorConfig", "build_config", "load_config"]
+__all__ = ["CollectorConfig", "build_config", "load_config"]

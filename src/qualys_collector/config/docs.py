@@ -1,4 +1,5 @@
-"""Render ``docs/configuration.md`` from the configuration models, so the reference cannot drift.
+"""Render ``docs/configuration.md`` from the configuration models (``config/schema.py`` and each service's
+own, in the catalog's order), so the reference cannot drift.
 
 python -m qualys_collector.config.docs > docs/configuration.md
 """
@@ -7,12 +8,15 @@ from __future__ import annotations
 
 import inspect
 import re
+from collections.abc import Iterator
 from typing import Any
 
 from pydantic import BaseModel
 from pydantic_core import PydanticUndefined
 
 from qualys_collector.config import schema
+from qualys_collector.services.catalog import SERVICES
+from qualys_collector.services.options import ObfuscationRule, ServiceOptions, StrictOptions
 from qualys_collector.sinks.registry import OUTPUT_TYPES
 
 SECTIONS: list[tuple[str, type[BaseModel]]] = [
@@ -31,23 +35,24 @@ SECTIONS: list[tuple[str, type[BaseModel]]] = [
     ("inputs.qualys_fim.credentials", schema.FimCredentials),
     ("inputs.<input>.connection", schema.Connection),
     ("inputs.<input>.requests_limits", schema.RequestsLimits),
-    ("every service (options shared by all six)", schema.ServiceOptions),
-    ("services.*.obfuscation[]", schema.ObfuscationRule),
-    ("services.vm_scans", schema.VmScansOptions),
-    ("services.host_list", schema.HostListOptions),
-    ("services.host_list.filters", schema.HostListFilters),
-    ("services.host_list_detection", schema.HostListDetectionOptions),
-    ("services.host_list_detection.filters", schema.DetectionFilters),
-    ("services.user_activity", schema.UserActivityOptions),
-    ("services.fim_events", schema.FimEventsOptions),
-    ("services.fim_incidents", schema.FimIncidentsOptions),
+    ("every service (options shared by all six)", ServiceOptions),
+    ("services.*.obfuscation[]", ObfuscationRule),
 ]
+
+
+def service_sections() -> Iterator[tuple[str, type[BaseModel]]]:
+    """Each service's options model (the catalog's order), then its nested blocks such as ``filters``."""
+    for entry in SERVICES:
+        yield f"services.{entry.name}", entry.options
+        for name, field in entry.options.model_fields.items():
+            if isinstance(field.annotation, type) and issubclass(field.annotation, StrictOptions):
+                yield f"services.{entry.name}.{name}", field.annotation
 
 
 def _type(annotation: Any) -> str:
     text = getattr(annotation, "__name__", None) if isinstance(annotation, type) else None
     text = text or str(annotation)
-    text = re.sub(r"qualys_collector\.config\.schema\.", "", text)
+    text = re.sub(r"qualys_collector\.(\w+\.)+", "", text)
     text = re.sub(r"typing\.|pydantic\.types\.", "", text)
     text = text.replace("NoneType", "None").replace("Annotated[Union[", "one of [")
     return text.replace("|", "\\|")
@@ -69,19 +74,19 @@ def render() -> str:
     out = [
         "# Configuration reference",
         "",
-        "Generated from `src/qualys_collector/config/schema.py` by `python -m qualys_collector.config.docs`;",
+        "Generated from the configuration models by `python -m qualys_collector.config.docs`;",
         "a test fails when this file and the models disagree. See README.md for worked examples.",
         "",
     ]
-    base_fields = set(schema.ServiceOptions.model_fields)
-    for title, model in SECTIONS:
+    base_fields = set(ServiceOptions.model_fields)
+    for title, model in [*SECTIONS, *service_sections()]:
         doc = inspect.getdoc(model) or ""
         out += [f"## {title}", "", doc.splitlines()[0] if doc else "", "", "| key | type | default |", "|---|---|---|"]
         for name, field in model.model_fields.items():
             if name == "source_path":
                 continue
-            inherited = model is not schema.ServiceOptions and issubclass(model, schema.ServiceOptions)
-            if inherited and name in base_fields and field.default == schema.ServiceOptions.model_fields[name].default:
+            inherited = model is not ServiceOptions and issubclass(model, ServiceOptions)
+            if inherited and name in base_fields and field.default == ServiceOptions.model_fields[name].default:
                 continue
             out.append(f"| `{name}` | {_type(field.annotation)} | {_default(field)} |")
         out.append("")

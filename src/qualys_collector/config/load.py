@@ -19,19 +19,19 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from qualys_collector.config.schema import (
-    FIM_SERVICES,
-    VM_SERVICES,
-    CollectorConfig,
-    ServiceOptions,
-)
+from qualys_collector.config.schema import CollectorConfig
 from qualys_collector.errors import ConfigError
 from qualys_collector.model import SEED_DATETIME_FORMAT, utcnow
 from qualys_collector.redact import is_secret_key, register_secret
+from qualys_collector.services.catalog import options_models
+from qualys_collector.services.options import ServiceOptions
 from qualys_collector.sinks.registry import output_type_names
 
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
-_INPUT_SERVICES: dict[str, dict[str, type[ServiceOptions]]] = {"qualys": VM_SERVICES, "qualys_fim": FIM_SERVICES}
+_INPUT_SERVICES: dict[str, dict[str, type[ServiceOptions]]] = {
+    "qualys": options_models("qualys"),
+    "qualys_fim": options_models("qualys_fim"),
+}
 
 
 def load_config(path: Path, *, warn: Callable[[str], None] | None = None) -> CollectorConfig:
@@ -142,11 +142,7 @@ def _input(name: str, block: Any, warnings: list[str]) -> dict[str, Any]:
             options.setdefault("start_time_utc", options.pop("start_time_in_utc"))
         if "start_time_utc" in options:
             options["start_time_utc"] = _start_time(options["start_time_utc"], f"{spath}.start_time_utc")
-        filters = options.get("filters")
-        if service == "host_list_detection" and isinstance(filters, dict) and "details" in filters:
-            warnings.append(
-                f"{spath}.filters.details has no effect on host list detection (it is a host list filter); remove it"
-            )
+        warnings += model.config_warnings(options, spath)
         try:
             parsed[service] = model.model_validate(options)
         except ValidationError as exc:

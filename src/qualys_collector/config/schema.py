@@ -10,27 +10,16 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
+from qualys_collector.services.options import ServiceOptions
 from qualys_collector.sinks.registry import Output
 
-TAG_PATTERN = re.compile(r"^[a-z0-9_-]+(\.[a-z0-9_-]+){1,15}$")
 ID_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,32}$")
-
-#: Default Devo tag of each service (from the seeds).
-DEFAULT_TAGS: dict[str, str] = {
-    "vm_scans": "vuln.qualys.vulnerabilities",
-    "host_list": "vuln.qualys.hosts",
-    "host_list_detection": "vuln.qualys.hostdetections",
-    "user_activity": "vuln.qualys.useractivitylog",
-    "fim_events": "monitor.qualys.fim.event",
-    "fim_incidents": "monitor.qualys.fim.incident",
-}
 
 
 class Strict(BaseModel):
@@ -106,154 +95,8 @@ class Globals(BaseModel):
 
 # ----------------------------------------------------------------------------------------- services
 
-Flag = Literal[0, 1]
-
-
-def _flag(value: Any) -> Any:
-    """Accept the seed's ``"1"``/``"0"`` strings, ints and booleans for 0/1 filters."""
-    if isinstance(value, bool):
-        return int(value)
-    if isinstance(value, str) and value.strip() in ("0", "1"):
-        return int(value.strip())
-    return value
-
-
-class ObfuscationRule(Strict):
-    """One field of the events to hash, mask or drop before they are stored."""
-
-    field: str = Field(min_length=1, pattern=r"^[^.\s]+(\.[^.\s]+)*$")
-    action: Literal["hash", "mask", "drop"]
-
-
-class ServiceOptions(Strict):
-    """Options every service accepts."""
-
-    enabled: bool = True
-    obfuscation: list[ObfuscationRule] = Field(default_factory=list)
-    request_period_in_seconds: int = Field(default=60, ge=1, le=86400 * 7)
-    override_tag: str | None = None
-    start_time_utc: datetime | None = None
-    settle_lag_seconds: int = Field(default=0, ge=0, le=86400)
-    max_window_seconds: int | None = Field(default=None, ge=60)
-
-    @field_validator("override_tag")
-    @classmethod
-    def _tag(cls, value: str | None) -> str | None:
-        if value is not None and not TAG_PATTERN.match(value):
-            raise ValueError(
-                f"{value!r} is not a valid Devo tag: use 2-16 dot-separated parts of lowercase letters, "
-                "digits, '_' or '-' (for example my.app.qualys.scans)"
-            )
-        return value
-
-
-class HostListFilters(Strict):
-    """The seed's host list filters."""
-
-    details: Literal["Basic", "Basic/AGs", "All", "All/AGs"] = "All"
-    show_asset_id: Flag = 1
-    show_tags: Flag = 0
-    show_cloud_tags: Flag = 0
-
-    _flags = field_validator("show_asset_id", "show_tags", "show_cloud_tags", mode="before")(_flag)
-
-
-DetectionStatus = Literal["New", "Active", "Fixed", "Re-Opened"]
-ALL_STATUSES: tuple[DetectionStatus, ...] = ("New", "Active", "Fixed", "Re-Opened")
-
-
-class DetectionFilters(Strict):
-    """The seed's host list detection filters (``details`` appears in its example; it is ignored)."""
-
-    status: list[DetectionStatus] = Field(default_factory=lambda: list(ALL_STATUSES))
-    show_asset_id: Flag = 1
-    show_tags: Flag = 0
-    show_reopened_info: Flag = 0
-    details: str | None = None
-
-    _flags = field_validator("show_asset_id", "show_tags", "show_reopened_info", mode="before")(_flag)
-
-    @field_validator("status", mode="before")
-    @classmethod
-    def _status(cls, value: Any) -> Any:
-        if isinstance(value, str):
-            return [part.strip() for part in value.split(",") if part.strip()]
-        return value
-
-
-class VmScansOptions(ServiceOptions):
-    """``vm_scans``."""
-
-    api_version: str = "3.0"
-
-
-class HostListOptions(ServiceOptions):
-    """``host_list``."""
-
-    api_version: str = "5.0"
-    truncation_limit: int = Field(default=1000, ge=1, le=1_000_000)
-    filters: HostListFilters = HostListFilters()
-
-
-class HostListDetectionOptions(ServiceOptions):
-    """``host_list_detection``."""
-
-    api_version: str = "5.0"
-    truncation_limit: int = Field(default=1000, ge=1, le=1_000_000)
-    results_max_length: int | None = Field(default=None, ge=64)
-    parallel: bool = True
-    batch_size: int = Field(default=500, ge=1, le=1000)
-    max_workers: int | None = Field(default=None, ge=1, le=64)
-    parse_processes: int = Field(default=0, ge=0, le=64)
-    summary_tag: str | None = None
-    filters: DetectionFilters = DetectionFilters()
-
-
-class UserActivityOptions(ServiceOptions):
-    """``user_activity``."""
-
-    api_version: str = "2.0"
-    truncation_limit: int = Field(default=1000, ge=1, le=1_000_000)
-
-
-class FimEventsOptions(ServiceOptions):
-    """``fim_events``."""
-
-    settle_lag_seconds: int = Field(default=30, ge=0, le=86400)
-    page_size: int = Field(default=1000, ge=1, le=1000)
-    filter: str | None = None
-
-    @field_validator("filter")
-    @classmethod
-    def _qql(cls, value: str | None) -> str | None:
-        if value and re.search(r"\b(processedTime|dateTime)\b", value):
-            raise ValueError(
-                "the filter may not name processedTime or dateTime: the collector windows on processedTime "
-                "itself; remove that part of the filter and use start_time_utc instead"
-            )
-        return value
-
-
-class FimIncidentsOptions(ServiceOptions):
-    """``fim_incidents``."""
-
-    settle_lag_seconds: int = Field(default=30, ge=0, le=86400)
-    page_size: int = Field(default=1000, ge=1, le=1000)
-    window_field: Literal["lastUpdatedBy.date", "createdBy.date"] = "lastUpdatedBy.date"
-    include_events: bool = False
-    events_tag: str | None = None
-
-
-VM_SERVICES: dict[str, type[ServiceOptions]] = {
-    "vm_scans": VmScansOptions,
-    "host_list": HostListOptions,
-    "host_list_detection": HostListDetectionOptions,
-    "user_activity": UserActivityOptions,
-}
-FIM_SERVICES: dict[str, type[ServiceOptions]] = {
-    "fim_events": FimEventsOptions,
-    "fim_incidents": FimIncidentsOptions,
-}
+# Each service owns its options model in its module under ``services/`` (on the common base
+# :class:`~qualys_collector.services.options.ServiceOptions`); ``services/catalog.py`` lists them.
 
 # ----------------------------------------------------------------------------------------- inputs
 

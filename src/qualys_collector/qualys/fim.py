@@ -17,7 +17,6 @@ from typing import Any
 
 import httpx
 
-from qualys_collector.config.schema import FimInput
 from qualys_collector.errors import PullError, SetupError, SourceError
 from qualys_collector.qualys.http import ApiObserver, HttpSettings, make_client
 from qualys_collector.qualys.retry import Action, RetryPolicy, resolve_gateway
@@ -140,33 +139,6 @@ class FimClient:
         self._local = threading.local()
         self.stop = stop
         self.observer = observer
-
-    @classmethod
-    def from_config(
-        cls,
-        block: FimInput,
-        *,
-        stop: threading.Event | None = None,
-        observer: ApiObserver | None = None,
-        sleep: Callable[[float], None] | None = None,
-        clock: Callable[[], float] = time.time,
-        policy: RetryPolicy | None = None,
-    ) -> FimClient:
-        """A client from ``inputs.qualys_fim`` (``policy`` replaces the configured retry bounds, for tests)."""
-        c = block.connection
-        return cls(
-            block.credentials.base_url,
-            block.credentials.token_url,
-            block.credentials.username,
-            block.credentials.password.get_secret_value(),
-            settings=HttpSettings(c.verify_tls, c.ca_bundle, c.proxy, c.request_timeout_seconds),
-            policy=policy
-            or RetryPolicy(attempts=c.max_attempts, total_seconds=c.max_retry_seconds, max_wait=c.max_wait_seconds),
-            stop=stop,
-            observer=observer,
-            sleep=sleep,
-            clock=clock,
-        )
 
     @property
     def requests(self) -> int:

@@ -16,7 +16,6 @@ from typing import Any
 
 import httpx
 
-from qualys_collector.config.schema import VmInput
 from qualys_collector.errors import DataError, PullError, PullTimeoutError, SetupError, SourceError
 from qualys_collector.model import JSON, Page
 from qualys_collector.qualys.budget import ApiBudget
@@ -65,32 +64,6 @@ class VmClient:
         self._local = threading.local()
         self.total_requests = 0
         self._lock = threading.Lock()
-
-    @classmethod
-    def from_config(
-        cls,
-        block: VmInput,
-        *,
-        stop: threading.Event | None = None,
-        observer: ApiObserver | None = None,
-        sleep: Callable[[float], None] | None = None,
-        policy: RetryPolicy | None = None,
-    ) -> VmClient:
-        """A client from ``inputs.qualys`` (``policy`` replaces the configured retry bounds, for tests)."""
-        c = block.connection
-        limits = block.requests_limits
-        return cls(
-            block.credentials.api_url,
-            block.credentials.username,
-            block.credentials.password.get_secret_value(),
-            settings=HttpSettings(c.verify_tls, c.ca_bundle, c.proxy, c.request_timeout_seconds),
-            budget=ApiBudget(calls_per_period=(limits.max_calls, limits.period_seconds) if limits else None),
-            policy=policy
-            or RetryPolicy(attempts=c.max_attempts, total_seconds=c.max_retry_seconds, max_wait=c.max_wait_seconds),
-            stop=stop,
-            observer=observer,
-            sleep=sleep,
-        )
 
     def close(self) -> None:
         """Close connections."""

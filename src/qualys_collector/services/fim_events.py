@@ -7,16 +7,18 @@ the checkpoint (and the ``searchAfter`` position) moves after every page.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from datetime import timedelta
 
-from qualys_collector.config.schema import FimEventsOptions
+from pydantic import Field, field_validator
+
 from qualys_collector.errors import DataError
 from qualys_collector.model import JSON, Page, Record, Window, parse_iso_datetime
 from qualys_collector.qualys.fim import FimClient
 from qualys_collector.qualys.fim_common import logger, qql_time, search_pages
 from qualys_collector.services.base import CursorMode, ServiceSpec
-from qualys_collector.services.registry import ServiceEntry, register
+from qualys_collector.services.options import ServiceEntry, ServiceOptions
 
 SPEC = ServiceSpec(
     name="fim_events",
@@ -26,6 +28,26 @@ SPEC = ServiceSpec(
     is_sorted=True,
     default_lookback=timedelta(days=1),
 )
+
+
+class FimEventsOptions(ServiceOptions):
+    """``fim_events``."""
+
+    settle_lag_seconds: int = Field(default=30, ge=0, le=86400)
+    page_size: int = Field(default=1000, ge=1, le=1000)
+    filter: str | None = None
+
+    @field_validator("filter")
+    @classmethod
+    def _qql(cls, value: str | None) -> str | None:
+        if value and re.search(r"\b(processedTime|dateTime)\b", value):
+            raise ValueError(
+                "the filter may not name processedTime or dateTime: the collector windows on processedTime "
+                "itself; remove that part of the filter and use start_time_utc instead"
+            )
+        return value
+
+
 PATH = "/fim/v2/events/search"
 SORT = [{"processedTime": "asc"}, {"id": "asc"}]
 
@@ -70,4 +92,4 @@ class FimEventsSource:
             before = self.client.requests
 
 
-ENTRY = register(ServiceEntry(SPEC, lambda client, options: FimEventsSource(client, options)))
+SERVICE = ServiceEntry(SPEC, "qualys_fim", FimEventsOptions, FimEventsSource)

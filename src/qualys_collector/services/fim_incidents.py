@@ -11,9 +11,10 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from datetime import timedelta
-from typing import Any
+from typing import Any, Literal
 
-from qualys_collector.config.schema import FimIncidentsOptions
+from pydantic import Field
+
 from qualys_collector.errors import DataError
 from qualys_collector.model import (
     JSON,
@@ -29,7 +30,7 @@ from qualys_collector.model import (
 from qualys_collector.qualys.fim import FimClient
 from qualys_collector.qualys.fim_common import logger, search_pages
 from qualys_collector.services.base import CursorMode, ServiceSpec, TableSpec
-from qualys_collector.services.registry import ServiceEntry, register
+from qualys_collector.services.options import ServiceEntry, ServiceOptions
 
 SPEC = ServiceSpec(
     name="fim_incidents",
@@ -40,6 +41,18 @@ SPEC = ServiceSpec(
     default_lookback=timedelta(days=1),
     tables=(TableSpec("fim_incident_ids", legacy_extra_key="events_pulled"),),
 )
+
+
+class FimIncidentsOptions(ServiceOptions):
+    """``fim_incidents``."""
+
+    settle_lag_seconds: int = Field(default=30, ge=0, le=86400)
+    page_size: int = Field(default=1000, ge=1, le=1000)
+    window_field: Literal["lastUpdatedBy.date", "createdBy.date"] = "lastUpdatedBy.date"
+    include_events: bool = False
+    events_tag: str | None = None
+
+
 PATH = "/fim/v3/incidents/search"
 EVENTS_TAG = "monitor.qualys.fim.incident_event"
 #: Qualys keeps incidents for 15 months; the "events already pulled" memory is pruned past that.
@@ -107,4 +120,4 @@ class FimIncidentsSource:
         return out
 
 
-ENTRY = register(ServiceEntry(SPEC, lambda client, options: FimIncidentsSource(client, options)))
+SERVICE = ServiceEntry(SPEC, "qualys_fim", FimIncidentsOptions, FimIncidentsSource)

@@ -4,15 +4,16 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from datetime import timedelta
-from typing import Any
+from typing import Any, Literal
 
-from qualys_collector.config.schema import HostListOptions
+from pydantic import Field, field_validator
+
 from qualys_collector.model import JSON, Page, Record, Window
 from qualys_collector.qualys.detections import host_key
 from qualys_collector.qualys.vm import VmClient
 from qualys_collector.qualys.vm_hosts import host_pages, window_params
 from qualys_collector.services.base import CursorMode, ServiceSpec
-from qualys_collector.services.registry import ServiceEntry, register
+from qualys_collector.services.options import Flag, ServiceEntry, ServiceOptions, StrictOptions, flag
 
 SPEC = ServiceSpec(
     name="host_list",
@@ -21,6 +22,25 @@ SPEC = ServiceSpec(
     mode=CursorMode.WINDOW,
     default_lookback=timedelta(days=1),
 )
+
+
+class HostListFilters(StrictOptions):
+    """The seed's host list filters."""
+
+    details: Literal["Basic", "Basic/AGs", "All", "All/AGs"] = "All"
+    show_asset_id: Flag = 1
+    show_tags: Flag = 0
+    show_cloud_tags: Flag = 0
+
+    _flags = field_validator("show_asset_id", "show_tags", "show_cloud_tags", mode="before")(flag)
+
+
+class HostListOptions(ServiceOptions):
+    """``host_list``."""
+
+    api_version: str = "5.0"
+    truncation_limit: int = Field(default=1000, ge=1, le=1_000_000)
+    filters: HostListFilters = HostListFilters()
 
 
 def to_records(host: dict[str, Any]) -> list[Record]:
@@ -54,4 +74,4 @@ class HostListSource:
         return host_pages(self.client, self.path, self.params(window), token, to_records, "hosts")
 
 
-ENTRY = register(ServiceEntry(SPEC, lambda client, options: HostListSource(client, options)))
+SERVICE = ServiceEntry(SPEC, "qualys", HostListOptions, HostListSource)

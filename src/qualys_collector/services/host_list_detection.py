@@ -15,9 +15,10 @@ import time
 from collections.abc import Iterator
 from datetime import datetime, timedelta
 from functools import partial
-from typing import Any
+from typing import Any, Literal
 
-from qualys_collector.config.schema import HostListDetectionOptions
+from pydantic import Field, field_validator
+
 from qualys_collector.engine.batches import Batches, BatchProgress, pull_batches
 from qualys_collector.model import JSON, Page, Record, Window, format_seed_datetime, parse_seed_datetime
 from qualys_collector.qualys.detections import converter
@@ -26,7 +27,7 @@ from qualys_collector.qualys.vm_hosts import host_pages, server_time, window_par
 from qualys_collector.qualys.xml import iter_elements
 from qualys_collector.services.base import CursorMode, ServiceSpec
 from qualys_collector.services.hld_process import ParsePool, spooled_host_pages
-from qualys_collector.services.registry import ServiceEntry, register
+from qualys_collector.services.options import Flag, ServiceEntry, ServiceOptions, StrictOptions, flag
 
 logger = logging.getLogger("qualys_collector.puller")
 SUMMARY_TAG = "vuln.qualys.collector.summary"
@@ -40,6 +41,53 @@ SPEC = ServiceSpec(
     mode=CursorMode.WINDOW,
     default_lookback=timedelta(days=1),
 )
+
+
+DetectionStatus = Literal["New", "Active", "Fixed", "Re-Opened"]
+ALL_STATUSES: tuple[DetectionStatus, ...] = ("New", "Active", "Fixed", "Re-Opened")
+
+
+class DetectionFilters(StrictOptions):
+    """The seed's host list detection filters (``details`` appears in its example; it is ignored)."""
+
+    status: list[DetectionStatus] = Field(default_factory=lambda: list(ALL_STATUSES))
+    show_asset_id: Flag = 1
+    show_tags: Flag = 0
+    show_reopened_info: Flag = 0
+    details: str | None = None
+
+    _flags = field_validator("show_asset_id", "show_tags", "show_reopened_info", mode="before")(flag)
+
+    @field_validator("status", mode="before")
+    @classmethod
+    def _status(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+
+class HostListDetectionOptions(ServiceOptions):
+    """``host_list_detection``."""
+
+    api_version: str = "5.0"
+    truncation_limit: int = Field(default=1000, ge=1, le=1_000_000)
+    results_max_length: int | None = Field(default=None, ge=64)
+    parallel: bool = True
+    batch_size: int = Field(default=500, ge=1, le=1000)
+    max_workers: int | None = Field(default=None, ge=1, le=64)
+    parse_processes: int = Field(default=0, ge=0, le=64)
+    summary_tag: str | None = None
+    filters: DetectionFilters = DetectionFilters()
+
+    @classmethod
+    def config_warnings(cls, block: dict[str, Any], path: str) -> list[str]:
+        """``filters.details`` is a host list filter the seed's example also puts here."""
+        filters = block.get("filters")
+        if isinstance(filters, dict) and "details" in filters:
+            return [
+                f"{path}.filters.details has no effect on host list detection (it is a host list filter); remove it"
+            ]
+        return []
 
 
 class HostDetectionSource:
@@ -220,4 +268,4 @@ def build(client: VmClient, options: HostListDetectionOptions) -> Any:
     return BatchedDetectionSource(client, options) if options.parallel else HostDetectionSource(client, options)
 
 
-ENTRY = register(ServiceEntry(SPEC, build))
+SERVICE = ServiceEntry(SPEC, "qualys", HostListDetectionOptions, build)

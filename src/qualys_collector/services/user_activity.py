@@ -12,13 +12,14 @@ from collections import Counter
 from collections.abc import Iterator
 from datetime import timedelta
 
-from qualys_collector.config.schema import UserActivityOptions
+from pydantic import Field
+
 from qualys_collector.errors import DataError
 from qualys_collector.model import JSON, Page, Record, Window, content_key, format_seed_datetime, parse_seed_datetime
 from qualys_collector.qualys.paging import guard_progress, url_cursor
 from qualys_collector.qualys.vm import VmClient
 from qualys_collector.services.base import CursorMode, ServiceSpec
-from qualys_collector.services.registry import ServiceEntry, register
+from qualys_collector.services.options import ServiceEntry, ServiceOptions
 
 SPEC = ServiceSpec(
     name="user_activity",
@@ -27,6 +28,15 @@ SPEC = ServiceSpec(
     mode=CursorMode.RECORD,
     default_lookback=timedelta(days=1),
 )
+
+
+class UserActivityOptions(ServiceOptions):
+    """``user_activity``."""
+
+    api_version: str = "2.0"
+    truncation_limit: int = Field(default=1000, ge=1, le=1_000_000)
+
+
 BEGIN_BODY, END_BODY = "----BEGIN_RESPONSE_BODY_CSV", "----END_RESPONSE_BODY_CSV"
 BEGIN_FOOTER = "----BEGIN_RESPONSE_FOOTER_CSV"
 
@@ -106,4 +116,4 @@ class ActivitySource:
         return self.client.resumable(fetch, token, "user activity")
 
 
-ENTRY = register(ServiceEntry(SPEC, lambda client, options: ActivitySource(client, options)))
+SERVICE = ServiceEntry(SPEC, "qualys", UserActivityOptions, ActivitySource)

@@ -11,12 +11,11 @@ from collections.abc import Iterator
 from datetime import datetime, timedelta
 from typing import Any
 
-from qualys_collector.config.schema import VmScansOptions
 from qualys_collector.model import JSON, Page, Record, Window, format_seed_datetime, parse_seed_datetime
 from qualys_collector.qualys.vm import VmClient
 from qualys_collector.qualys.xml import element_to_value, iter_elements
 from qualys_collector.services.base import CursorMode, ServiceSpec
-from qualys_collector.services.registry import ServiceEntry, register
+from qualys_collector.services.options import ServiceEntry, ServiceOptions
 
 logger = logging.getLogger("qualys_collector.puller")
 
@@ -27,6 +26,14 @@ SPEC = ServiceSpec(
     mode=CursorMode.RECORD,
     default_lookback=timedelta(days=30),
 )
+
+
+class VmScansOptions(ServiceOptions):
+    """``vm_scans``."""
+
+    api_version: str = "3.0"
+
+
 FINAL_STATES = frozenset({"Finished", "Error", "Canceled"})
 #: Unfinished scans are followed for this long, then forgotten with a warning.
 FOLLOW_FOR = timedelta(days=30)
@@ -102,4 +109,4 @@ class ScanSource:
         yield Page(records, token=None, requests=self.client.requests - before, extra={"pending": pending})
 
 
-ENTRY = register(ServiceEntry(SPEC, lambda client, options: ScanSource(client, options)))
+SERVICE = ServiceEntry(SPEC, "qualys", VmScansOptions, ScanSource)
