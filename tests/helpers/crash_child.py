@@ -14,8 +14,8 @@ from typing import Any
 
 from qualys_collector.engine.cycle import Job, run_cycle
 from qualys_collector.engine.outbox import Outbox
+from qualys_collector.engine.source import CursorMode, ServiceSpec
 from qualys_collector.model import Page, Record, StoredEvent, Window
-from qualys_collector.services.base import CursorMode, ServiceSpec
 from qualys_collector.sinks.base import Ack
 from qualys_collector.sinks.drain import Drainer
 from qualys_collector.sinks.file import FileSink

@@ -11,10 +11,10 @@ import pytest
 
 from qualys_collector.engine.cycle import Job, run_cycle
 from qualys_collector.engine.outbox import DB_NAME, Outbox
+from qualys_collector.engine.source import CursorMode, ServiceSpec
 from qualys_collector.engine.store import SCHEMA_VERSION
 from qualys_collector.errors import StateError
 from qualys_collector.model import Event, epoch_ms
-from qualys_collector.services.base import CursorMode, ServiceSpec
 from tests.helpers.sources import ListSource, rec
 
 pytestmark = pytest.mark.integration

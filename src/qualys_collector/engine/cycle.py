@@ -17,10 +17,10 @@ from datetime import datetime, timedelta
 from qualys_collector.engine.checkpoint import Checkpoint, WindowProgress
 from qualys_collector.engine.cursor import BoundaryCursor, Verdict
 from qualys_collector.engine.outbox import Outbox
+from qualys_collector.engine.source import CursorMode, PageSource, ServiceSpec
 from qualys_collector.engine.store import Transaction
 from qualys_collector.engine.window import plan_window
 from qualys_collector.model import JSON, Event, Page, SourceState, TablePrune, Window, epoch_ms, utcnow
-from qualys_collector.services.base import CursorMode, PageSource, ServiceSpec
 
 logger = logging.getLogger("qualys_collector.puller")
 

@@ -13,11 +13,11 @@ from datetime import timedelta
 
 from pydantic import Field, field_validator
 
+from qualys_collector.engine.source import CursorMode, ServiceSpec
 from qualys_collector.errors import DataError
 from qualys_collector.model import JSON, Page, Record, Window, parse_iso_datetime
 from qualys_collector.qualys.fim import FimClient
 from qualys_collector.qualys.fim_common import logger, qql_time, search_pages
-from qualys_collector.services.base import CursorMode, ServiceSpec
 from qualys_collector.services.options import ServiceEntry, ServiceOptions
 
 SPEC = ServiceSpec(

@@ -15,6 +15,7 @@ from typing import Any, Literal
 
 from pydantic import Field
 
+from qualys_collector.engine.source import CursorMode, ServiceSpec, TableSpec
 from qualys_collector.errors import DataError
 from qualys_collector.model import (
     JSON,
@@ -29,7 +30,6 @@ from qualys_collector.model import (
 )
 from qualys_collector.qualys.fim import FimClient
 from qualys_collector.qualys.fim_common import logger, search_pages
-from qualys_collector.services.base import CursorMode, ServiceSpec, TableSpec
 from qualys_collector.services.options import ServiceEntry, ServiceOptions
 
 SPEC = ServiceSpec(

@@ -8,11 +8,11 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator
 
+from qualys_collector.engine.source import CursorMode, ServiceSpec
 from qualys_collector.model import JSON, Page, Record, Window
 from qualys_collector.qualys.detections import host_key
 from qualys_collector.qualys.vm import VmClient
 from qualys_collector.qualys.vm_hosts import host_pages, window_params
-from qualys_collector.services.base import CursorMode, ServiceSpec
 from qualys_collector.services.options import Flag, ServiceEntry, ServiceOptions, StrictOptions, flag
 
 SPEC = ServiceSpec(

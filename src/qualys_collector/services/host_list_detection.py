@@ -20,12 +20,12 @@ from typing import Any, Literal
 from pydantic import Field, field_validator
 
 from qualys_collector.engine.batches import Batches, BatchProgress, pull_batches
+from qualys_collector.engine.source import CursorMode, ServiceSpec
 from qualys_collector.model import JSON, Page, Record, Window, format_seed_datetime, parse_seed_datetime
 from qualys_collector.qualys.detections import converter
 from qualys_collector.qualys.vm import VmClient
 from qualys_collector.qualys.vm_hosts import host_pages, server_time, window_params
 from qualys_collector.qualys.xml import iter_elements
-from qualys_collector.services.base import CursorMode, ServiceSpec
 from qualys_collector.services.hld_process import ParsePool, spooled_host_pages
 from qualys_collector.services.options import Flag, ServiceEntry, ServiceOptions, StrictOptions, flag
 

@@ -16,7 +16,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from qualys_collector.services.base import PageSource, ServiceSpec
+from qualys_collector.engine.source import PageSource, ServiceSpec
 
 TAG_PATTERN = re.compile(r"^[a-z0-9_-]+(\.[a-z0-9_-]+){1,15}$")
 

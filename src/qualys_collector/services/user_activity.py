@@ -14,11 +14,11 @@ from datetime import timedelta
 
 from pydantic import Field
 
+from qualys_collector.engine.source import CursorMode, ServiceSpec
 from qualys_collector.errors import DataError
 from qualys_collector.model import JSON, Page, Record, Window, content_key, format_seed_datetime, parse_seed_datetime
 from qualys_collector.qualys.paging import guard_progress, url_cursor
 from qualys_collector.qualys.vm import VmClient
-from qualys_collector.services.base import CursorMode, ServiceSpec
 from qualys_collector.services.options import ServiceEntry, ServiceOptions
 
 SPEC = ServiceSpec(

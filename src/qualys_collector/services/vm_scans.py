@@ -11,10 +11,10 @@ from collections.abc import Iterator
 from datetime import datetime, timedelta
 from typing import Any
 
+from qualys_collector.engine.source import CursorMode, ServiceSpec
 from qualys_collector.model import JSON, Page, Record, Window, format_seed_datetime, parse_seed_datetime
 from qualys_collector.qualys.vm import VmClient
 from qualys_collector.qualys.xml import element_to_value, iter_elements
-from qualys_collector.services.base import CursorMode, ServiceSpec
 from qualys_collector.services.options import ServiceEntry, ServiceOptions
 
 logger = logging.getLogger("qualys_collector.puller")

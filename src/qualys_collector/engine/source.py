@@ -1,8 +1,9 @@
-"""What a service is: data about a Qualys data source, and the page source that reads it.
+"""What the engine needs from a service: data about a Qualys data source, and the page source that reads it.
 
 A service declares its name, default tag, cursor field and how its checkpoint moves; the page source
 (built by the composition root from a Qualys client and the service) turns a window and a resume
-token into pages of records. The engine needs nothing else.
+token into pages of records. The engine needs nothing else. The protocol lives here, in the engine,
+so the engine never imports a service: each module under ``services/`` implements it.
 """
 
 from __future__ import annotations
