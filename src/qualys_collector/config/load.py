@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ValidationError
+from pydantic import ValidationError
 
 from qualys_collector.config.schema import CollectorConfig
 from qualys_collector.errors import ConfigError
@@ -257,8 +257,3 @@ def _drop_output_type(parts: list[str]) -> list[str]:
     if len(parts) > 2 and parts[0] == "outputs" and parts[2] in output_type_names():
         return parts[:2] + parts[3:]
     return parts
-
-
-def config_to_dict(model: BaseModel) -> dict[str, Any]:
-    """A JSON-safe dump of a model with secrets masked (for ``validate`` output)."""
-    return dict(json.loads(model.model_dump_json()))

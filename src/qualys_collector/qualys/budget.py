@@ -22,7 +22,6 @@ class _Api:
     limit: int
     running: int = 0
     queue: deque[int] = field(default_factory=deque)
-    max_running: int = 0
 
 
 class ApiBudget:
@@ -45,7 +44,6 @@ class ApiBudget:
         self._ticket = 0
         self._not_before = 0.0
         self._recent: deque[float] = deque()
-        self.waits = 0
 
     def _api(self, key: str) -> _Api:
         api = self._apis.get(key)
@@ -72,7 +70,6 @@ class ApiBudget:
             ticket = self._ticket
             api = self._api(key)
             api.queue.append(ticket)
-            waited = False
             try:
                 while True:
                     now = self.clock()
@@ -85,15 +82,11 @@ class ApiBudget:
                             f"Stop requested while waiting for a call slot of the Qualys API {key}",
                             fix="none needed: the checkpoint stays at the last committed page",
                         )
-                    waited = True
                     self._cond.wait(timeout=min(delay, 1.0) if delay > 0 else 1.0)
             finally:
                 api.queue.remove(ticket)
                 self._cond.notify_all()
-            if waited:
-                self.waits += 1
             api.running += 1
-            api.max_running = max(api.max_running, api.running)
             if self.calls_per_period is not None:
                 self._recent.append(self.clock())
         try:
@@ -125,11 +118,6 @@ class ApiBudget:
         """The current concurrency limit of API ``key``."""
         with self._cond:
             return self._api(key).limit
-
-    def max_running(self, key: str) -> int:
-        """The most calls of ``key`` this budget ever let run at once."""
-        with self._cond:
-            return self._api(key).max_running
 
 
 def _int(value: str | None) -> int | None:

@@ -57,7 +57,6 @@ class GatewayAuth(httpx.Auth):
         self._token: str | None = None
         self._expires = 0.0
         self._lock = threading.Lock()
-        self.renewals = 0
         self.observer = observer
 
     def token_request(self) -> httpx.Request:
@@ -70,7 +69,6 @@ class GatewayAuth(httpx.Auth):
             register_secret(token)
             self._token = token
             self._expires = token_expiry(token) or (self.clock() + 4 * 3600)
-            self.renewals += 1
             if self.observer is not None:
                 self.observer.token_issued()
             return
