@@ -88,7 +88,7 @@ class FimIncidentsSource:
         pulled = extra.table(PULLED)
         after = token.get("searchAfter") if token else None
         size = self.options.page_size
-        horizon = epoch_ms(window.end - RETENTION)
+        retained_since = epoch_ms(window.end - RETENTION)  # older pulled-incident ids are pruned
         for incidents, last in search_pages(self.client, PATH, qql, sort, size, after, "incidents"):
             records: list[Record] = []
             writes: dict[str, TableWrite] = {}
@@ -107,7 +107,7 @@ class FimIncidentsSource:
                 records,
                 token={"searchAfter": last} if more else None,
                 requests=self.client.requests - before,
-                writes=[*writes.values(), TablePrune(PULLED, horizon)] if self.options.include_events else (),
+                writes=[*writes.values(), TablePrune(PULLED, retained_since)] if self.options.include_events else (),
             )
             before = self.client.requests
 

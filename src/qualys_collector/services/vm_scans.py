@@ -102,8 +102,8 @@ class ScanSource:
             if record.cursor is not None and not settled(record.data):
                 ref = record.key
                 pending.setdefault(ref, {"state": state_of(record.data), "launched": record.data["LAUNCH_DATETIME"]})
-        horizon = format_seed_datetime(window.end - FOLLOW_FOR)
-        for ref in [r for r, e in pending.items() if e["launched"] < horizon]:
+        followed_since = format_seed_datetime(window.end - FOLLOW_FOR)  # older unfinished scans are let go
+        for ref in [r for r, e in pending.items() if e["launched"] < followed_since]:
             logger.warning("Scan %s is still %s after %s; no longer followed", ref, pending[ref]["state"], FOLLOW_FOR)
             del pending[ref]
         yield Page(records, token=None, requests=self.client.requests - before, extra={"pending": pending})
