@@ -247,18 +247,26 @@ def _complete(
 ) -> Checkpoint:
     """The checkpoint once a window is complete.
 
-    A window-mode checkpoint is the window's end, but never later than Qualys' own clock when it
-    answered: if Qualys runs behind us, what it timestamps next may still fall before our end.
+    A window-mode or capped checkpoint is the window's end, but never later than Qualys' own clock
+    when it answered (``horizon``): if Qualys runs behind us, what it timestamps next may still fall
+    before our end. A record-mode checkpoint that reached that far keeps its boundary ids.
     """
     if spec.mode is CursorMode.WINDOW or window.capped:
         end = window.end
-        if spec.mode is CursorMode.WINDOW and horizon is not None and horizon < end:
+        if horizon is not None and horizon < end:
             logger.warning(
                 "Qualys' clock (%s) is behind the window end (%s); the next window starts from Qualys' time",
                 horizon,
                 end,
             )
             end = max(horizon, checkpoint.value or horizon)
+        if spec.mode is CursorMode.RECORD and cursor.max_value is not None and cursor.max_value >= end:
+            return Checkpoint(
+                start_time=checkpoint.start_time,
+                value=cursor.max_value,
+                ids=tuple(sorted(cursor.max_ids)),
+                extra=checkpoint.extra,
+            )
         return Checkpoint(start_time=checkpoint.start_time, value=end, ids=(), extra=checkpoint.extra)
     return Checkpoint(
         start_time=checkpoint.start_time,

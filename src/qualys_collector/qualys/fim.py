@@ -13,12 +13,13 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Generator
+from datetime import datetime
 from typing import Any
 
 import httpx
 
 from qualys_collector.errors import PullError, SetupError, SourceError
-from qualys_collector.qualys.http import ApiObserver, HttpSettings, make_client
+from qualys_collector.qualys.http import ApiObserver, HttpSettings, make_client, server_date
 from qualys_collector.qualys.retry import Action, RetryPolicy, resolve_gateway
 from qualys_collector.redact import register_secret
 
@@ -143,6 +144,12 @@ class FimClient:
         """Requests made by the calling thread."""
         return int(getattr(self._local, "count", 0))
 
+    @property
+    def server_time(self) -> datetime | None:
+        """Qualys' clock (HTTP ``Date``) at the last answer the calling thread received."""
+        value: datetime | None = getattr(self._local, "server_time", None)
+        return value
+
     def close(self) -> None:
         """Close connections."""
         self.http.close()
@@ -186,6 +193,7 @@ class FimClient:
             else:
                 if self.observer is not None:
                     self.observer.api_answer(path, response.status_code)
+                self._local.server_time = server_date(response)
                 if response.status_code == 200:
                     try:
                         return response.json()

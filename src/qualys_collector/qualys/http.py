@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 import ssl
 from dataclasses import dataclass
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
 from typing import Protocol
 
 import httpx
@@ -52,3 +54,22 @@ def make_client(settings: HttpSettings, *, auth: httpx.Auth | None = None) -> ht
         headers={"User-Agent": USER_AGENT},
         follow_redirects=False,
     )
+
+
+def server_date(response: httpx.Response) -> datetime | None:
+    """Qualys' clock when it answered, from the HTTP ``Date`` header (``None`` when absent or unreadable)."""
+    header = response.headers.get("Date")
+    if not header:
+        return None
+    try:
+        value = parsedate_to_datetime(header)
+    except (TypeError, ValueError, IndexError):
+        return None
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def earliest(first: datetime | None, second: datetime | None) -> datetime | None:
+    """The earlier of two optional times."""
+    if first is None or second is None:
+        return first if second is None else second
+    return min(first, second)

@@ -12,6 +12,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import replace
+from datetime import datetime
 from typing import Any
 
 import httpx
@@ -19,7 +20,7 @@ import httpx
 from qualys_collector.errors import DataError, PullError, PullTimeoutError, SetupError, SourceError
 from qualys_collector.model import JSON, Page
 from qualys_collector.qualys.budget import ApiBudget
-from qualys_collector.qualys.http import ApiObserver, HttpSettings, make_client
+from qualys_collector.qualys.http import ApiObserver, HttpSettings, earliest, make_client, server_date
 from qualys_collector.qualys.retry import Action, Resolution, RetryPolicy, pause, resolve_vm
 from qualys_collector.qualys.xml import ByteStream, parse_error_document, root_tag, simple_return_items
 from qualys_collector.redact import register_secret, sanitize_url
@@ -74,6 +75,12 @@ class VmClient:
         """HTTP requests made by the calling thread (each service pulls in its own thread)."""
         return int(getattr(self._local, "count", 0))
 
+    @property
+    def server_time(self) -> datetime | None:
+        """Qualys' clock (HTTP ``Date``) at the last answer the calling thread received."""
+        value: datetime | None = getattr(self._local, "server_time", None)
+        return value
+
     def _count(self) -> None:
         self._local.count = self.requests + 1
         with self._lock:
@@ -110,6 +117,7 @@ class VmClient:
                     wait = self.policy.backoff(attempt)
                 else:
                     self.budget.update(key, response.headers)
+                    self._local.server_time = server_date(response)
                     if self.observer is not None:
                         self.observer.api_answer(key, response.status_code)
                     if response.status_code == 200:
@@ -185,7 +193,7 @@ class VmClient:
                 for page in fetch(token):
                     spent = self.requests - before
                     before = self.requests
-                    yield replace(page, requests=spent)
+                    yield replace(page, requests=spent, horizon=earliest(page.horizon, self.server_time))
                     token = page.token
                     attempt = 0
             except MID_BODY as exc:

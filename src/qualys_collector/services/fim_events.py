@@ -81,6 +81,7 @@ class FimEventsSource:
         for events, last in search_pages(
             self.client, PATH, self.qql(window), SORT, self.options.page_size, after, "events"
         ):
+            answered = self.client.server_time
             sent += len(events)
             more = len(events) == self.options.page_size
             logger.info("Sent %d fim_events events to the outbox.", len(events))
@@ -88,6 +89,7 @@ class FimEventsSource:
                 [to_record(e) for e in events],
                 token={"searchAfter": last} if more else None,
                 requests=self.client.requests - before,
+                horizon=answered,
             )
             before = self.client.requests
 

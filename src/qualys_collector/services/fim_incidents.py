@@ -90,6 +90,7 @@ class FimIncidentsSource:
         size = self.options.page_size
         retained_since = epoch_ms(window.end - RETENTION)  # older pulled-incident ids are pruned
         for incidents, last in search_pages(self.client, PATH, qql, sort, size, after, "incidents"):
+            answered = self.client.server_time  # before the incidents' event searches
             records: list[Record] = []
             writes: dict[str, TableWrite] = {}
             for incident in incidents:
@@ -108,6 +109,7 @@ class FimIncidentsSource:
                 token={"searchAfter": last} if more else None,
                 requests=self.client.requests - before,
                 writes=[*writes.values(), TablePrune(PULLED, retained_since)] if self.options.include_events else (),
+                horizon=answered,
             )
             before = self.client.requests
 

@@ -83,6 +83,7 @@ class ScanSource:
         pending: dict[str, dict[str, str]] = dict(extra.get("pending", {}))
         records: list[Record] = []
         scans = self._list(window.start, window.end)
+        answered = self.client.server_time  # Qualys' clock when it listed the window
         for number, scan in enumerate(scans, start=1):
             ref = str(scan.get("REF", ""))
             logger.info("Fetched scan with reference %s (no. %d out of %d)", ref, number, len(scans))
@@ -106,7 +107,9 @@ class ScanSource:
         for ref in [r for r, e in pending.items() if e["launched"] < followed_since]:
             logger.warning("Scan %s is still %s after %s; no longer followed", ref, pending[ref]["state"], FOLLOW_FOR)
             del pending[ref]
-        yield Page(records, token=None, requests=self.client.requests - before, extra={"pending": pending})
+        yield Page(
+            records, token=None, requests=self.client.requests - before, extra={"pending": pending}, horizon=answered
+        )
 
 
 SERVICE = ServiceEntry(SPEC, "qualys", VmScansOptions, ScanSource)

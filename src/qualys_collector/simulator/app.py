@@ -16,6 +16,7 @@ from collections import Counter, deque
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from email.utils import formatdate
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -378,7 +379,17 @@ class Simulator:
 
     def start(self, host: str = "127.0.0.1", port: int = 0, *, ssl_context: Any = None) -> str:
         """Serve in a background thread; returns the base URL."""
-        handler = type("Handler", (WSGIRequestHandler,), {"protocol_version": "HTTP/1.1", "log_request": _quiet})
+        sim = self
+
+        def date_time_string(_handler: Any, timestamp: float | None = None) -> str:
+            """The HTTP ``Date`` header on the simulator's clock, as a skewed Qualys would send it."""
+            return formatdate(sim.now().timestamp() if timestamp is None else timestamp, usegmt=True)
+
+        handler = type(
+            "Handler",
+            (WSGIRequestHandler,),
+            {"protocol_version": "HTTP/1.1", "log_request": _quiet, "date_time_string": date_time_string},
+        )
         self._server = make_server(host, port, self, threaded=True, request_handler=handler, ssl_context=ssl_context)
         self._thread = threading.Thread(target=self._server.serve_forever, name="simulator", daemon=True)
         self._thread.start()

@@ -1,0 +1,182 @@
+"""Qualys' clock ahead of or behind ours, capped and uncapped windows, every service: nothing is lost.
+
+The simulator runs on a frozen clock ``skew`` away from the collector's, sends its ``Date`` header on
+that clock, and keeps producing records while the collector pulls window after window. After the
+sweep, every record that existed at Qualys and fell before our window end must have been delivered.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from datetime import datetime, timedelta
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from qualys_collector.app import Collector, build_client, build_jobs
+from qualys_collector.config import build_config
+from qualys_collector.model import format_seed_datetime, from_epoch_ms, parse_iso_datetime, parse_seed_datetime
+from qualys_collector.simulator import Limits, SimConfig, Simulator
+from tests.conftest import record_reliability
+from tests.helpers.vmsim import FAST, NOW
+
+pytestmark = [pytest.mark.reliability, pytest.mark.integration, pytest.mark.slow]
+
+START = NOW - timedelta(hours=5, minutes=5)  # a capped window then ends 5 minutes before our now
+MOMENTS = [NOW + timedelta(minutes=20 * i) for i in range(12)]
+FIM_LAG = timedelta(seconds=30)
+#: services whose boundary dedup is exact: each record exactly once
+RECORD_TAGS = ("monitor.qualys.fim.event", "vuln.qualys.useractivitylog")
+
+
+def _config(url: str, state: Path, capped: bool) -> Any:
+    cap = {"max_window_seconds": 3600} if capped else {}
+    start = {"start_time_utc": format_seed_datetime(START), **cap}
+    vm = {
+        "vm_scans": dict(start),
+        "user_activity": {**start, "truncation_limit": 40},
+        "host_list": {**start, "truncation_limit": 25},
+        "host_list_detection": {
+            **start,
+            "truncation_limit": 25,
+            "filters": {"status": ["New", "Active", "Fixed", "Re-Opened"]},
+        },
+    }
+    fim = {"fim_events": {**start, "page_size": 100}, "fim_incidents": dict(start)}
+    raw = {
+        "globals": {"persistence": {"config": {"directory_name": str(state)}}},
+        "inputs": {
+            "qualys": {
+                "id": "7",
+                "credentials": {"base_url": url, "username": "demo", "password": "demo"},
+                "services": vm,
+            },
+            "qualys_fim": {
+                "id": "5",
+                "credentials": {"base_url": url, "username": "demo", "password": "demo"},
+                "services": fim,
+            },
+        },
+    }
+    return build_config(raw, warnings=[])
+
+
+def _cycle(url: str, state: Path, capped: bool, ours: datetime) -> None:
+    config = _config(url, state, capped)
+    clients = partial(build_client, policy=FAST)
+    jobs = build_jobs(config, clock=lambda: ours, sleep=lambda s: None, clients=clients)
+    collector = Collector(config, clock=lambda: ours, jobs=jobs)
+    try:
+        assert collector.run_once()
+    finally:
+        collector.close()
+        for client in {id(j.source.client): j.source.client for j in jobs}.values():
+            client.close()
+
+
+def _delivered(state: Path) -> dict[str, Counter[Any]]:
+    out: dict[str, Counter[Any]] = {}
+    path = state / "events.jsonl"
+    for line in path.read_text().splitlines() if path.exists() else []:
+        item = json.loads(line)
+        event, tag = item["event"], item["tag"]
+        if tag == "vuln.qualys.vulnerabilities":
+            key: Any = event["REF"]
+        elif tag == "vuln.qualys.useractivitylog":
+            key = tuple(v for k, v in event.items() if not k.startswith("@") and k != "environment")
+        elif tag == "vuln.qualys.hosts":
+            key = event["ID"]
+        elif tag == "vuln.qualys.hostdetections":
+            key = event["@detection_key"]
+        elif tag == "monitor.qualys.fim.event":
+            key = event["id"]
+        elif tag == "monitor.qualys.fim.incident":
+            key = (event["id"], event["lastUpdatedBy"]["date"])
+        else:
+            continue
+        out.setdefault(tag, Counter())[key] += 1
+    return out
+
+
+def _expected(sim: Simulator, ours: datetime) -> dict[str, Counter[Any]]:
+    """What existed at Qualys (its clock now) before our last window end, from START on."""
+    theirs = sim.now()
+    vm_bound, fim_bound = min(theirs, ours), min(theirs, ours - FIM_LAG)
+    rows: Counter[Any] = Counter(
+        tuple(row) for _id, row in sim.data.activity(theirs, START, None) if parse_seed_datetime(row[0]) < vm_bound
+    )
+    incidents = Counter(
+        (i["id"], i["lastUpdatedBy"]["date"])
+        for i in sim.fim.incidents()
+        if START <= from_epoch_ms(i["lastUpdatedBy"]["date"]) < fim_bound
+    )
+    return {
+        "vuln.qualys.vulnerabilities": Counter(sim.truth("vm_scans", START, vm_bound)),
+        "vuln.qualys.useractivitylog": rows,
+        "vuln.qualys.hosts": Counter(sim.truth("host_list", START, vm_bound)),
+        "vuln.qualys.hostdetections": Counter(sim.truth("host_list_detection", START, vm_bound)),
+        "monitor.qualys.fim.event": Counter(sim.truth("fim_events", START, fim_bound)),
+        "monitor.qualys.fim.incident": incidents,
+    }
+
+
+@pytest.mark.parametrize("capped", [True, False], ids=["capped", "uncapped"])
+@pytest.mark.parametrize("skew_minutes", [-120, -10, 10, 120])
+def test_skewed_qualys_clock_loses_nothing_in_any_service(tmp_path: Path, skew_minutes: int, capped: bool) -> None:
+    sim = Simulator(
+        SimConfig(
+            seed=23,
+            hosts=60,
+            detections_per_host=2,
+            scans=80,
+            activity_rows=700,
+            fim_events=1400,
+            fim_incidents=12,
+            base=NOW - timedelta(hours=6),
+            span=timedelta(hours=12),
+            host_interval=timedelta(days=3650),  # each host processed once: its ID is delivered or lost
+        ),
+        vm_limits=Limits(rate=100_000, window=60, concurrency=4),
+        fim_limits=Limits(rate=100_000, window=60),
+    )
+    skew = timedelta(minutes=skew_minutes)
+    sim.frozen = MOMENTS[0] + skew
+    url = sim.start()
+    state = tmp_path / "state"
+    try:
+        for ours in MOMENTS:
+            sim.frozen = ours + skew
+            _cycle(url, state, capped, ours)
+        # let capped windows catch up at the last moment (they never pass Qualys' clock)
+        for _ in range(8):
+            _cycle(url, state, capped, MOMENTS[-1])
+        delivered = _delivered(state)
+        expected = _expected(sim, MOMENTS[-1])
+    finally:
+        sim.stop()
+    lost_by_tag = {tag: expected[tag] - delivered.get(tag, Counter()) for tag in expected}
+    compared = sum(sum(c.values()) for c in expected.values())
+    lost = sum(sum(c.values()) for c in lost_by_tag.values())
+    extra = {tag: delivered.get(tag, Counter()) - expected[tag] for tag in RECORD_TAGS}
+    duplicated = sum(sum(c.values()) for c in extra.values())
+    record_reliability(compared=compared, lost=lost, duplicated=duplicated)
+    assert all(expected.values()), {tag: len(c) for tag, c in expected.items()}
+    assert not lost, {tag: (sum(c.values()), sorted(c)[:2]) for tag, c in lost_by_tag.items() if c}
+    assert not duplicated, {tag: sorted(c)[:2] for tag, c in extra.items() if c}
+
+
+def test_the_simulator_sends_its_own_clock_in_the_date_header() -> None:
+    import httpx
+
+    sim = Simulator(SimConfig(seed=1, hosts=1))
+    sim.frozen = NOW - timedelta(hours=2)
+    url = sim.start()
+    try:
+        answer = httpx.get(f"{url}/__sim/stats")
+    finally:
+        sim.stop()
+    assert parse_iso_datetime(answer.json()["now"]) == NOW - timedelta(hours=2)
+    assert answer.headers["Date"] == "Mon, 01 Jun 2026 10:00:00 GMT"
