@@ -28,6 +28,8 @@ from qualys_collector.redact import register_secret, sanitize_url
 logger = logging.getLogger(__name__)
 
 ERROR_ROOTS = ("SIMPLE_RETURN", "GENERIC_RETURN")
+#: How much of a body may come before its root tag is known (comments, DOCTYPE) before it is refused.
+SNIFF_LIMIT = 1 << 20
 #: Mid-body failures worth another try from the last committed page.
 MID_BODY = (DataError, httpx.TransportError)
 
@@ -172,11 +174,15 @@ class VmClient:
         """The response body as a stream; a Qualys error document sent with HTTP 200 is raised here."""
         chunks = response.iter_bytes()
         head = b""
-        for chunk in chunks:
+        tag: str | None = None
+        for chunk in chunks:  # however the reads are cut: decide on the whole root tag name
             head += chunk
-            if len(head) >= 512 or root_tag(head):
+            tag = root_tag(head)
+            if tag is not None:
                 break
-        if root_tag(head) in ERROR_ROOTS:
+            if len(head) > SNIFF_LIMIT:
+                raise DataError(f"no root element in the first {SNIFF_LIMIT} bytes of the answer from {path}")
+        if tag in ERROR_ROOTS:
             body = head + b"".join(chunks)
             code, text = parse_error_document(body)
             raise self.error(path, response.status_code, code, text, resolve_vm(response.status_code, code))

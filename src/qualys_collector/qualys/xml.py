@@ -142,21 +142,67 @@ def iter_elements(stream: io.RawIOBase, tags: set[str]) -> Iterator[tuple[str, A
         raise DataError(f"malformed or truncated XML from Qualys: {exc.msg}") from exc
 
 
-def root_tag(stream_head: bytes) -> str | None:
-    """The root element name of a document, from its first bytes (for error detection)."""
-    text = stream_head.decode("utf-8", "replace")
-    position = 0
+#: ``root_tag`` of a head that is not an XML document (CSV, HTML text...).
+NOT_XML = ""
+_NAME_END = b" \t\r\n/>"
+
+
+def root_tag(head: bytes) -> str | None:
+    """The root element's name once the head holds all of it; ``None`` while more bytes are needed.
+
+    The XML declaration, processing instructions, comments and the DOCTYPE (with an internal subset)
+    before the root are skipped whole, and a name counts only once the byte after it is there (space,
+    ``/`` or ``>``): a first read that ends inside ``<SIMPLE_RET`` decides nothing. A head that does not
+    start like XML gives :data:`NOT_XML`.
+    """
+    position = 3 if head.startswith(b"\xef\xbb\xbf") else 0
     while True:
-        start = text.find("<", position)
-        if start < 0 or start + 1 >= len(text):
+        while position < len(head) and head[position : position + 1] in b" \t\r\n":
+            position += 1
+        if position >= len(head):
             return None
-        if text[start + 1] in "?!":
-            position = start + 1
-            continue
-        end = start + 1
-        while end < len(text) and (text[end].isalnum() or text[end] in "_-:."):
-            end += 1
-        return text[start + 1 : end] or None
+        if head[position : position + 1] != b"<":
+            return NOT_XML
+        if len(head) - position < 2:
+            return None
+        if head.startswith(b"<?", position):
+            close = head.find(b"?>", position + 2)
+            position = close + 2 if close >= 0 else -1
+        elif head.startswith(b"<!--", position) or (b"<!--".startswith(head[position:])):
+            close = head.find(b"-->", position + 4)
+            position = close + 3 if close >= 0 else -1
+        elif head.startswith(b"<!", position):
+            close = _doctype_end(head, position + 2)
+            position = close
+        else:
+            end = position + 1
+            while end < len(head) and head[end : end + 1] not in _NAME_END:
+                end += 1
+            if end >= len(head):
+                return None
+            return head[position + 1 : end].decode("utf-8", "replace") or NOT_XML
+        if position < 0:
+            return None
+
+
+def _doctype_end(head: bytes, position: int) -> int:
+    """The index after a ``<!DOCTYPE ...>`` starting before ``position`` (``-1`` if not all there yet)."""
+    depth = 0
+    quote = b""
+    for index in range(position, len(head)):
+        char = head[index : index + 1]
+        if quote:
+            if char == quote:
+                quote = b""
+        elif char in b"\"'":
+            quote = char
+        elif char == b"[":
+            depth += 1
+        elif char == b"]":
+            depth -= 1
+        elif char == b">" and depth <= 0:
+            return index + 1
+    return -1
 
 
 def parse_error_document(body: bytes) -> tuple[int | None, str]:

@@ -203,7 +203,7 @@ class Simulator:
             )
             return self._xml(409, body, headers)
         try:
-            fault = self.faults.take(request.path, {"400", "409", "500", "502", "503", "504", "999"})
+            fault = self.faults.take(request.path, {"400", "409", "500", "502", "503", "504", "999", "error200"})
             if fault is not None:
                 self._release(key)
                 return self._fault_response(fault, headers, now)
@@ -243,6 +243,13 @@ class Simulator:
             return self._xml(400, vm.simple_return(fault.code or 1905, text, now), headers)
         if fault.kind == "999":
             return self._xml(500, vm.generic_return_999(now), headers)
+        if fault.kind == "error200":
+            text = "parameter vm_processed_after has invalid value: simulated (an error sent with HTTP 200)"
+            body = vm.simple_return(fault.code or 1905, text, now).encode("utf-8")
+            chunks = _split_at(iter([body]), fault.split)
+            return Response(
+                chunks, status=200, content_type="application/xml", headers=headers, direct_passthrough=True
+            )
         return Response(
             f"<html><body>{fault.kind} Server Error</body></html>",
             status=int(fault.kind),
@@ -420,12 +427,12 @@ class _Body:
 
     def __init__(self, sim: Simulator, key: str | None, first: str, rest: Iterator[str], path: str) -> None:
         self.sim, self.key, self.first, self.rest, self.path = sim, key, first, rest, path
-        self.fault = sim.faults.take(path, {"cut", "slow", "malformed", "bad_gzip"})
+        self.fault = sim.faults.take(path, {"cut", "slow", "malformed", "bad_gzip", "split"})
         self._closed = False
 
     def __iter__(self) -> Iterator[bytes]:
         try:
-            yield from self._chunks()
+            yield from _split_at(self._chunks(), self.fault.split if self.fault is not None else None)
         finally:  # the end of the answer, or the generator discarded after a failed write
             self.close()
 
@@ -473,6 +480,23 @@ class _Body:
 
     def __del__(self) -> None:
         self.close()
+
+
+def _split_at(chunks: Iterator[bytes], at: int | None) -> Iterator[bytes]:
+    """``chunks`` with the first write ending after ``at`` bytes and a pause, so the reader's first read ends there."""
+    if at is None:
+        yield from chunks
+        return
+    head = b""
+    for chunk in chunks:
+        head += chunk
+        if len(head) > at:
+            break
+    yield head[:at]
+    time.sleep(0.05)
+    if head[at:]:
+        yield head[at:]
+    yield from chunks
 
 
 def _chain(first: str, rest: Iterator[str]) -> Iterator[str]:

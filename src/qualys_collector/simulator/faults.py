@@ -12,6 +12,11 @@ Kinds (each applies to requests whose path contains ``path=``, ``times=`` times,
 * ``bad_gzip`` - a 200 labelled ``Content-Encoding: gzip`` whose body is not gzip (a client cannot decode it)
 * ``expire_token`` - the next gateway calls answer 401 as for an expired token
 * ``forbidden`` - valid credentials without FIM permission (403)
+* ``error200`` with ``code=`` (default 1905) - a SIMPLE_RETURN error document sent with HTTP 200
+* ``split`` - nothing changes but the chunking: the first network write ends after ``split=`` bytes
+
+Every body fault also takes ``split=N``: the body's first write ends after N bytes, then a short pause,
+so the collector's first read ends exactly there (inside the root tag name, before a ``>``...).
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ class Fault:
     wait: int = 1
     after: int = 300
     delay: float = 0.2
+    split: int | None = None
 
     def matches(self, path: str) -> bool:
         """Whether this fault applies to ``path``."""
@@ -45,7 +51,7 @@ def parse_fault(spec: str) -> Fault:
         key, _, value = item.partition("=")
         if key == "path":
             fault.path = value
-        elif key in ("times", "code", "wait", "after"):
+        elif key in ("times", "code", "wait", "after", "split"):
             setattr(fault, key, int(value))
         elif key == "delay":
             fault.delay = float(value)
@@ -66,6 +72,8 @@ def parse_fault(spec: str) -> Fault:
         "bad_gzip",
         "expire_token",
         "forbidden",
+        "error200",
+        "split",
     }
     if fault.kind not in known:
         raise ValueError(f"unknown fault kind {fault.kind!r}; use one of {', '.join(sorted(known))}")

@@ -1,0 +1,103 @@
+"""Payload shapes real Qualys sends and the simulator produces on demand, through the real clients."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+import yaml
+
+from qualys_collector.engine.checkpoint import Checkpoint
+from qualys_collector.engine.outbox import Outbox
+from qualys_collector.errors import PullError
+from qualys_collector.model import parse_seed_datetime
+from qualys_collector.qualys.vm import VmClient
+from qualys_collector.simulator import Limits, SimConfig, Simulator
+from qualys_collector.simulator.faults import parse_fault
+from qualys_collector.simulator.vm import simple_return
+from tests.helpers.vmsim import FAST, NOW
+
+pytestmark = [pytest.mark.reliability, pytest.mark.integration]
+CLI = [sys.executable, "-m", "qualys_collector"]
+PATH = "/api/3.0/fo/scan/"
+PARAMS = {"action": "list", "show_op": "1", "show_status": "1"}
+
+
+@pytest.fixture
+def sim() -> Iterator[Simulator]:
+    simulator = Simulator(
+        SimConfig(seed=5, hosts=10, scans=12, base=NOW - timedelta(days=3)), vm_limits=Limits(rate=100_000, window=60)
+    )
+    simulator.frozen = NOW
+    simulator.start()
+    yield simulator
+    simulator.stop()
+
+
+def _url(sim: Simulator) -> str:
+    assert sim._server is not None
+    return f"http://127.0.0.1:{sim._server.server_port}"
+
+
+@pytest.mark.slow
+def test_an_error_document_with_http_200_is_an_error_wherever_the_first_read_ends(sim: Simulator) -> None:
+    head = simple_return(1905, "x", NOW).encode()
+    root_end = head.index(b"<SIMPLE_RETURN>") + len(b"<SIMPLE_RETURN>")
+    client = VmClient(_url(sim), "demo", "demo", policy=FAST, sleep=lambda s: None)
+    try:  # every offset of the first 64 bytes, and every one through the DOCTYPE and the root tag
+        for offset in range(1, max(65, root_end + 2)):
+            sim.faults.arm(parse_fault(f"error200:code=1905,split={offset}"))
+            with pytest.raises(PullError) as caught, client.open(PATH, PARAMS) as response:
+                for _chunk in client.body(PATH, response):
+                    pass
+            assert caught.value.code == 300, offset
+            assert "CODE 1905" in caught.value.message, offset
+    finally:
+        client.close()
+
+
+@pytest.mark.slow
+def test_a_body_split_inside_any_start_tag_parses_the_same(sim: Simulator) -> None:
+    client = VmClient(_url(sim), "demo", "demo", policy=FAST, sleep=lambda s: None)
+    try:
+        with client.open(PATH, PARAMS) as response:
+            whole = b"".join(client.body(PATH, response))
+        for offset in [*range(1, 80), *(whole.index(b"<SCAN>") + k for k in range(1, 6))]:
+            sim.faults.arm(parse_fault(f"split:split={offset}"))
+            with client.open(PATH, PARAMS) as response:
+                assert b"".join(client.body(PATH, response)) == whole, offset
+    finally:
+        client.close()
+
+
+def test_run_once_fails_numbered_on_an_http_200_error_split_inside_the_root_tag(sim: Simulator, tmp_path: Path) -> None:
+    offset = simple_return(1905, "x", NOW).encode().index(b"<SIMPLE_RETURN>") + len("<SIMPLE_RE")
+    sim.faults.arm(parse_fault(f"error200:code=1905,split={offset},times=-1,path=/fo/scan/"))
+    state = tmp_path / "state"
+    config = {
+        "globals": {"persistence": {"config": {"directory_name": str(state)}}},
+        "inputs": {
+            "qualys": {
+                "id": "e1",
+                "credentials": {"base_url": _url(sim), "username": "demo", "password": "demo"},
+                "services": {"vm_scans": {"start_time_utc": "2020-01-01T00:00:00Z"}},
+            }
+        },
+    }
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    done = subprocess.run([*CLI, "run", "-c", str(path), "--once"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1, done.stderr
+    assert "[PullError 300]" in done.stderr
+    assert "CODE 1905" in done.stderr
+    outbox = Outbox(state)
+    try:
+        stored = outbox.load_checkpoint("e1", "vm_scans")
+    finally:
+        outbox.close()
+    assert stored is not None
+    assert Checkpoint.from_json(stored).value == parse_seed_datetime("2020-01-01T00:00:00Z")  # not skipped
