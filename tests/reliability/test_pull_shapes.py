@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -101,3 +102,43 @@ def test_run_once_fails_numbered_on_an_http_200_error_split_inside_the_root_tag(
         outbox.close()
     assert stored is not None
     assert Checkpoint.from_json(stored).value == parse_seed_datetime("2020-01-01T00:00:00Z")  # not skipped
+
+
+def test_fim_hits_with_empty_sort_values_end_on_the_short_page(tmp_path: Path) -> None:
+    """Qualys' Fetch Events example shows ``"sortValues": []``: the last (short) page ends the search."""
+    sim = Simulator(
+        SimConfig(seed=8, fim_events=300, fim_incidents=6, base=NOW - timedelta(days=2), span=timedelta(days=2)),
+        fim_limits=Limits(rate=100_000, window=60),
+    )
+    url = sim.start()
+    sim.faults.arm(parse_fault("empty_sort:times=-1"))
+    state = tmp_path / "state"
+    start = {"start_time_utc": "2020-01-01T00:00:00Z"}
+    config = {
+        "globals": {"persistence": {"config": {"directory_name": str(state)}}},
+        "inputs": {
+            "qualys_fim": {
+                "id": "f1",
+                "credentials": {"base_url": url, "username": "demo", "password": "demo"},
+                "services": {"fim_events": start, "fim_incidents": {**start, "include_events": True}},
+            }
+        },
+    }
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    try:
+        done = subprocess.run([*CLI, "run", "-c", str(path), "--once"], capture_output=True, text=True, timeout=120)
+        truth_events = sim.truth("fim_events")
+        truth_incidents = sim.truth("fim_incidents")
+        served = sim.statuses
+    finally:
+        sim.stop()
+    assert done.returncode == 0, done.stderr
+    assert "sortValues" not in done.stderr
+    lines = [json.loads(line) for line in (state / "events.jsonl").read_text().splitlines()]
+    events = {e["event"]["id"] for e in lines if e["tag"] == "monitor.qualys.fim.event"}
+    incidents = {e["event"]["id"] for e in lines if e["tag"] == "monitor.qualys.fim.incident"}
+    assert events == truth_events  # every event of the one short page
+    assert incidents == truth_incidents
+    assert any(e["tag"] == "monitor.qualys.fim.incident_event" for e in lines)
+    assert any(k.endswith("/events/search 200") and "incidents" in k for k in served)

@@ -42,9 +42,13 @@ def search_pages(
                 raise DataError(f"a {what} search hit has no 'data' object: {str(hit)[:120]!r}")
             records.append(hit["data"])
         last = list(hits[-1].get("sortValues") or []) if hits else after
-        if hits and last == after:
-            raise DataError(f"the gateway returned the same sortValues twice ({last}); stopping to avoid a loop")
-        yield records, last
-        if len(hits) < page_size:
+        if len(hits) < page_size:  # a short page ends the search, whatever its sortValues
+            yield records, last
             return
+        if not last or last == after:
+            raise DataError(
+                f"the gateway returned a full {what} page whose last hit cannot continue the search "
+                f"(sortValues {last!r}, previous {after!r}); stopping to avoid a loop"
+            )
+        yield records, last
         after = last

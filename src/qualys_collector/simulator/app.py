@@ -303,7 +303,10 @@ class Simulator:
                 return Response(
                     json.dumps({"message": "Malformed JSON body"}), status=400, content_type="application/json"
                 )
-            text = json.dumps(self.fim.route(request.path, payload), ensure_ascii=False)
+            result = self.fim.route(request.path, payload)
+            if self.faults.take(request.path, {"empty_sort"}) is not None and isinstance(result, list):
+                result = [{**hit, "sortValues": []} for hit in result]
+            text = json.dumps(result, ensure_ascii=False)
         finally:
             self._release("fim")
         body = _Body(self, None, text, iter(()), request.path)

@@ -13,6 +13,7 @@ Kinds (each applies to requests whose path contains ``path=``, ``times=`` times,
 * ``expire_token`` - the next gateway calls answer 401 as for an expired token
 * ``forbidden`` - valid credentials without FIM permission (403)
 * ``error200`` with ``code=`` (default 1905) - a SIMPLE_RETURN error document sent with HTTP 200
+* ``empty_sort`` - search hits carry ``"sortValues": []`` (Qualys' own Fetch Events example)
 * ``split`` - nothing changes but the chunking: the first network write ends after ``split=`` bytes
 
 Every body fault also takes ``split=N``: the body's first write ends after N bytes, then a short pause,
@@ -73,6 +74,7 @@ def parse_fault(spec: str) -> Fault:
         "expire_token",
         "forbidden",
         "error200",
+        "empty_sort",
         "split",
     }
     if fault.kind not in known:
