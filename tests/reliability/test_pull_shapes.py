@@ -142,3 +142,29 @@ def test_fim_hits_with_empty_sort_values_end_on_the_short_page(tmp_path: Path) -
     assert incidents == truth_incidents
     assert any(e["tag"] == "monitor.qualys.fim.incident_event" for e in lines)
     assert any(k.endswith("/events/search 200") and "incidents" in k for k in served)
+
+
+def test_characters_xml_forbids_are_replaced_counted_and_logged(sim: Simulator, tmp_path: Path) -> None:
+    sim.faults.arm(parse_fault("badchars:times=-1,path=/fo/scan/"))
+    state = tmp_path / "state"
+    config = {
+        "globals": {"persistence": {"config": {"directory_name": str(state)}}},
+        "inputs": {
+            "qualys": {
+                "id": "b1",
+                "credentials": {"base_url": _url(sim), "username": "demo", "password": "demo"},
+                "services": {"vm_scans": {"start_time_utc": "2020-01-01T00:00:00Z"}},
+            }
+        },
+    }
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    done = subprocess.run([*CLI, "run", "-c", str(path), "--once"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    scans = [json.loads(line)["event"] for line in (state / "events.jsonl").read_text().splitlines()]
+    assert {s["REF"] for s in scans} == sim.truth("vm_scans")
+    assert all(s["TITLE"].endswith("\ufffd\ufffd") for s in scans)  # the two control bytes, visibly replaced
+    assert all(s["USER_LOGIN"] == "demo_user\ufffd" for s in scans)  # and the character reference
+    warned = [line for line in done.stderr.splitlines() if "XML 1.0 forbids" in line]
+    assert len(warned) == 1, warned  # once per answer
+    assert f"replaced {7 * len(scans)} " in warned[0]  # 2 bytes in 3 CDATA sections and 1 reference per scan

@@ -22,7 +22,14 @@ from qualys_collector.model import JSON, Page
 from qualys_collector.qualys.budget import ApiBudget
 from qualys_collector.qualys.http import ApiObserver, HttpSettings, earliest, make_client, server_date
 from qualys_collector.qualys.retry import Action, Resolution, RetryPolicy, pause, resolve_vm
-from qualys_collector.qualys.xml import ByteStream, parse_error_document, root_tag, simple_return_items
+from qualys_collector.qualys.xml import (
+    NOT_XML,
+    ByteStream,
+    ForbiddenCharacters,
+    parse_error_document,
+    root_tag,
+    simple_return_items,
+)
 from qualys_collector.redact import register_secret, sanitize_url
 
 logger = logging.getLogger(__name__)
@@ -186,7 +193,8 @@ class VmClient:
             body = head + b"".join(chunks)
             code, text = parse_error_document(body)
             raise self.error(path, response.status_code, code, text, resolve_vm(response.status_code, code))
-        return ByteStream(_prepend(head, chunks))
+        rest = _prepend(head, chunks)
+        return ByteStream(rest if tag == NOT_XML else ForbiddenCharacters(path).chunks(rest))
 
     def resumable(
         self, fetch: Callable[[JSON | None], Iterator[Page]], token: JSON | None, what: str

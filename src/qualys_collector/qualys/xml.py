@@ -9,6 +9,7 @@ whatever the count. Parsed elements are cleared as soon as they are converted: m
 from __future__ import annotations
 
 import io
+import logging
 import re
 from collections.abc import Iterable, Iterator
 from typing import Any
@@ -16,6 +17,8 @@ from typing import Any
 from lxml import etree
 
 from qualys_collector.errors import DataError
+
+logger = logging.getLogger("qualys_collector.qualys")
 
 #: Containers whose children always form a list (the container maps to a list of their values).
 LIST_CONTAINERS = frozenset(
@@ -65,6 +68,53 @@ class ByteStream(io.RawIOBase):
         self._offset += size
         self.bytes_read += size
         return size
+
+
+#: Characters XML 1.0 forbids, raw (C0 controls but tab, LF, CR: always one byte in UTF-8) or as references.
+_FORBIDDEN = re.compile(
+    rb"[\x00-\x08\x0b\x0c\x0e-\x1f]|&#(?:[xX]0*(?:[0-8bBcCeEfF]|1[0-9a-fA-F])|0*(?:[0-8]|1[124-9]|2[0-9]|3[01]));"
+)
+REPLACEMENT = "\ufffd".encode()
+
+
+class ForbiddenCharacters:
+    """Replaces characters XML 1.0 forbids with U+FFFD before the parser sees them, and counts them.
+
+    Qualys has been seen sending such characters (control bytes in RESULTS); a strict parser would fail
+    that answer on every cycle for ever. The replacement is visible in the event, and each answer with
+    replacements logs one warning with the count.
+    """
+
+    def __init__(self, what: str) -> None:
+        self.what = what
+        self.replaced = 0
+
+    def _clean(self, data: bytes) -> bytes:
+        if _FORBIDDEN.search(data) is None:
+            return data
+        cleaned, count = _FORBIDDEN.subn(REPLACEMENT, data)
+        self.replaced += count
+        return cleaned
+
+    def chunks(self, source: Iterable[bytes]) -> Iterator[bytes]:
+        """``source`` cleaned; a character reference cut between two chunks is joined first."""
+        carry = b""
+        for chunk in source:
+            data = carry + chunk if carry else chunk
+            cut = data.rfind(b"&", max(0, len(data) - 16))
+            if cut >= 0 and b";" not in data[cut:]:
+                data, carry = data[:cut], data[cut:]
+            else:
+                carry = b""
+            yield self._clean(data)
+        if carry:
+            yield self._clean(carry)
+        if self.replaced:
+            logger.warning(
+                "The answer from %s had characters XML 1.0 forbids: replaced %d of them with U+FFFD",
+                self.what,
+                self.replaced,
+            )
 
 
 def element_to_value(element: Any) -> Any:
@@ -155,6 +205,8 @@ def root_tag(head: bytes) -> str | None:
     ``/`` or ``>``): a first read that ends inside ``<SIMPLE_RET`` decides nothing. A head that does not
     start like XML gives :data:`NOT_XML`.
     """
+    if len(head) < 3 and b"\xef\xbb\xbf".startswith(head):
+        return None  # nothing yet, or a byte-order mark cut short
     position = 3 if head.startswith(b"\xef\xbb\xbf") else 0
     while True:
         while position < len(head) and head[position : position + 1] in b" \t\r\n":

@@ -430,7 +430,7 @@ class _Body:
 
     def __init__(self, sim: Simulator, key: str | None, first: str, rest: Iterator[str], path: str) -> None:
         self.sim, self.key, self.first, self.rest, self.path = sim, key, first, rest, path
-        self.fault = sim.faults.take(path, {"cut", "slow", "malformed", "bad_gzip", "split"})
+        self.fault = sim.faults.take(path, {"cut", "slow", "malformed", "bad_gzip", "split", "badchars"})
         self._closed = False
 
     def __iter__(self) -> Iterator[bytes]:
@@ -445,6 +445,8 @@ class _Body:
         size = 0
         for chunk in _chain(self.first, self.rest):
             data = chunk.encode("utf-8")
+            if self.fault is not None and self.fault.kind == "badchars":
+                data = data.replace(b"]]>", b"\x01\x1b]]>").replace(b"</USER_LOGIN>", b"&#x1;</USER_LOGIN>")
             if (
                 self.fault is not None
                 and self.fault.kind in ("cut", "malformed")

@@ -13,6 +13,8 @@ Kinds (each applies to requests whose path contains ``path=``, ``times=`` times,
 * ``expire_token`` - the next gateway calls answer 401 as for an expired token
 * ``forbidden`` - valid credentials without FIM permission (403)
 * ``error200`` with ``code=`` (default 1905) - a SIMPLE_RETURN error document sent with HTTP 200
+* ``badchars`` - characters XML 1.0 forbids: control bytes inside every CDATA section, ``&#x1;`` in
+  ``USER_LOGIN``
 * ``empty_sort`` - search hits carry ``"sortValues": []`` (Qualys' own Fetch Events example)
 * ``split`` - nothing changes but the chunking: the first network write ends after ``split=`` bytes
 
@@ -75,6 +77,7 @@ def parse_fault(spec: str) -> Fault:
         "forbidden",
         "error200",
         "empty_sort",
+        "badchars",
         "split",
     }
     if fault.kind not in known:
