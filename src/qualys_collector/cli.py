@@ -87,6 +87,8 @@ def run(config_path: Path, state_dir: Path | None, log_format: str, once: bool) 
             ok = collector.run_once()
             sys.exit(0 if ok else EXIT_FAILURE)
         collector.run_forever()
+        if collector.scheduler.fatal is not None:
+            sys.exit(EXIT_FAILURE)
     finally:
         collector.close()
 
@@ -124,16 +126,20 @@ def state_show(config_path: Path, state_dir: Path | None) -> None:
     config = _load(config_path)
     from qualys_collector.engine.outbox import Outbox
 
-    outbox = Outbox(config.state_dir(state_dir))
     try:
-        rows = outbox.checkpoints()
-        if not rows:
-            click.echo("No checkpoints yet.")
-        for input_id, service, data, _updated in rows:
-            click.echo(f"{input_id}/{service}: {json.dumps(data, sort_keys=True)}")
-        click.echo(f"outbox: {outbox.pending()} events pending, {outbox.size_bytes()} bytes")
-    finally:
-        outbox.close()
+        outbox = Outbox(config.state_dir(state_dir))
+        try:
+            rows = outbox.checkpoints()
+            if not rows:
+                click.echo("No checkpoints yet.")
+            for input_id, service, data, _updated in rows:
+                click.echo(f"{input_id}/{service}: {json.dumps(data, sort_keys=True)}")
+            click.echo(f"outbox: {outbox.pending()} events pending, {outbox.size_bytes()} bytes")
+        finally:
+            outbox.close()
+    except CollectorError as exc:
+        logger.error("%s", exc)
+        sys.exit(EXIT_FAILURE)
 
 
 @state.command("reset")
@@ -157,15 +163,22 @@ def state_reset(config_path: Path, state_dir: Path | None, service: str, input_n
     if not ids:
         click.echo(f"No configured input has a service named {service!r}.", err=True)
         sys.exit(EXIT_CONFIG)
-    outbox = Outbox(config.state_dir(state_dir))
     try:
-        for input_id in ids:
-            existed = outbox.reset_checkpoint(input_id, service)
-            logger.warning(
-                "Checkpoint of %s/%s %s", input_id, service, "reset" if existed else "did not exist; nothing to reset"
-            )
-    finally:
-        outbox.close()
+        outbox = Outbox(config.state_dir(state_dir))
+        try:
+            for input_id in ids:
+                existed = outbox.reset_checkpoint(input_id, service)
+                logger.warning(
+                    "Checkpoint of %s/%s %s",
+                    input_id,
+                    service,
+                    "reset" if existed else "did not exist; nothing to reset",
+                )
+        finally:
+            outbox.close()
+    except CollectorError as exc:
+        logger.error("%s", exc)
+        sys.exit(EXIT_FAILURE)
 
 
 @main.command()

@@ -11,7 +11,7 @@
     │       │ .retryable            True when the caller may try again later (5xx, cut, 409...)
     │       └── PullTimeoutError    301: Qualys did not answer in time; a smaller request may succeed
     ├── DataError                   a payload we cannot parse (malformed XML/JSON/CSV) -> PullError 301 upstream
-    ├── StateError                  the state directory is unusable (read-only, full, corrupt)
+    ├── StateError                  500-505: the state directory is unusable (read-only, full, corrupt, in use)
     ├── StopRequested               SIGTERM/SIGINT ended a wait: not a failure; the checkpoint stays put
     └── DeliveryError               a sink could not confirm delivery; the outbox keeps the rows
 
@@ -34,6 +34,12 @@ ERROR_TYPES: dict[int, str] = {
     103: "SetupError",
     300: "PullError",
     301: "PullError",
+    500: "StateError",
+    501: "StateError",
+    502: "StateError",
+    503: "StateError",
+    504: "StateError",
+    505: "StateError",
 }
 
 
@@ -107,9 +113,23 @@ class DataError(CollectorError):
 
 
 class StateError(CollectorError):
-    """The state directory or its database cannot be used."""
+    """The state directory or its database cannot be used.
+
+    500 cannot write (read-only, full), 501 the database is empty or corrupt, 502 a stored row is not
+    readable, 503 another collector holds the state directory, 504 written by a newer collector, 505 a bug.
+    """
 
     kind = "StateError"
+    #: Codes that no later cycle can get past: the collector stops instead of failing every cycle.
+    FATAL = frozenset({501, 502, 503, 504, 505})
+
+    def __init__(self, message: str, *, code: int = 500, fix: str | None = None) -> None:
+        super().__init__(message, code=code, fix=fix)
+
+    @property
+    def fatal(self) -> bool:
+        """Whether the state must be repaired before anything can run again."""
+        return self.code in self.FATAL
 
 
 class StopRequested(CollectorError):

@@ -85,7 +85,7 @@ def test_a_full_disk_is_a_clear_error_and_corrupts_nothing(setup: tuple[Simulato
             preexec_fn=None if mounted else limit_file_size,
         )
         assert full.returncode == 1
-        assert "[StateError]" in full.stderr
+        assert "[StateError 500]" in full.stderr
         assert "check free disk space" in full.stderr
         db = sqlite3.connect(state / "qualys-collector.sqlite3")
         assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
@@ -122,6 +122,6 @@ def test_a_read_only_state_directory_is_a_clear_error(setup: tuple[Simulator, Pa
         else:
             state.chmod(0o700)
     assert run.returncode == 1, run.stderr[-1500:]
-    assert "[StateError] cannot open the state database" in run.stderr
+    assert "[StateError 500] cannot open the state database" in run.stderr
     assert "make the state directory writable" in run.stderr
     assert sum(sim.requests.values()) == 0  # nothing was pulled that could not be stored

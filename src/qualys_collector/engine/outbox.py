@@ -46,7 +46,9 @@ class Outbox(StateStore):
         conn = self._conn()
         pos = conn.execute("SELECT seq FROM positions WHERE output = ?", (output,)).fetchone()
         if pos is None:
-            raise StateError(f"output {output!r} has no outbox position", fix="this is a bug; please report it")
+            raise StateError(
+                f"output {output!r} has no outbox position", code=505, fix="this is a bug; please report it"
+            )
         rows = conn.execute(
             "SELECT seq, tag, body FROM events WHERE seq > ? ORDER BY seq LIMIT ?", (pos[0], limit)
         ).fetchall()

@@ -15,7 +15,7 @@ from typing import Protocol
 
 from qualys_collector.engine.cycle import CycleStats, Job, run_cycle
 from qualys_collector.engine.outbox import Outbox
-from qualys_collector.errors import CollectorError, StopRequested
+from qualys_collector.errors import CollectorError, StateError, StopRequested
 from qualys_collector.model import utcnow
 
 logger = logging.getLogger("qualys_collector.puller")
@@ -51,6 +51,8 @@ class Scheduler:
         self.paused = paused or (lambda: False)
         self.observer = observer
         self.results: dict[str, CycleStats | None] = {}
+        #: the state error that stopped the collector, if one did
+        self.fatal: StateError | None = None
 
     def cycle(self, job: Job) -> CycleStats | None:
         """One cycle of ``job``; ``None`` when it failed (the error is logged)."""
@@ -61,6 +63,13 @@ class Scheduler:
         except StopRequested as exc:
             logger.warning("%s", exc.message)
             logger.warning("The window stays open: the checkpoint stays at the last committed page")
+        except StateError as exc:
+            if exc.fatal:  # no later cycle can get past it: stop rather than fail every period for ever
+                logger.error("%s. The collector stops until the state is repaired.", exc)
+                self.fatal = exc
+                self.stop.set()
+            else:
+                logger.error("%s. The checkpoint stays at the last committed page.", exc)
         except CollectorError as exc:
             logger.error("%s. The checkpoint stays at the last committed page.", exc)
         except Exception:

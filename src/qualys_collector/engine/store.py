@@ -29,6 +29,43 @@ from qualys_collector.errors import StateError
 from qualys_collector.model import JSON, Event, epoch_ms
 
 DB_NAME = "qualys-collector.sqlite3"
+#: SQLite's primary result codes for a damaged file (``sqlite_errorcode & 0xFF``).
+_SQLITE_CORRUPT, _SQLITE_NOTADB = 11, 26
+
+
+def corrupt_fix(path: Path) -> str:
+    """What to do with a damaged state database, and what each choice loses."""
+    return (
+        f"restore {path.name} from a backup taken while the collector was stopped; or move it aside "
+        f"(mv {path} {path}.corrupt) and start again: the events still in its outbox (not yet delivered) "
+        "are lost with it, and every service pulls again from its start_time_utc (delivered again)"
+    )
+
+
+def classify(exc: sqlite3.Error, path: Path, doing: str) -> StateError:
+    """A SQLite failure as the numbered StateError that says the right fix (corrupt file or unwritable disk)."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    if code is not None and code & 0xFF in (_SQLITE_CORRUPT, _SQLITE_NOTADB):
+        message = f"the state database {path} is corrupt ({exc}; seen on {doing})"
+        return StateError(message, code=501, fix=corrupt_fix(path))
+    return StateError(
+        f"state database {path} rejected {doing}: {exc}",
+        code=500,
+        fix="check free disk space and that the state directory is writable; nothing was lost",
+    )
+
+
+def _loads(text: str, path: Path, what: str) -> Any:
+    try:
+        return json.loads(text)
+    except ValueError as exc:
+        raise StateError(
+            f"{what} in the state database {path} is not readable JSON ({exc}; starts {text[:40]!r})",
+            code=502,
+            fix=f"restore {path.name} from a backup, or forget that row with `qualys-collector state reset` "
+            "(for a checkpoint: that service pulls again from its start_time_utc)",
+        ) from exc
+
 
 #: 0: the seed layout (events without key/time, no keyed tables); 1: record key + event time, keyed tables.
 SCHEMA_VERSION = 1
@@ -64,7 +101,7 @@ class TableView:
             .execute(f"SELECT value FROM {self._table} WHERE scope = ? AND key = ?", (self.scope, key))  # noqa: S608
             .fetchone()
         )
-        return None if row is None else json.loads(row[0])
+        return None if row is None else _loads(row[0], Path(DB_NAME), f"row {key!r} of keyed table {self.name!r}")
 
     def __contains__(self, key: object) -> bool:
         return isinstance(key, str) and self.get(key) is not None
@@ -84,7 +121,7 @@ class TableView:
             if not rows:
                 return
             for key, value in rows:
-                yield key, json.loads(value)
+                yield key, _loads(value, Path(DB_NAME), f"row {key!r} of keyed table {self.name!r}")
             after = rows[-1][0]
 
     def __len__(self) -> int:
@@ -201,17 +238,65 @@ class StateStore:
         self._declared: set[str] = set()
         try:
             state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-            if not self.path.exists():
-                fd = os.open(self.path, os.O_CREAT | os.O_RDWR, 0o600)
-                os.close(fd)
+            if not self.path.exists():  # a first run: built beside, then moved into place whole
+                self._create()
+            self._check()
             with self._transaction() as conn:
                 _upgrade(conn, self.path)
             self._declared = {r[0] for r in self._conn().execute("SELECT name FROM keyed_tables").fetchall()}
-        except (OSError, sqlite3.Error) as exc:
+        except StateError:
+            self.close()
+            raise
+        except sqlite3.Error as exc:
+            self.close()
+            raise classify(exc, self.path, "the open") from exc
+        except OSError as exc:
+            self.close()
             raise StateError(
                 f"cannot open the state database {self.path}: {exc}",
+                code=500,
                 fix="make the state directory writable by this user and check the disk has free space",
             ) from exc
+
+    def _create(self) -> None:
+        """A new database with the current schema, created under a temporary name and renamed into place,
+        so a crash during the first start never leaves an empty file behind."""
+        fresh = self.path.with_name(f"{DB_NAME}.new")
+        for leftover in (fresh, fresh.with_name(f"{fresh.name}-wal"), fresh.with_name(f"{fresh.name}-shm")):
+            leftover.unlink(missing_ok=True)
+        os.close(os.open(fresh, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600))
+        conn = sqlite3.connect(fresh, isolation_level=None)
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("BEGIN IMMEDIATE")
+            _upgrade(conn, fresh)
+            conn.execute("COMMIT")
+        finally:
+            conn.close()
+        os.replace(fresh, self.path)
+        directory = os.open(self.state_dir, os.O_RDONLY)
+        try:
+            os.fsync(directory)
+        finally:
+            os.close(directory)
+
+    def _check(self) -> None:
+        """An empty file, or ``PRAGMA quick_check`` failing (every page is read once): refused before any use."""
+        if self.path.stat().st_size == 0:
+            raise StateError(
+                f"the state database {self.path} is empty (0 bytes): it was truncated or replaced, so its "
+                "checkpoints and undelivered events are gone; the collector will not start over silently",
+                code=501,
+                fix=corrupt_fix(self.path),
+            )
+        rows = self._conn().execute("PRAGMA quick_check").fetchall()
+        problems = [str(r[0]) for r in rows if str(r[0]) != "ok"]
+        if problems:
+            raise StateError(
+                f"the state database {self.path} is corrupt: {'; '.join(problems[:3])}",
+                code=501,
+                fix=corrupt_fix(self.path),
+            )
 
     # ------------------------------------------------------------------ connections and transactions
 
@@ -244,10 +329,7 @@ class StateStore:
             raise
 
     def _rejected(self, exc: sqlite3.Error) -> StateError:
-        return StateError(
-            f"state database {self.path} rejected a write: {exc}",
-            fix="check free disk space and that the state directory is writable; nothing was lost",
-        )
+        return classify(exc, self.path, "a write")
 
     @contextlib.contextmanager
     def transaction(self, scope: str) -> Iterator[Transaction]:
@@ -280,7 +362,9 @@ class StateStore:
         if name in self._declared:
             return
         if not _TABLE_NAME.match(name):
-            raise StateError(f"keyed table name {name!r} is not lowercase letters, digits and _", fix="rename it")
+            raise StateError(
+                f"keyed table name {name!r} is not lowercase letters, digits and _", code=505, fix="rename it"
+            )
         table = _physical(name)
         with self._transaction() as conn:
             conn.execute(
@@ -296,6 +380,7 @@ class StateStore:
         if name not in self._declared:
             raise StateError(
                 f"keyed table {name!r} was used without being declared",
+                code=505,
                 fix="this is a bug: the service or stage must list it in its tables",
             )
 
@@ -308,21 +393,38 @@ class StateStore:
 
     def load_checkpoint(self, input_id: str, service: str) -> JSON | None:
         """The stored checkpoint of a service, or ``None``."""
-        row = (
-            self._conn()
-            .execute("SELECT data FROM checkpoints WHERE input_id = ? AND service = ?", (input_id, service))
-            .fetchone()
-        )
-        return None if row is None else dict(json.loads(row[0]))
+        try:
+            row = (
+                self._conn()
+                .execute("SELECT data FROM checkpoints WHERE input_id = ? AND service = ?", (input_id, service))
+                .fetchone()
+            )
+        except sqlite3.Error as exc:
+            raise classify(exc, self.path, f"a read of the checkpoint of {input_id}/{service}") from exc
+        return None if row is None else self._checkpoint(input_id, service, row[0])
+
+    def _checkpoint(self, input_id: str, service: str, text: str) -> JSON:
+        data = _loads(text, self.path, f"the checkpoint of {input_id}/{service}")
+        if not isinstance(data, dict):
+            raise StateError(
+                f"the checkpoint of {input_id}/{service} in the state database {self.path} is not an object",
+                code=502,
+                fix=f"restore {self.path.name} from a backup, or `qualys-collector state reset --service {service}` "
+                "(that service pulls again from its start_time_utc)",
+            )
+        return data
 
     def checkpoints(self) -> list[tuple[str, str, JSON, float]]:
-        """Every stored checkpoint: (input id, service, data, updated epoch seconds)."""
-        rows = (
-            self._conn()
-            .execute("SELECT input_id, service, data, updated FROM checkpoints ORDER BY input_id, service")
-            .fetchall()
-        )
-        return [(r[0], r[1], dict(json.loads(r[2])), float(r[3])) for r in rows]
+        """Every stored checkpoint: (input id, service, data, updated epoch seconds); 502 if one is unreadable."""
+        try:
+            rows = (
+                self._conn()
+                .execute("SELECT input_id, service, data, updated FROM checkpoints ORDER BY input_id, service")
+                .fetchall()
+            )
+        except sqlite3.Error as exc:
+            raise classify(exc, self.path, "a read of the checkpoints") from exc
+        return [(r[0], r[1], self._checkpoint(r[0], r[1], r[2]), float(r[3])) for r in rows]
 
     def commit(self, input_id: str, service: str, events: Sequence[Event], checkpoint: JSON) -> None:
         """Insert ``events`` and store ``checkpoint`` in one transaction."""
@@ -347,6 +449,7 @@ def _upgrade(conn: sqlite3.Connection, path: Path) -> None:
     if version > SCHEMA_VERSION:
         raise StateError(
             f"the state database {path} has schema version {version}; this collector knows up to {SCHEMA_VERSION}",
+            code=504,
             fix="run the qualys-collector version that wrote it, or point --state-dir at another directory",
         )
     if version == SCHEMA_VERSION:
