@@ -19,6 +19,7 @@ from qualys_collector.engine.cycle import Job
 from qualys_collector.engine.obfuscate import compile_rules
 from qualys_collector.engine.outbox import Outbox
 from qualys_collector.engine.scheduler import Scheduler
+from qualys_collector.engine.store import StateLock
 from qualys_collector.errors import CollectorError
 from qualys_collector.model import utcnow
 from qualys_collector.observability.memory import gc_line
@@ -231,7 +232,12 @@ class Collector:
             self.metrics = Metrics()
             observers.append(MetricsObserver(self.metrics))
         self.observer = Observers(*observers)
-        self.outbox = Outbox(self.state_dir)
+        self.lock = StateLock(self.state_dir)  # before the database: a second collector stops here
+        try:
+            self.outbox = Outbox(self.state_dir)
+        except BaseException:
+            self.lock.release()
+            raise
         self.sinks = sinks if sinks is not None else build_sinks(config, self.state_dir)
         self.outbox.register_outputs([s.name for s in self.sinks])
         self.clients: list[Any] = []
@@ -345,3 +351,4 @@ class Collector:
         for client in self.clients:
             client.close()
         self.outbox.close()
+        self.lock.release()

@@ -152,6 +152,7 @@ def state_reset(config_path: Path, state_dir: Path | None, service: str, input_n
     setup_logging()
     config = _load(config_path)
     from qualys_collector.engine.outbox import Outbox
+    from qualys_collector.engine.store import StateLock
 
     ids = [
         getattr(config.inputs, name).id
@@ -164,18 +165,22 @@ def state_reset(config_path: Path, state_dir: Path | None, service: str, input_n
         click.echo(f"No configured input has a service named {service!r}.", err=True)
         sys.exit(EXIT_CONFIG)
     try:
-        outbox = Outbox(config.state_dir(state_dir))
+        lock = StateLock(config.state_dir(state_dir))  # never under a running collector
         try:
-            for input_id in ids:
-                existed = outbox.reset_checkpoint(input_id, service)
-                logger.warning(
-                    "Checkpoint of %s/%s %s",
-                    input_id,
-                    service,
-                    "reset" if existed else "did not exist; nothing to reset",
-                )
+            outbox = Outbox(config.state_dir(state_dir))
+            try:
+                for input_id in ids:
+                    existed = outbox.reset_checkpoint(input_id, service)
+                    logger.warning(
+                        "Checkpoint of %s/%s %s",
+                        input_id,
+                        service,
+                        "reset" if existed else "did not exist; nothing to reset",
+                    )
+            finally:
+                outbox.close()
         finally:
-            outbox.close()
+            lock.release()
     except CollectorError as exc:
         logger.error("%s", exc)
         sys.exit(EXIT_FAILURE)

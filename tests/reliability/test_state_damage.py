@@ -1,8 +1,9 @@
 """A damaged state directory through the real CLI: a numbered StateError with the right fix, never a silent
-fresh start, a traceback or an endless loop."""
+fresh start, a traceback or an endless loop; and two collectors never share one state directory."""
 
 from __future__ import annotations
 
+import signal
 import sqlite3
 import subprocess
 import sys
@@ -129,3 +130,32 @@ def test_a_missing_database_is_a_first_run(setup: tuple[Simulator, Path]) -> Non
     db = first_run(config)
     assert "No persisted data found" not in cli("run", "-c", str(config), "--once").stderr
     assert not Path(f"{db}.new").exists()  # built under a temporary name and moved into place
+
+
+def test_a_second_collector_on_the_same_state_exits_naming_the_holder(setup: tuple[Simulator, Path]) -> None:
+    _sim, config = setup
+    holder = subprocess.Popen([*CLI, "run", "-c", str(config)], stderr=subprocess.PIPE, text=True)
+    try:
+        assert holder.stderr is not None
+        deadline = time.monotonic() + 60
+        for line in holder.stderr:
+            if "Statistics for this pull cycle" in line or time.monotonic() > deadline:
+                break
+        second = cli("run", "-c", str(config), "--once")
+        reset = cli("state", "reset", "-c", str(config), "--service", "host_list")
+        shown = cli("state", "show", "-c", str(config))  # reading is fine while it runs
+        assert holder.poll() is None  # the first one runs on
+    finally:
+        holder.send_signal(signal.SIGTERM)
+        holder.communicate(timeout=60)
+    assert second.returncode == 1, second.stderr[-1500:]
+    assert f"[StateError 503] the state directory {config.parent / 'state'} is in use by another collector" in (
+        second.stderr
+    )
+    assert f"(PID {holder.pid})" in second.stderr
+    assert "its own state directory" in second.stderr
+    assert "Pull Started" not in second.stderr
+    assert reset.returncode == 1
+    assert f"(PID {holder.pid})" in reset.stderr
+    assert shown.returncode == 0, shown.stderr
+    assert cli("run", "-c", str(config), "--once").returncode == 0  # free again once it stopped

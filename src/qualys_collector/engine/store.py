@@ -15,6 +15,7 @@ SQLite.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import re
@@ -29,6 +30,7 @@ from qualys_collector.errors import StateError
 from qualys_collector.model import JSON, Event, epoch_ms
 
 DB_NAME = "qualys-collector.sqlite3"
+LOCK_NAME = "qualys-collector.lock"
 #: SQLite's primary result codes for a damaged file (``sqlite_errorcode & 0xFF``).
 _SQLITE_CORRUPT, _SQLITE_NOTADB = 11, 26
 
@@ -40,6 +42,44 @@ def corrupt_fix(path: Path) -> str:
         f"(mv {path} {path}.corrupt) and start again: the events still in its outbox (not yet delivered) "
         "are lost with it, and every service pulls again from its start_time_utc (delivered again)"
     )
+
+
+class StateLock:
+    """An exclusive ``flock`` on ``<state>/qualys-collector.lock`` holding the owner's PID, for as long as a
+    collector runs: a second collector on the same state directory would deliver everything twice."""
+
+    def __init__(self, state_dir: Path) -> None:
+        self.path = state_dir / LOCK_NAME
+        try:
+            state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as exc:
+            raise StateError(
+                f"cannot open the state database lock file {self.path}: {exc}",
+                code=500,
+                fix="make the state directory writable by this user and check the disk has free space",
+            ) from exc
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            holder = os.read(fd, 32).decode("ascii", "replace").strip() or "unknown"
+            os.close(fd)
+            raise StateError(
+                f"the state directory {state_dir} is in use by another collector (PID {holder})",
+                code=503,
+                fix="stop that collector first, or give this one its own state directory (globals.persistence or "
+                "--state-dir): two collectors on one state directory deliver every event twice",
+            ) from exc
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._fd: int | None = fd
+
+    def release(self) -> None:
+        """Let another collector use the state directory."""
+        if self._fd is not None:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = None
 
 
 def classify(exc: sqlite3.Error, path: Path, doing: str) -> StateError:
