@@ -44,6 +44,46 @@ def load_config(path: Path, *, warn: Callable[[str], None] | None = None) -> Col
     return config.model_copy(update={"source_path": path})
 
 
+#: How many values a YAML file may hold once its aliases are expanded (a real configuration has a few hundred).
+MAX_YAML_VALUES = 100_000
+
+
+def _safe_yaml(text: str, name: str) -> Any:
+    """``yaml.safe_load``, but a file whose aliases expand past :data:`MAX_YAML_VALUES` values (an alias
+    "billion laughs": 1.5 KB that expands to 9**9 strings) is refused before anything walks it."""
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        expanded = _expanded_size(node, {})
+        if expanded > MAX_YAML_VALUES:
+            raise ConfigError(
+                "",
+                f"{name}: its YAML aliases (*name) expand to more than {MAX_YAML_VALUES:,} values "
+                f"({expanded:,}); refused as an alias bomb",
+                fix="write the repeated blocks out, or use far fewer nested aliases",
+            )
+        return loader.construct_document(node)
+    finally:
+        loader.dispose()
+
+
+def _expanded_size(node: yaml.Node, memo: dict[int, int]) -> int:
+    """The number of values ``node`` stands for once every alias is copied out (linear in the file's size)."""
+    known = memo.get(id(node))
+    if known is not None:
+        return known
+    memo[id(node)] = 1  # a recursive alias counts once
+    size = 1
+    if isinstance(node, yaml.SequenceNode):
+        size += sum(_expanded_size(child, memo) for child in node.value)
+    elif isinstance(node, yaml.MappingNode):
+        size += sum(_expanded_size(k, memo) + _expanded_size(v, memo) for k, v in node.value)
+    memo[id(node)] = size
+    return size
+
+
 def _read(path: Path) -> dict[str, Any]:
     try:
         text = path.read_text(encoding="utf-8")
@@ -56,7 +96,7 @@ def _read(path: Path) -> dict[str, Any]:
     suffix = path.suffix.lower()
     try:
         if suffix in (".yaml", ".yml"):
-            data = yaml.safe_load(text)
+            data = _safe_yaml(text, path.name)
         elif suffix == ".json":
             data = json.loads(text)
         else:
