@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -168,3 +169,35 @@ def test_characters_xml_forbids_are_replaced_counted_and_logged(sim: Simulator, 
     warned = [line for line in done.stderr.splitlines() if "XML 1.0 forbids" in line]
     assert len(warned) == 1, warned  # once per answer
     assert f"replaced {7 * len(scans)} " in warned[0]  # 2 bytes in 3 CDATA sections and 1 reference per scan
+
+
+def test_a_trickling_answer_ends_in_a_numbered_error_within_the_request_deadline(
+    sim: Simulator, tmp_path: Path
+) -> None:
+    """A slow loris (one byte every 2 s) never trips a per-read timeout; the total deadline ends it."""
+    sim.faults.arm(parse_fault("trickle:delay=2,times=-1,path=/fo/scan/"))
+    state = tmp_path / "state"
+    connection = {"request_timeout_seconds": 5, "max_attempts": 2, "max_retry_seconds": 60}
+    config = {
+        "globals": {"persistence": {"config": {"directory_name": str(state)}}},
+        "inputs": {
+            "qualys": {
+                "id": "t1",
+                "credentials": {"base_url": _url(sim), "username": "demo", "password": "demo"},
+                "connection": connection,
+                "services": {"vm_scans": {"start_time_utc": "2020-01-01T00:00:00Z"}},
+            }
+        },
+    }
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    started = time.monotonic()
+    try:
+        done = subprocess.run([*CLI, "run", "-c", str(path), "--once"], capture_output=True, text=True, timeout=60)
+    except subprocess.TimeoutExpired:
+        pytest.fail("run --once still hung after 60 s on a trickling answer with request_timeout_seconds: 5")
+    elapsed = time.monotonic() - started
+    assert done.returncode == 1, done.stderr
+    assert "[PullError 301]" in done.stderr
+    assert "request deadline of 5 s" in done.stderr
+    assert elapsed < 2 * 5 + 4 + 10  # two attempts of 5 s, a backoff, start-up

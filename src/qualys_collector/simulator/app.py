@@ -430,12 +430,15 @@ class _Body:
 
     def __init__(self, sim: Simulator, key: str | None, first: str, rest: Iterator[str], path: str) -> None:
         self.sim, self.key, self.first, self.rest, self.path = sim, key, first, rest, path
-        self.fault = sim.faults.take(path, {"cut", "slow", "malformed", "bad_gzip", "split", "badchars"})
+        self.fault = sim.faults.take(path, {"cut", "slow", "malformed", "bad_gzip", "split", "badchars", "trickle"})
         self._closed = False
 
     def __iter__(self) -> Iterator[bytes]:
         try:
-            yield from _split_at(self._chunks(), self.fault.split if self.fault is not None else None)
+            chunks = _split_at(self._chunks(), self.fault.split if self.fault is not None else None)
+            if self.fault is not None and self.fault.kind == "trickle":
+                chunks = _trickle(chunks, self.fault.delay)
+            yield from chunks
         finally:  # the end of the answer, or the generator discarded after a failed write
             self.close()
 
@@ -485,6 +488,14 @@ class _Body:
 
     def __del__(self) -> None:
         self.close()
+
+
+def _trickle(chunks: Iterator[bytes], delay: float) -> Iterator[bytes]:
+    """Every byte on its own, ``delay`` seconds apart (each read ends well within a per-read timeout)."""
+    for chunk in chunks:
+        for index in range(len(chunk)):
+            yield chunk[index : index + 1]
+            time.sleep(delay)
 
 
 def _split_at(chunks: Iterator[bytes], at: int | None) -> Iterator[bytes]:

@@ -15,6 +15,7 @@ Kinds (each applies to requests whose path contains ``path=``, ``times=`` times,
 * ``error200`` with ``code=`` (default 1905) - a SIMPLE_RETURN error document sent with HTTP 200
 * ``badchars`` - characters XML 1.0 forbids: control bytes inside every CDATA section, ``&#x1;`` in
   ``USER_LOGIN``
+* ``trickle`` with ``delay=`` seconds - a slow loris: the body goes out one byte at a time, ``delay`` apart
 * ``empty_sort`` - search hits carry ``"sortValues": []`` (Qualys' own Fetch Events example)
 * ``split`` - nothing changes but the chunking: the first network write ends after ``split=`` bytes
 
@@ -78,6 +79,7 @@ def parse_fault(spec: str) -> Fault:
         "error200",
         "empty_sort",
         "badchars",
+        "trickle",
         "split",
     }
     if fault.kind not in known:
