@@ -22,6 +22,7 @@ from qualys_collector.config import load_config
 from qualys_collector.config.schema import CollectorConfig
 from qualys_collector.errors import CollectorError, ConfigError
 from qualys_collector.observability.logging import setup_logging
+from qualys_collector.redact import scrub
 
 logger = logging.getLogger("qualys_collector")
 
@@ -308,5 +309,5 @@ def check_command(config_path: Path, state_dir: Path | None) -> None:
 
     results = check(config, state_dir)
     for name, ok, message in results:
-        click.echo(f"{'OK    ' if ok else 'FAILED'} {name}: {message}")
+        click.echo(scrub(f"{'OK    ' if ok else 'FAILED'} {name}: {message}"))
     sys.exit(0 if results and all(ok for _n, ok, _m in results) else EXIT_FAILURE)

@@ -7,6 +7,7 @@ text or a URL still never reaches a log line.
 
 from __future__ import annotations
 
+import base64
 import logging
 import re
 import threading
@@ -24,6 +25,22 @@ def register_secret(value: str | None) -> None:
     if value and len(value) >= 4:
         with _lock:
             _secrets.add(value)
+
+
+def register_credentials(username: str, password: str) -> None:
+    """Mask ``password`` and the encoded forms a request carries it in: the base64 of ``username:password``
+    (an echoed ``Authorization: Basic`` header), with and without padding, standard and URL-safe."""
+    register_secret(password)
+    pair = f"{username}:{password}".encode()
+    for encoded in (base64.b64encode(pair).decode(), base64.urlsafe_b64encode(pair).decode()):
+        register_secret(encoded)
+        register_secret(encoded.rstrip("="))
+
+
+#: An ``Authorization``/``Proxy-Authorization`` header value wherever it is echoed (text, JSON, a repr).
+_AUTH_HEADER = re.compile(
+    r"""(?i)\b((?:proxy-)?authorization)(["']?\s*[:=]\s*["']?)((?:basic|bearer|digest|negotiate|ntlm)\s+)?[^\s"',;}]+"""
+)
 
 
 def forget_secrets() -> None:
@@ -44,6 +61,8 @@ def scrub(text: str) -> str:
     for secret in secrets:
         if secret in text:
             text = text.replace(secret, MASK)
+    if "uthorization" in text or "UTHORIZATION" in text:
+        text = _AUTH_HEADER.sub(lambda m: f"{m.group(1)}{m.group(2)}{MASK}", text)
     return text
 
 

@@ -274,11 +274,11 @@ def _config_error(exc: ValidationError, prefix: str) -> ConfigError:
         loc = ".".join(_drop_output_type(parts))
         key_path = ".".join(part for part in (prefix, loc) if part)
         message = str(error["msg"]).removeprefix("Value error, ")
-        last = key_path.rsplit(".", 1)[-1]
         value = error.get("input")
         shown = ""
         plain = isinstance(value, str | int | float | bool) or value is None
-        if error["type"] not in ("missing", "extra_forbidden") and not is_secret_key(last) and plain:
+        secretive = any(is_secret_key(part) or part in ("credentials", "proxy") for part in key_path.split("."))
+        if error["type"] not in ("missing", "extra_forbidden") and not secretive and plain:
             shown = f" (got {value!r})"
         if error["type"] == "extra_forbidden":
             message = "unknown key; check its spelling and its place in the file (see README, Configuration)"

@@ -21,7 +21,7 @@ import httpx
 from qualys_collector.errors import PullError, SetupError, SourceError
 from qualys_collector.qualys.http import ApiObserver, HttpSettings, make_client, server_date
 from qualys_collector.qualys.retry import Action, RetryPolicy, resolve_gateway
-from qualys_collector.redact import register_secret
+from qualys_collector.redact import register_credentials, register_secret
 
 logger = logging.getLogger("qualys_collector.setup")
 
@@ -51,7 +51,7 @@ class GatewayAuth(httpx.Auth):
         clock: Callable[[], float] = time.time,
         observer: ApiObserver | None = None,
     ) -> None:
-        register_secret(password)
+        register_credentials(username, password)
         self.token_url = token_url
         self._form = {"username": username, "password": password, "token": "true"}
         self.clock = clock

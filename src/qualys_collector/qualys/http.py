@@ -17,11 +17,13 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from typing import Any, Protocol
+from urllib.parse import unquote
 
 import httpcore
 import httpx
 
 from qualys_collector import __version__
+from qualys_collector.redact import register_credentials
 
 logger = logging.getLogger(__name__)
 
@@ -57,6 +59,10 @@ def make_client(settings: HttpSettings, *, auth: httpx.Auth | None = None) -> ht
         verify = False
     elif settings.ca_bundle:
         verify = ssl.create_default_context(cafile=settings.ca_bundle)
+    if settings.proxy:
+        proxy = httpx.URL(settings.proxy)
+        if proxy.password:  # masked in its Proxy-Authorization form too, should a proxy echo it
+            register_credentials(unquote(proxy.username), unquote(proxy.password))
     return httpx.Client(
         auth=auth,
         transport=DeadlineTransport(settings.timeout, verify=verify, proxy=settings.proxy),

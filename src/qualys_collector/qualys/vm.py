@@ -30,7 +30,7 @@ from qualys_collector.qualys.xml import (
     root_tag,
     simple_return_items,
 )
-from qualys_collector.redact import register_secret, sanitize_url
+from qualys_collector.redact import register_credentials, sanitize_url
 
 logger = logging.getLogger(__name__)
 
@@ -62,7 +62,7 @@ class VmClient:
         sleep: Callable[[float], None] | None = None,
         requested_with: str = "qualys-collector",
     ) -> None:
-        register_secret(password)
+        register_credentials(username, password)
         self.base_url = base_url.rstrip("/")
         self.http = make_client(settings or HttpSettings(), auth=httpx.BasicAuth(username, password))
         self.http.headers["X-Requested-With"] = requested_with

@@ -203,7 +203,12 @@ class Simulator:
             )
             return self._xml(409, body, headers)
         try:
-            fault = self.faults.take(request.path, {"400", "409", "500", "502", "503", "504", "999", "error200"})
+            fault = self.faults.take(
+                request.path, {"400", "409", "500", "502", "503", "504", "999", "error200", "echo"}
+            )
+            if fault is not None and fault.kind == "echo":
+                self._release(key)
+                return self._xml(400, vm.simple_return(1905, f"Request rejected: {_echo(request)}", now), headers)
             if fault is not None:
                 self._release(key)
                 return self._fault_response(fault, headers, now)
@@ -287,7 +292,9 @@ class Simulator:
         if verdict is not None:
             return Response("Too Many Requests", status=429, content_type="text/plain", headers=headers)
         try:
-            fault = self.faults.take(request.path, {"429", "500", "502", "503", "504"})
+            fault = self.faults.take(request.path, {"429", "500", "502", "503", "504", "echo"})
+            if fault is not None and fault.kind == "echo":
+                return Response(f"Internal error: {_echo(request)}", status=500, content_type="text/plain")
             if fault is not None and fault.kind == "429":
                 headers = {**headers, "X-RateLimit-Remaining": "0", "X-RateLimit-ToWait-Sec": str(fault.wait)}
                 return Response("Too Many Requests", status=429, content_type="text/plain", headers=headers)
@@ -488,6 +495,11 @@ class _Body:
 
     def __del__(self) -> None:
         self.close()
+
+
+def _echo(request: Request) -> str:
+    """The request's headers as a careless server repeats them in an error text."""
+    return "; ".join(f"{name}: {value}" for name, value in request.headers.items())
 
 
 def _trickle(chunks: Iterator[bytes], delay: float) -> Iterator[bytes]:

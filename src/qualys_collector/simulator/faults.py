@@ -16,6 +16,8 @@ Kinds (each applies to requests whose path contains ``path=``, ``times=`` times,
 * ``badchars`` - characters XML 1.0 forbids: control bytes inside every CDATA section, ``&#x1;`` in
   ``USER_LOGIN``
 * ``trickle`` with ``delay=`` seconds - a slow loris: the body goes out one byte at a time, ``delay`` apart
+* ``echo`` - an error answer (VM: 400 SIMPLE_RETURN 1905; FIM: 500) whose text echoes the request's headers,
+  ``Authorization`` included, as some servers and proxies do
 * ``empty_sort`` - search hits carry ``"sortValues": []`` (Qualys' own Fetch Events example)
 * ``split`` - nothing changes but the chunking: the first network write ends after ``split=`` bytes
 
@@ -80,6 +82,7 @@ def parse_fault(spec: str) -> Fault:
         "empty_sort",
         "badchars",
         "trickle",
+        "echo",
         "split",
     }
     if fault.kind not in known:
