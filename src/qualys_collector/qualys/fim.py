@@ -19,7 +19,16 @@ from typing import Any
 import httpx
 
 from qualys_collector.errors import PullError, SetupError, SourceError
-from qualys_collector.qualys.http import ApiObserver, HttpSettings, make_client, server_date
+from qualys_collector.qualys.http import (
+    PROXY_AUTH_FIX,
+    PROXY_FIX,
+    ApiObserver,
+    HttpSettings,
+    make_client,
+    proxy_failure,
+    proxy_refusal,
+    server_date,
+)
 from qualys_collector.qualys.retry import Action, RetryPolicy, resolve_gateway
 from qualys_collector.redact import register_credentials, register_secret
 
@@ -132,6 +141,7 @@ class FimClient:
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self.auth = GatewayAuth(token_url, username, password, clock=clock, observer=observer)
+        self.proxy = (settings or HttpSettings()).proxy
         self.http = make_client(settings or HttpSettings(), auth=self.auth)
         self.policy = policy or RetryPolicy()
         self.sleep = sleep
@@ -182,12 +192,13 @@ class FimClient:
             except SourceError:
                 raise
             except httpx.TransportError as exc:
+                named = proxy_failure(self.proxy, exc)
                 failure: SourceError = PullError(
                     f"Some error occurred while retrieving {what} from Qualys server. Error details: "
-                    f"{type(exc).__name__}: {exc}",
+                    + (named or f"{type(exc).__name__}: {exc}"),
                     code=301,
                     retryable=True,
-                    fix="check network access to the Qualys gateway; the collector retries",
+                    fix=PROXY_FIX if named else "check network access to the Qualys gateway; the collector retries",
                 )
                 wait = self.policy.backoff(attempt)
             else:
@@ -206,6 +217,9 @@ class FimClient:
                         )
                         wait = self.policy.backoff(attempt)
                 else:
+                    refused = proxy_refusal(self.proxy, response.status_code)
+                    if refused is not None:
+                        raise PullError(refused, code=300, fix=PROXY_AUTH_FIX)
                     failure, wait = self._resolve(response, what, attempt)
             self.policy.give_up_or_wait(failure, attempt, started, wait, self.stop, self.sleep)
 

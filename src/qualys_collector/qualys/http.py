@@ -23,7 +23,7 @@ import httpcore
 import httpx
 
 from qualys_collector import __version__
-from qualys_collector.redact import register_credentials
+from qualys_collector.redact import register_credentials, sanitize_url
 
 logger = logging.getLogger(__name__)
 
@@ -209,3 +209,36 @@ def earliest(first: datetime | None, second: datetime | None) -> datetime | None
     if first is None or second is None:
         return first if second is None else second
     return min(first, second)
+
+
+#: The fix when a request failed on its way through the configured proxy.
+PROXY_FIX = (
+    "check connection.proxy: that the proxy runs and accepts this host, lets it reach the Qualys API server "
+    "(CONNECT for https), and its user and password (http://user:password@host:port)"
+)
+PROXY_AUTH_FIX = (
+    "the proxy wants credentials it did not get or refused: write them into connection.proxy "
+    "(http://user:password@host:port, or password from ${ENV}); Qualys' own credentials are not the problem"
+)
+
+
+def proxy_failure(proxy: str | None, exc: httpx.TransportError) -> str | None:
+    """A sentence naming the proxy when ``exc`` happened on the way to or through it (``None`` without one)."""
+    if not proxy:
+        return None
+    where = sanitize_url(proxy)
+    if isinstance(exc, httpx.ProxyError):
+        return f"the proxy {where} refused the tunnel to Qualys ({exc})"
+    if isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout):
+        return f"cannot connect to the proxy {where} ({type(exc).__name__}: {exc})"
+    if isinstance(exc, httpx.RemoteProtocolError | httpx.ReadError):
+        return f"the proxy {where} dropped the connection before Qualys answered ({type(exc).__name__}: {exc})"
+    return None
+
+
+def proxy_refusal(proxy: str | None, status: int) -> str | None:
+    """The sentence for an HTTP 407 from the proxy (``None`` for any other answer)."""
+    if status != 407:
+        return None
+    where = sanitize_url(proxy) if proxy else "between us and Qualys"
+    return f"HTTP 407 Proxy Authentication Required from the proxy {where}; Qualys was not reached"

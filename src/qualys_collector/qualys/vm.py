@@ -20,7 +20,17 @@ import httpx
 from qualys_collector.errors import DataError, PullError, PullTimeoutError, SetupError, SourceError
 from qualys_collector.model import JSON, Page
 from qualys_collector.qualys.budget import ApiBudget
-from qualys_collector.qualys.http import ApiObserver, HttpSettings, earliest, make_client, server_date
+from qualys_collector.qualys.http import (
+    PROXY_AUTH_FIX,
+    PROXY_FIX,
+    ApiObserver,
+    HttpSettings,
+    earliest,
+    make_client,
+    proxy_failure,
+    proxy_refusal,
+    server_date,
+)
 from qualys_collector.qualys.retry import Action, Resolution, RetryPolicy, pause, resolve_vm
 from qualys_collector.qualys.xml import (
     NOT_XML,
@@ -64,6 +74,7 @@ class VmClient:
     ) -> None:
         register_credentials(username, password)
         self.base_url = base_url.rstrip("/")
+        self.proxy = (settings or HttpSettings()).proxy
         self.http = make_client(settings or HttpSettings(), auth=httpx.BasicAuth(username, password))
         self.http.headers["X-Requested-With"] = requested_with
         self.budget = budget or ApiBudget()
@@ -117,6 +128,9 @@ class VmClient:
                     url = sanitize_url(self.base_url + path)
                     cause = f"ERROR: API Error. Cause: {type(exc).__name__} calling {url}"
                     fix = "check network access to the Qualys API server; the collector retries"
+                    named = proxy_failure(self.proxy, exc)
+                    if named is not None:
+                        cause, fix = f"ERROR: API Error. Cause: {named} (calling {url})", PROXY_FIX
                     failure: SourceError = (
                         PullTimeoutError(cause, fix=fix)
                         if isinstance(exc, httpx.TimeoutException)
@@ -136,6 +150,9 @@ class VmClient:
                             response.close()
                         return
                     body = _read_small(response)
+                    refused = proxy_refusal(self.proxy, response.status_code)
+                    if refused is not None:
+                        raise PullError(f"ERROR: API Error. Cause: {refused}", code=300, fix=PROXY_AUTH_FIX)
                     failure, wait = self._resolve(path, response, body, attempt)
             self.policy.give_up_or_wait(failure, attempt, started, wait, self.stop, self.sleep)
 

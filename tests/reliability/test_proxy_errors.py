@@ -1,0 +1,91 @@
+"""Proxy failures through the real CLI and a real forward proxy: the error names the proxy and its fix,
+not Qualys or the service's filters."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+
+from qualys_collector.simulator import SimConfig, Simulator
+from tests.helpers.proxy import ForwardProxy
+
+pytestmark = [pytest.mark.reliability, pytest.mark.integration]
+CLI = [sys.executable, "-m", "qualys_collector"]
+PROXY_PASSWORD = "Proxy-Canary-51d"
+
+
+@pytest.fixture
+def sim() -> Iterator[Simulator]:
+    simulator = Simulator(SimConfig(seed=3, hosts=5, scans=4))
+    simulator.start()
+    yield simulator
+    simulator.stop()
+
+
+def run_through(sim: Simulator, tmp_path: Path, proxy: str) -> subprocess.CompletedProcess[str]:
+    assert sim._server is not None
+    url = f"http://127.0.0.1:{sim._server.server_port}"
+    config = {
+        "globals": {"persistence": {"config": {"directory_name": str(tmp_path / "state")}}},
+        "inputs": {
+            "qualys": {
+                "id": "p1",
+                "credentials": {"base_url": url, "username": "demo", "password": "demo"},
+                "connection": {"proxy": proxy, "max_attempts": 1},
+                "services": {"vm_scans": {"start_time_utc": "2020-01-01T00:00:00Z"}},
+            }
+        },
+    }
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return subprocess.run([*CLI, "run", "-c", str(path), "--once"], capture_output=True, text=True, timeout=60)
+
+
+def closed_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def test_a_proxy_that_wants_credentials_is_named_with_407(sim: Simulator, tmp_path: Path) -> None:
+    with ForwardProxy(credentials=f"proxyuser:{PROXY_PASSWORD}") as proxy:
+        done = run_through(sim, tmp_path, proxy.url)
+    assert done.returncode == 1, done.stderr
+    assert "407" in done.stderr
+    assert f"the proxy {proxy.url}" in done.stderr
+    assert "Qualys was not reached" in done.stderr
+    assert "filters" not in done.stderr
+    assert "connection.proxy" in done.stderr
+
+
+def test_a_refused_proxy_is_named(sim: Simulator, tmp_path: Path) -> None:
+    port = closed_port()
+    done = run_through(sim, tmp_path, f"http://127.0.0.1:{port}")
+    assert done.returncode == 1, done.stderr
+    assert f"cannot connect to the proxy http://127.0.0.1:{port}" in done.stderr
+    assert "connection.proxy" in done.stderr
+    assert "network access to the Qualys API server" not in done.stderr
+
+
+def test_a_proxy_that_drops_the_connection_is_named(sim: Simulator, tmp_path: Path) -> None:
+    with ForwardProxy(mode="drop") as proxy:
+        done = run_through(sim, tmp_path, proxy.url)
+    assert done.returncode == 1, done.stderr
+    assert f"the proxy {proxy.url} dropped the connection" in done.stderr
+    assert "connection.proxy" in done.stderr
+
+
+def test_the_right_proxy_credentials_work_and_stay_secret(sim: Simulator, tmp_path: Path) -> None:
+    with ForwardProxy(credentials=f"proxyuser:{PROXY_PASSWORD}") as proxy:
+        host, port = proxy.url.removeprefix("http://").split(":")
+        done = run_through(sim, tmp_path, f"http://proxyuser:{PROXY_PASSWORD}@{host}:{port}")
+        forwarded = proxy.forwarded
+    assert done.returncode == 0, done.stderr
+    assert forwarded >= 1
+    assert PROXY_PASSWORD not in done.stderr
