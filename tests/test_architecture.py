@@ -12,7 +12,8 @@ cycle between modules, and no import against the layering of STYLE.md section 4:
 - ``services`` import ``qualys`` helpers, the engine's protocols, ``model``/``errors``/``redact`` and each
   other: never ``config``, ``sinks``, ``simulator`` or the composition modules;
 - ``simulator`` imports nothing else of the package (it shares nothing with the collector but the wire);
-- no package imports the composition modules (``app``, ``cli``, ``demo``, ``relay``);
+- no package imports the composition modules (``app``, ``cli``, ``demo``, ``relay``), and only they read
+  ``config`` (it is no hub: every other module gets settings objects or its own options model);
 - only the engine's state store (``engine/store.py`` and its delivery side ``engine/outbox.py``) imports
   ``sqlite3``.
 """
@@ -166,6 +167,8 @@ def violations(graph: Graph, allowed: Iterable[tuple[str, str]] = ()) -> list[st
                 out.append(f"{importer} -> {target}: {here}/ imports nothing else of the package")
             elif here in PACKAGES and there in COMPOSITION:
                 out.append(f"{importer} -> {target}: only the composition modules import {there}")
+            elif there == "config" and here != "config" and here not in COMPOSITION:
+                out.append(f"{importer} -> {target}: only the composition modules import config/")
     return out
 
 
@@ -263,12 +266,15 @@ def test_each_forbidden_direction_is_reported(tmp_path: Path) -> None:
             "sinks/file.py": "from qualys_collector import app\nfrom qualys_collector.engine import store\n",
             "simulator/__init__.py": "",
             "simulator/vm.py": "from qualys_collector.model import x\n",
+            "observability/__init__.py": "",
+            "observability/metrics.py": "from qualys_collector.config import schema\n",
         },
     )
     p = PACKAGE
     assert violations(import_graph(src)) == [
         f"{p}.app -> sqlite3: only {p}.engine.outbox, {p}.engine.store may import sqlite3",
         f"{p}.engine.cycle -> {p}.services.vm: engine/ never imports services/",
+        f"{p}.observability.metrics -> {p}.config.schema: only the composition modules import config/",
         f"{p}.qualys.vm -> {p}.config.schema: qualys/ never imports config/",
         f"{p}.qualys.vm -> sqlite3: only {p}.engine.outbox, {p}.engine.store may import sqlite3",
         f"{p}.services.bad -> {p}.config.schema: services/ never imports config/",
