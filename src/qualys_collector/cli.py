@@ -133,7 +133,7 @@ def state_show(config_path: Path, state_dir: Path | None) -> None:
             rows = outbox.checkpoints()
             if not rows:
                 click.echo("No checkpoints yet.")
-            for input_id, service, data, _updated in rows:
+            for input_id, service, data in rows:
                 click.echo(f"{input_id}/{service}: {json.dumps(data, sort_keys=True)}")
             click.echo(f"outbox: {outbox.pending()} events pending, {outbox.size_bytes()} bytes")
         finally:

@@ -177,3 +177,32 @@ def test_a_database_from_a_newer_collector_is_refused(tmp_path: Path) -> None:
         db.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
     with pytest.raises(StateError, match="this collector knows up to"):
         Outbox(tmp_path / "state")
+
+
+def _columns(db: sqlite3.Connection, table: str) -> set[str]:
+    return {row[1] for row in db.execute(f"PRAGMA table_info({table})").fetchall()}
+
+
+@pytest.mark.parametrize("version", [0, 1])
+def test_the_upgrade_drops_the_columns_nothing_reads_and_keeps_the_rows(tmp_path: Path, version: int) -> None:
+    state = tmp_path / "state"
+    checkpoint = {"@persistence_version": 1, "start_time_str": "2024-01-01T00:00:00Z", "last_ids": []}
+    write_old_database(state, checkpoint)
+    if version == 1:  # what the collector wrote between the state store and this schema
+        with sqlite3.connect(state / DB_NAME) as db:
+            db.execute("ALTER TABLE events ADD COLUMN record_key TEXT")
+            db.execute("ALTER TABLE events ADD COLUMN event_time INTEGER")
+            db.execute("CREATE TABLE keyed_tables (name TEXT PRIMARY KEY, owner TEXT NOT NULL)")
+            db.execute("PRAGMA user_version = 1")
+    store = Outbox(state)
+    try:
+        assert store.checkpoints() == [("7", "fim_incidents", checkpoint)]
+        assert [json.loads(e.body)["n"] for e in store.read("file", 10)] == [1, 2]
+    finally:
+        store.close()
+    Outbox(tmp_path / "fresh").close()
+    for directory in (state, tmp_path / "fresh"):
+        with sqlite3.connect(directory / DB_NAME) as db:
+            assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
+            assert _columns(db, "events") == {"seq", "tag", "body", "source", "record_key", "event_time"}
+            assert _columns(db, "checkpoints") == {"input_id", "service", "data"}

@@ -21,7 +21,6 @@ import os
 import re
 import sqlite3
 import threading
-import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -107,14 +106,17 @@ def _loads(text: str, path: Path, what: str) -> Any:
         ) from exc
 
 
-#: 0: the seed layout (events without key/time, no keyed tables); 1: record key + event time, keyed tables.
-SCHEMA_VERSION = 1
+#: 0: the seed layout (events without key/time, no keyed tables); 1: record key + event time, keyed tables;
+#: 2: without the columns nothing read (``events.created``, ``checkpoints.updated``).
+SCHEMA_VERSION = 2
+#: Columns of older schemas that nothing reads, dropped on upgrade.
+_DROPPED = (("events", "created"), ("checkpoints", "updated"))
 
 _BASE = (
     "CREATE TABLE IF NOT EXISTS events (seq INTEGER PRIMARY KEY AUTOINCREMENT, tag TEXT NOT NULL, body TEXT NOT NULL,"
-    " source TEXT NOT NULL, created REAL NOT NULL, record_key TEXT, event_time INTEGER)",
+    " source TEXT NOT NULL, record_key TEXT, event_time INTEGER)",
     "CREATE TABLE IF NOT EXISTS checkpoints (input_id TEXT NOT NULL, service TEXT NOT NULL, data TEXT NOT NULL,"
-    " updated REAL NOT NULL, PRIMARY KEY (input_id, service))",
+    " PRIMARY KEY (input_id, service))",
     "CREATE TABLE IF NOT EXISTS positions (output TEXT PRIMARY KEY, seq INTEGER NOT NULL)",
     "CREATE TABLE IF NOT EXISTS keyed_tables (name TEXT PRIMARY KEY, owner TEXT NOT NULL)",
 )
@@ -218,7 +220,7 @@ class Transaction:
         self._db = conn
         self.scope = scope
         self._begun = False
-        self._rows: list[tuple[str, str, str, float, str | None, int | None]] = []
+        self._rows: list[tuple[str, str, str, str | None, int | None]] = []
         self._checkpoints: dict[str, str] = {}
 
     def _conn(self) -> sqlite3.Connection:
@@ -229,10 +231,9 @@ class Transaction:
 
     def add_events(self, service: str, events: Sequence[Event]) -> None:
         """Queue ``events`` of ``service`` for the outbox (serialised now, inserted at commit)."""
-        now = time.time()
         source = f"{self.scope}/{service}"
         self._rows += [
-            (e.tag, e.to_json(), source, now, e.key, None if e.time is None else epoch_ms(e.time)) for e in events
+            (e.tag, e.to_json(), source, e.key, None if e.time is None else epoch_ms(e.time)) for e in events
         ]
 
     def save_checkpoint(self, service: str, checkpoint: JSON) -> None:
@@ -248,15 +249,14 @@ class Transaction:
         conn = self._conn()
         if self._rows:
             conn.executemany(
-                "INSERT INTO events (tag, body, source, created, record_key, event_time) VALUES (?, ?, ?, ?, ?, ?)",
+                "INSERT INTO events (tag, body, source, record_key, event_time) VALUES (?, ?, ?, ?, ?)",
                 self._rows,
             )
-        now = time.time()
         for service, data in self._checkpoints.items():
             conn.execute(
-                "INSERT INTO checkpoints (input_id, service, data, updated) VALUES (?, ?, ?, ?) "
-                "ON CONFLICT(input_id, service) DO UPDATE SET data = excluded.data, updated = excluded.updated",
-                (self.scope, service, data, now),
+                "INSERT INTO checkpoints (input_id, service, data) VALUES (?, ?, ?) "
+                "ON CONFLICT(input_id, service) DO UPDATE SET data = excluded.data",
+                (self.scope, service, data),
             )
         conn.execute("COMMIT")
 
@@ -454,17 +454,17 @@ class StateStore:
             )
         return data
 
-    def checkpoints(self) -> list[tuple[str, str, JSON, float]]:
-        """Every stored checkpoint: (input id, service, data, updated epoch seconds); 502 if one is unreadable."""
+    def checkpoints(self) -> list[tuple[str, str, JSON]]:
+        """Every stored checkpoint: (input id, service, data); 502 if one is unreadable."""
         try:
             rows = (
                 self._conn()
-                .execute("SELECT input_id, service, data, updated FROM checkpoints ORDER BY input_id, service")
+                .execute("SELECT input_id, service, data FROM checkpoints ORDER BY input_id, service")
                 .fetchall()
             )
         except sqlite3.Error as exc:
             raise classify(exc, self.path, "a read of the checkpoints") from exc
-        return [(r[0], r[1], self._checkpoint(r[0], r[1], r[2]), float(r[3])) for r in rows]
+        return [(r[0], r[1], self._checkpoint(r[0], r[1], r[2])) for r in rows]
 
     def commit(self, input_id: str, service: str, events: Sequence[Event], checkpoint: JSON) -> None:
         """Insert ``events`` and store ``checkpoint`` in one transaction."""
@@ -501,4 +501,7 @@ def _upgrade(conn: sqlite3.Connection, path: Path) -> None:
         conn.execute("ALTER TABLE events ADD COLUMN record_key TEXT")
     if "event_time" not in columns:
         conn.execute("ALTER TABLE events ADD COLUMN event_time INTEGER")
+    for table, column in _DROPPED:  # written by a version-0 or version-1 collector
+        if column in {row[1] for row in conn.execute(f"PRAGMA table_info({table})").fetchall()}:
+            conn.execute(f"ALTER TABLE {table} DROP COLUMN {column}")
     conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
