@@ -49,6 +49,12 @@ class BoundaryCursor:
             self.max_value = max_value
             self.max_ids = set(max_ids)
         self._warned = False
+        self._fresh: list[str] = []
+
+    def take_fresh(self) -> list[str]:
+        """The keys added at :attr:`max_value` since the last call (what the next commit must store)."""
+        fresh, self._fresh = self._fresh, []
+        return fresh
 
     def admit(self, cursor: datetime | None, key: str) -> Verdict:
         """Judge one record and, when admitted, remember it."""
@@ -64,10 +70,12 @@ class BoundaryCursor:
         if self.max_value is None or cursor > self.max_value:
             self.max_value = cursor
             self.max_ids = {key}
+            self._fresh = [key]
         elif cursor == self.max_value:
             if key in self.max_ids:
                 return Verdict.DUPLICATE
             self.max_ids.add(key)
+            self._fresh.append(key)
             if len(self.max_ids) > LARGE_BOUNDARY and not self._warned:
                 self._warned = True
                 logger.warning(

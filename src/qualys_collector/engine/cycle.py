@@ -12,7 +12,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 from qualys_collector.engine.checkpoint import Checkpoint, WindowProgress
 from qualys_collector.engine.cursor import BoundaryCursor, Verdict
@@ -23,6 +23,20 @@ from qualys_collector.engine.window import plan_window
 from qualys_collector.model import JSON, Event, Page, SourceState, TablePrune, Window, epoch_ms, utcnow
 
 logger = logging.getLogger("qualys_collector.puller")
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def boundary_table(service: str) -> str:
+    """The keyed table of a service's boundary keys: each key delivered at a cursor value, stamped with that
+    value in microseconds. A page commit writes only the keys it added, and its checkpoint carries none, so
+    a second holding 80,000 records costs O(records) per window, not every key rewritten on every page. A
+    completed window's checkpoint still lists its boundary keys (``last_ids``, once per window)."""
+    return f"boundary_{service}"
+
+
+def _stamp(value: datetime) -> int:
+    return (value - _EPOCH) // timedelta(microseconds=1)
 
 
 @dataclass
@@ -86,6 +100,7 @@ def load_checkpoint(job: Job, outbox: Outbox, now: datetime) -> Checkpoint:
     """
     for table in job.spec.tables:
         outbox.declare(table.name, job.spec.name)
+    outbox.declare(boundary_table(job.spec.name), job.spec.name)
     configured = job.start_time
     stored = outbox.load_checkpoint(job.input_id, job.spec.name)
     fresh = Checkpoint.initial(configured, now - job.spec.default_lookback)
@@ -105,6 +120,7 @@ def load_checkpoint(job: Job, outbox: Outbox, now: datetime) -> Checkpoint:
         with outbox.transaction(job.input_id) as tx:
             for table in job.spec.tables:
                 tx.table(table.name).clear()
+            tx.table(boundary_table(job.spec.name)).clear()
             tx.save_checkpoint(job.spec.name, fresh.to_json())
         logger.warning("Persistence has been updated successfully")
         return fresh
@@ -167,9 +183,12 @@ def run_cycle(
         progress = WindowProgress(start=window.start, end=window.end, capped=window.capped)
     logger.info("Pull Started")
     logger.info("Fetching data From : %s  To : %s", window.start, window.end)
-    cursor = BoundaryCursor(
-        checkpoint.value, checkpoint.ids, window.end, max_value=progress.max_value, max_ids=progress.max_ids
-    )
+    checkpoint, progress = _boundary_to_table(job, outbox, checkpoint, progress)
+    boundary = outbox.table(job.input_id, boundary_table(job.spec.name))
+    floor_ids = boundary.keys_at(_stamp(checkpoint.value)) if checkpoint.value is not None else []
+    max_ids = boundary.keys_at(_stamp(progress.max_value)) if progress.max_value is not None else []
+    cursor = BoundaryCursor(checkpoint.value, floor_ids, window.end, max_value=progress.max_value, max_ids=max_ids)
+    cursor.take_fresh()
     tables = {t.name: outbox.table(job.input_id, t.name) for t in job.spec.tables}
     pages = job.source.pages(window, token, SourceState(checkpoint.extra, tables))
     completed = False
@@ -200,7 +219,6 @@ def run_cycle(
             capped=window.capped,
             token=page.token,
             max_value=cursor.max_value,
-            max_ids=tuple(sorted(cursor.max_ids)),
             pages=progress.pages + 1,
             horizon=horizon,
         )
@@ -211,17 +229,14 @@ def run_cycle(
             completed = True
         elif job.spec.is_sorted and job.spec.mode is CursorMode.RECORD:
             new = Checkpoint(
-                start_time=checkpoint.start_time,
-                value=cursor.max_value,
-                ids=progress.max_ids,
-                window=progress,
-                extra=checkpoint.extra,
+                start_time=checkpoint.start_time, value=cursor.max_value, window=progress, extra=checkpoint.extra
             )
         else:
             new = checkpoint.with_window(progress)
         with outbox.transaction(job.input_id) as tx:
             tx.add_events(job.spec.name, events)
             apply_writes(tx, page)
+            _store_boundary(tx, job, cursor, new)
             tx.save_checkpoint(job.spec.name, new.to_json())
         stats.sent += len(events)
         logger.info(stats.line(partial=True))
@@ -234,12 +249,41 @@ def run_cycle(
             return stats
     if not completed:
         new = _complete(job.spec, checkpoint, window, cursor, progress.horizon)
-        outbox.commit(job.input_id, job.spec.name, [], new.to_json())
+        with outbox.transaction(job.input_id) as tx:
+            _store_boundary(tx, job, cursor, new)
+            tx.save_checkpoint(job.spec.name, new.to_json())
     stats.completed = True
     if stats.deferred:
         logger.info("%d records at or after %s were left for the next window", stats.deferred, window.end)
     logger.info(stats.line())
     return stats
+
+
+def _store_boundary(tx: Transaction, job: Job, cursor: BoundaryCursor, new: Checkpoint) -> None:
+    """The keys this page added at the running maximum, and (once the checkpoint moved) fewer rows below it."""
+    table = tx.table(boundary_table(job.spec.name))
+    fresh = cursor.take_fresh()
+    if fresh and cursor.max_value is not None:
+        table.put_many(fresh, 1, stamp=_stamp(cursor.max_value))
+    if new.value is not None and (new.window is None or new.value == new.window.max_value):
+        table.prune(_stamp(new.value))  # keys below the checkpoint can never be asked about again
+
+
+def _boundary_to_table(
+    job: Job, outbox: Outbox, checkpoint: Checkpoint, progress: WindowProgress
+) -> tuple[Checkpoint, WindowProgress]:
+    """Keys a checkpoint lists inline (a completed window's ``last_ids``, or an older version's window) go
+    into the table before the window's pages, whose checkpoints then list none."""
+    if not checkpoint.ids and not progress.max_ids:
+        return checkpoint, progress
+    with outbox.transaction(job.input_id) as tx:
+        table = tx.table(boundary_table(job.spec.name))
+        if checkpoint.value is not None:
+            table.put_many(checkpoint.ids, 1, stamp=_stamp(checkpoint.value))
+        if progress.max_value is not None:
+            table.put_many(progress.max_ids, 1, stamp=_stamp(progress.max_value))
+    moved = replace(progress, max_ids=())
+    return replace(checkpoint, ids=(), window=moved if checkpoint.window is not None else None), moved
 
 
 def _complete(

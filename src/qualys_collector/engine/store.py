@@ -145,6 +145,15 @@ class TableView:
         )
         return None if row is None else _loads(row[0], Path(DB_NAME), f"row {key!r} of keyed table {self.name!r}")
 
+    def keys_at(self, stamp: int) -> list[str]:
+        """Every key whose stamp is exactly ``stamp`` (through the table's stamp index)."""
+        rows = (
+            self._conn()
+            .execute(f"SELECT key FROM {self._table} WHERE scope = ? AND stamp = ?", (self.scope, stamp))  # noqa: S608
+            .fetchall()
+        )
+        return [str(row[0]) for row in rows]
+
     def __contains__(self, key: object) -> bool:
         return isinstance(key, str) and self.get(key) is not None
 
@@ -184,6 +193,15 @@ class KeyedTable(TableView):
             f"INSERT INTO {self._table} (scope, key, value, stamp) VALUES (?, ?, ?, ?) "  # noqa: S608
             "ON CONFLICT(scope, key) DO UPDATE SET value = excluded.value, stamp = excluded.stamp",
             (self.scope, key, json.dumps(value, sort_keys=True, separators=(",", ":")), stamp),
+        )
+
+    def put_many(self, keys: Sequence[str], value: Any, *, stamp: int | None = None) -> None:
+        """:meth:`put` of one ``value`` under each of ``keys`` (one statement for them all)."""
+        text = json.dumps(value, sort_keys=True, separators=(",", ":"))
+        self._conn().executemany(
+            f"INSERT INTO {self._table} (scope, key, value, stamp) VALUES (?, ?, ?, ?) "  # noqa: S608
+            "ON CONFLICT(scope, key) DO UPDATE SET value = excluded.value, stamp = excluded.stamp",
+            [(self.scope, key, text, stamp) for key in keys],
         )
 
     def delete(self, key: str) -> bool:
