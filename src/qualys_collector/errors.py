@@ -25,22 +25,36 @@ from typing import ClassVar
 
 #: The seeds' error numbers and their type names, for the troubleshooting table and log lines.
 ERROR_TYPES: dict[int, str] = {
-    1: "InitVariablesError",
     2: "InitVariablesError",
     3: "InitVariablesError",
+    10: "ConfigError",
+    11: "ConfigError",
+    12: "ConfigError",
     100: "SetupError",
     101: "SetupError",
     102: "SetupError",
     103: "SetupError",
     300: "PullError",
     301: "PullError",
+    400: "DeliveryError",
+    401: "DeliveryError",
+    402: "DeliveryError",
+    403: "DeliveryError",
+    404: "DeliveryError",
+    405: "DeliveryError",
+    406: "DeliveryError",
+    407: "DeliveryError",
     500: "StateError",
     501: "StateError",
     502: "StateError",
     503: "StateError",
     504: "StateError",
     505: "StateError",
+    900: "CollectorError",
 }
+
+#: The fix of a configuration error that did not name its own.
+CONFIG_FIX = "correct it in the configuration file (every key: docs/configuration.md); nothing was sent to Qualys"
 
 
 class CollectorError(Exception):
@@ -66,7 +80,9 @@ class ConfigError(CollectorError):
     kind = "ConfigError"
 
     def __init__(self, path: str, message: str, *, fix: str | None = None, code: int | None = None) -> None:
-        super().__init__(f"{path}: {message}" if path else message, code=code, fix=fix)
+        """10: a key or value, 11: the file itself (missing, unreadable, not YAML/JSON), 12: an alias bomb;
+        1-3: the seeds' InitVariablesError (``start_time_utc``)."""
+        super().__init__(f"{path}: {message}" if path else message, code=code or 10, fix=fix or CONFIG_FIX)
         self.path = path
 
 
@@ -124,7 +140,8 @@ class StateError(CollectorError):
     FATAL = frozenset({501, 502, 503, 504, 505})
 
     def __init__(self, message: str, *, code: int = 500, fix: str | None = None) -> None:
-        super().__init__(message, code=code, fix=fix)
+        default = "check free disk space and that the state directory is writable; nothing was lost"
+        super().__init__(message, code=code, fix=fix or (default if code == 500 else "see README's error table"))
 
     @property
     def fatal(self) -> bool:
@@ -140,6 +157,13 @@ class StopRequested(CollectorError):
 
 
 class DeliveryError(CollectorError):
-    """A sink could not confirm delivery. Nothing is removed from the outbox."""
+    """A sink could not confirm delivery. Nothing is removed from the outbox.
+
+    400-404 the Devo output (certificates, connection, confirmation), 405 the file output cannot write,
+    406 standard output is closed, 407 an output acknowledged what it was not given or failed unexpectedly.
+    """
 
     kind = "DeliveryError"
+
+    def __init__(self, message: str, *, code: int = 407, fix: str | None = None) -> None:
+        super().__init__(message, code=code, fix=fix)

@@ -85,7 +85,7 @@ def test_a_configuration_error_stops_the_container_instead_of_restarting_it(tmp_
     assert plain.returncode == 2  # outside compose: the CLI's own exit code
     stopped = entrypoint({**env, "STOP_ON_CONFIG_ERROR": "1"})
     assert stopped.returncode == 0, "restart: on-failure must not restart a configuration error"
-    assert "[ConfigError] inputs.qualys" in stopped.stderr
+    assert "[ConfigError 10] inputs.qualys" in stopped.stderr
     assert "not to be restarted" in stopped.stderr
     missing = entrypoint({**env, "STOP_ON_CONFIG_ERROR": "1", "CONFIG_FILE": "nope.yaml"})
     assert missing.returncode == 0

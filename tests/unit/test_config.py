@@ -208,53 +208,53 @@ BAD = [
         "Invalid start_time_in_utc: 2999-01-07T05:00:00Z. Must be in the past",
         3,
     ),
-    ("      user_activity::", "      user_activty:", "inputs.qualys.services.user_activty: unknown service", None),
+    ("      user_activity::", "      user_activty:", "inputs.qualys.services.user_activty: unknown service", 10),
     (
         'show_asset_id: "1"',
         'show_asset_idd: "1"',
         "inputs.qualys.services.host_list.filters.show_asset_idd: unknown key",
-        None,
+        10,
     ),
-    ('show_asset_id: "1"', 'show_asset_id: "yes"', "inputs.qualys.services.host_list.filters.show_asset_id", None),
-    ("- Fixed", "- Closed", "inputs.qualys.services.host_list_detection.filters.status.1", None),
+    ('show_asset_id: "1"', 'show_asset_id: "yes"', "inputs.qualys.services.host_list.filters.show_asset_id", 10),
+    ("- Fixed", "- Closed", "inputs.qualys.services.host_list_detection.filters.status.1", 10),
     (
         "hostname: qualysapi.qualys.eu",
         "hostname: https://qualysapi.qualys.eu",
         "inputs.qualys.credentials.hostname: hostname must be a bare host name",
-        None,
+        10,
     ),
     (
         "hostname: qualysapi.qualys.eu",
         "base_url: http://qualysapi.qualys.eu",
         "inputs.qualys.credentials.base_url: base_url uses plain http towards qualysapi.qualys.eu",
-        None,
+        10,
     ),
     (
         "override_tag: my.app.qualys.scans",
         "override_tag: My Tag!",
         "override_tag: 'My Tag!' is not a valid Devo tag",
-        None,
+        10,
     ),
     (
         "request_period_in_seconds: 120",
         "request_period_in_seconds: 0",
         "inputs.qualys.services.vm_scans.request_period_in_seconds: Input should be greater than or equal to 1",
-        None,
+        10,
     ),
-    ("      username: apiuser\n", "", "inputs.qualys.credentials.username: is required", None),
+    ("      username: apiuser\n", "", "inputs.qualys.credentials.username: is required", 10),
     (
         "password: S3cr3t-Pa55",
         "password: ${NOT_SET_ANYWHERE}",
         "environment variable NOT_SET_ANYWHERE is not set",
-        None,
+        10,
     ),
-    ("    id: 12345", "    id: 'a b'", "inputs.qualys.id: id must be 1-32 letters", None),
-    ("      port: 443", "      port: 99999", "outputs.devo_1.config.port", None),
+    ("    id: 12345", "    id: 'a b'", "inputs.qualys.id: id must be 1-32 letters", 10),
+    ("      port: 443", "      port: 99999", "outputs.devo_1.config.port", 10),
 ]
 
 
 @pytest.mark.parametrize(("old", "new", "expected", "code"), BAD)
-def test_bad_config_names_the_key_and_fix(tmp_path: Path, old: str, new: str, expected: str, code: int | None) -> None:
+def test_bad_config_names_the_key_and_fix(tmp_path: Path, old: str, new: str, expected: str, code: int) -> None:
     assert old in SEED_YAML
     with pytest.raises(ConfigError) as info:
         load_config(write(tmp_path, SEED_YAML.replace(old, new, 1)))

@@ -63,6 +63,7 @@ def _safe_yaml(text: str, name: str) -> Any:
                 f"{name}: its YAML aliases (*name) expand to more than {MAX_YAML_VALUES:,} values "
                 f"({expanded:,}); refused as an alias bomb",
                 fix="write the repeated blocks out, or use far fewer nested aliases",
+                code=12,
             )
         return loader.construct_document(node)
     finally:
@@ -89,10 +90,12 @@ def _read(path: Path) -> dict[str, Any]:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise ConfigError(
-            "", f"configuration file {path} does not exist", fix="pass -c with an existing file"
+            "", f"configuration file {path} does not exist", fix="pass -c with an existing file", code=11
         ) from None
     except OSError as exc:
-        raise ConfigError("", f"cannot read {path}: {exc.strerror}", fix="check the file's permissions") from None
+        raise ConfigError(
+            "", f"cannot read {path}: {exc.strerror}", fix="check the file's permissions", code=11
+        ) from None
     suffix = path.suffix.lower()
     try:
         if suffix in (".yaml", ".yml"):
@@ -101,20 +104,28 @@ def _read(path: Path) -> dict[str, Any]:
             data = json.loads(text)
         else:
             raise ConfigError(
-                "", f"{path.name}: unknown configuration type {suffix!r}", fix="name the file *.yaml, *.yml or *.json"
+                "",
+                f"{path.name}: unknown configuration type {suffix!r}",
+                fix="name the file *.yaml, *.yml or *.json",
+                code=11,
             )
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise ConfigError("", f"{path.name} is not valid YAML{where}", fix="correct the YAML syntax there") from None
+        raise ConfigError(
+            "", f"{path.name} is not valid YAML{where}", fix="correct the YAML syntax there", code=11
+        ) from None
     except json.JSONDecodeError as exc:
         raise ConfigError(
             "",
             f"{path.name} is not valid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}",
             fix="correct the JSON syntax there (straight double quotes around every key and string)",
+            code=11,
         ) from None
     if not isinstance(data, dict):
-        raise ConfigError("", f"{path.name} must hold a mapping with 'inputs'", fix="see README, Configuration")
+        raise ConfigError(
+            "", f"{path.name} must hold a mapping with 'inputs'", fix="see README, Configuration", code=11
+        )
     return data
 
 

@@ -72,8 +72,15 @@ class Scheduler:
                 logger.error("%s. The checkpoint stays at the last committed page.", exc)
         except CollectorError as exc:
             logger.error("%s. The checkpoint stays at the last committed page.", exc)
-        except Exception:
-            logger.exception("Unexpected failure in %s; the checkpoint stays at the last committed page", job.label)
+        except Exception as exc:
+            logger.error(
+                "[CollectorError 900] Unexpected failure in %s: %s: %s; the checkpoint stays at the last committed "
+                "page. Fix: this is a bug: report it with this log",
+                job.label,
+                type(exc).__name__,
+                exc,
+                exc_info=exc,
+            )
         if self.observer is not None:
             self.observer.cycle(job, stats)
         return stats

@@ -16,6 +16,8 @@ from qualys_collector.errors import DeliveryError
 from qualys_collector.sinks.base import OutboxReader, Sink
 
 logger = logging.getLogger("qualys_collector.sender")
+#: The fix of an output that misbehaved (a bug in it, or in the collector).
+UNEXPECTED_FIX = "nothing was lost: the events stay in the outbox and are sent again; if it repeats, report it"
 
 
 class DeliveryObserver(Protocol):
@@ -74,7 +76,8 @@ class Drainer:
             self._report(len(batch), ok=False)
             raise DeliveryError(
                 f"output {self.sink.name}: acknowledged seq {ack.upto_seq}, beyond its batch "
-                f"(last seq {batch[-1].seq}); nothing is taken as delivered"
+                f"(last seq {batch[-1].seq}); nothing is taken as delivered",
+                fix=UNEXPECTED_FIX,
             )
         confirmed = ack.confirmed(batch)
         if confirmed:
@@ -88,7 +91,8 @@ class Drainer:
             if confirmed < len(batch):
                 self._report(len(batch) - confirmed, ok=False)
             raise ack.error or DeliveryError(
-                f"output {self.sink.name}: confirmed none of {len(batch)} events; they stay in the outbox"
+                f"output {self.sink.name}: confirmed none of {len(batch)} events; they stay in the outbox",
+                fix="check the output's receiver; the batch is sent again",
             )
         return confirmed
 
@@ -124,7 +128,9 @@ class Drainer:
                     self.last_error = exc
                     message = str(exc)
                 else:
-                    self.last_error = DeliveryError(f"output {self.sink.name}: unexpected {type(exc).__name__}: {exc}")
+                    self.last_error = DeliveryError(
+                        f"output {self.sink.name}: unexpected {type(exc).__name__}: {exc}", fix=UNEXPECTED_FIX
+                    )
                     logger.exception("Output %s failed unexpectedly; the batch stays in the outbox", self.sink.name)
                     message = str(self.last_error)
                 if attempts is not None and failures >= attempts:

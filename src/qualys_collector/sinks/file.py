@@ -119,6 +119,7 @@ class FileSink:
             self.close()
             raise DeliveryError(
                 f"output {self.name}: cannot write {self.path}: {exc.strerror}",
+                code=405,
                 fix="free disk space or fix the file's permissions; the events stay in the outbox",
             ) from exc
         return Ack.all(batch)

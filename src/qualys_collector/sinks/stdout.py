@@ -46,7 +46,11 @@ class StdoutSink:
             stream.write("".join(envelope(e) for e in batch))
             stream.flush()
         except (OSError, ValueError) as exc:
-            raise DeliveryError(f"output {self.name}: standard output is closed ({exc})") from exc
+            raise DeliveryError(
+                f"output {self.name}: standard output is closed ({exc})",
+                code=406,
+                fix="run the collector with its standard output open (a pipe whose reader stays), or use a file output",
+            ) from exc
         return Ack.all(batch)
 
     def close(self) -> None:
