@@ -89,3 +89,27 @@ def test_the_right_proxy_credentials_work_and_stay_secret(sim: Simulator, tmp_pa
     assert done.returncode == 0, done.stderr
     assert forwarded >= 1
     assert PROXY_PASSWORD not in done.stderr
+
+
+def test_a_proxy_refusing_the_fim_token_request_is_named(sim: Simulator, tmp_path: Path) -> None:
+    assert sim._server is not None
+    url = f"http://127.0.0.1:{sim._server.server_port}"
+    with ForwardProxy(credentials=f"proxyuser:{PROXY_PASSWORD}") as proxy:
+        config = {
+            "globals": {"persistence": {"config": {"directory_name": str(tmp_path / "state")}}},
+            "inputs": {
+                "qualys_fim": {
+                    "id": "p2",
+                    "credentials": {"base_url": url, "username": "demo", "password": "demo"},
+                    "connection": {"proxy": proxy.url, "max_attempts": 1},
+                    "services": {"fim_events": {"start_time_utc": "2020-01-01T00:00:00Z"}},
+                }
+            },
+        }
+        path = tmp_path / "config.yaml"
+        path.write_text(yaml.safe_dump(config))
+        done = subprocess.run([*CLI, "run", "-c", str(path), "--once"], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1, done.stderr
+    assert "[SetupError 100]" in done.stderr
+    assert f"407 Proxy Authentication Required from the proxy {proxy.url}" in done.stderr
+    assert "auth_url" not in done.stderr

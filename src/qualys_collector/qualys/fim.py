@@ -65,6 +65,8 @@ class GatewayAuth(httpx.Auth):
         self._form = {"username": username, "password": password, "token": "true"}
         self.clock = clock
         self._token: str | None = None
+        #: the configured proxy, named when it refuses the token request (407)
+        self.proxy: str | None = None
         self._expires = 0.0
         self._lock = threading.Lock()
         self.observer = observer
@@ -82,6 +84,9 @@ class GatewayAuth(httpx.Auth):
             if self.observer is not None:
                 self.observer.token_issued()
             return
+        refused = proxy_refusal(self.proxy, response.status_code)
+        if refused is not None:
+            raise SetupError(f"Error occurred while requesting a token: {refused}", code=100, fix=PROXY_AUTH_FIX)
         if response.status_code == 401:
             raise SetupError(
                 "The tokens provided are incorrect. Please specify the correct credentials",
@@ -142,6 +147,7 @@ class FimClient:
         self.base_url = base_url.rstrip("/")
         self.auth = GatewayAuth(token_url, username, password, clock=clock, observer=observer)
         self.proxy = (settings or HttpSettings()).proxy
+        self.auth.proxy = self.proxy
         self.http = make_client(settings or HttpSettings(), auth=self.auth)
         self.policy = policy or RetryPolicy()
         self.sleep = sleep
