@@ -146,3 +146,35 @@ def test_a_batch_that_times_out_after_committed_pages_is_split_from_the_committe
     assert summary["split_batches"] == 1
     assert summary["hosts_expected"] == summary["hosts_received"] == 40
     assert summary["detections"] == len(truth)
+
+
+def test_hosts_without_detections_are_reported_as_such_not_as_a_gap(make_sim: SimFactory, tmp_path: Path) -> None:
+    """Qualys leaves hosts with nothing matching the filters out of host list detection. Before, the summary
+    only said ``hosts_expected`` 60 vs ``hosts_received`` 40, which reads as 20 hosts lost; now it says the
+    20 were listed in batches answered to their end and carried no detection, and that the window is complete."""
+    sim = make_sim(
+        seed=41,
+        hosts=60,
+        detections_per_host=2,
+        base=NOW - timedelta(days=2),
+        span=timedelta(days=2),
+        host_interval=timedelta(days=3650),
+        clean_every=3,  # 20 hosts without any detection
+        vm_limits=Limits(rate=10_000, window=60, concurrency=2),
+    )
+    options = {"start_time_utc": START, "batch_size": 10, "max_workers": 2, "truncation_limit": 4}
+    r = Run(sim=sim, url=start_sim(sim), state=tmp_path / "state", services={"host_list_detection": options})
+    assert r.cycle()
+    listed = sim.truth("host_list", None, NOW)
+    truth = sim.truth("host_list_detection", None, NOW)
+    with_detections = {key.split(":", 1)[0] for key in truth}
+    assert len(listed) == 60
+    assert len(with_detections) == 40
+    keys = r.keys("vuln.qualys.hostdetections", "@detection_key")
+    assert set(keys) == truth
+    [summary] = [e["event"] for e in r.events() if e["tag"] == "vuln.qualys.collector.summary"]
+    assert summary["hosts_expected"] == 60
+    assert summary["hosts_received"] == 40
+    assert summary["hosts_without_detections"] == 20
+    assert summary["batches_answered"] == summary["batches"] == 6
+    assert summary["complete"] is True

@@ -4,8 +4,14 @@ Two ways to read a window: one stream of host pages (``parallel: false``), or by
 window's host IDs (host list, ``details=None``, no truncation) cut into ID ranges that the engine's batch
 scheduler (:mod:`~qualys_collector.engine.batches`) pulls several at a time under the subscription's one
 API budget. This module only describes the batches: the plan, how to pull one range from a resume token,
-and the completeness summary on the last page (hosts expected vs received, detections, batches, splits,
-API calls, seconds) so the SIEM can alarm on gaps.
+and the completeness summary on the last page, so the SIEM can alarm on gaps.
+
+Completeness is stated on what is knowable. Qualys leaves hosts with nothing matching the filters out of
+the answer, so "hosts listed" minus "hosts with detections" is not a loss: those hosts sat in batches whose
+answers were read to their end (``hosts_without_detections``). A batch that is not answered to its end
+never produces a summary: its window fails with a numbered error and stays open until it is pulled. So
+``complete`` (every batch answered, ``batches_answered == batches``) on a window's summary, and a summary
+for every window, are what to alarm on.
 """
 
 from __future__ import annotations
@@ -230,18 +236,30 @@ class BatchedDetectionSource(HostDetectionSource):
                 horizon=_earliest(listed, page.horizon),
             )
         counts["calls"] += self.client.total_requests - before
+        answered = len(progress.done) - progress.splits  # batches whose answers were read to their end
+        clean = max(0, counts["expected"] - counts["received"])
         summary = {
             "@summary": "host_list_detection",
             "window_start": format_seed_datetime(window.start),
             "window_end": format_seed_datetime(window.end),
             "hosts_expected": counts["expected"],
             "hosts_received": counts["received"],
+            "hosts_without_detections": clean,
             "detections": counts["detections"],
             "batches": progress.batches,
+            "batches_answered": answered,
             "split_batches": progress.splits,
+            "complete": answered == progress.batches,
             "api_calls": counts["calls"],
             "seconds": round(time.monotonic() - started, 3),
         }
+        logger.info(
+            "%d hosts listed, %d with detections, %d without any matching the filters (every batch answered "
+            "to its end: not a gap)",
+            counts["expected"],
+            counts["received"],
+            clean,
+        )
         tag = self.options.summary_tag or SUMMARY_TAG
         yield Page(
             [Record(data=summary, key=f"summary:{summary['window_end']}", tag=tag)],

@@ -82,6 +82,9 @@ class SimConfig:
     span: timedelta = timedelta(days=3)
     host_interval: timedelta = timedelta(hours=24)
     results_bytes: int = 200
+    #: Every ``clean_every``-th host (0: none) has no detections at all: host list detection omits it, as
+    #: Qualys omits hosts with nothing matching the filters, while the host list still lists it.
+    clean_every: int = 0
 
 
 @dataclass(frozen=True)
@@ -162,6 +165,8 @@ class Dataset:
         instead of a seeded ``random.Random``, timestamps formatted once per host, RESULTS cached.
         """
         c = self.config
+        if c.clean_every and host.index % c.clean_every == c.clean_every - 1:
+            return
         at, before = iso(processed), iso(processed - c.host_interval)  # once per host: strftime is slow
         first_day, first_clock = host.first_processed.toordinal(), iso(host.first_processed)[10:]
         cycle = len(STATUS_CYCLE)
