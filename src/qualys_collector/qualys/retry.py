@@ -119,7 +119,7 @@ class RetryPolicy:
             failure.message += f" (gave up after {attempt} attempts in {elapsed:.0f} s)"
             raise failure
         logger.warning("%s; retrying in %.1f s (attempt %d of %d)", failure.message, wait, attempt, self.attempts)
-        pause(wait, stop, f"to retry after: {failure.message}", sleep)
+        pause(wait, stop, f"before retrying ({failure.message})", sleep)
 
     def limit_wait(self, seconds: float | None) -> float:
         """A wait Qualys asked for, capped, with a little jitter; ``concurrency_wait`` when it said nothing."""

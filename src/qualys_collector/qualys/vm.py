@@ -241,7 +241,7 @@ class VmClient:
                     raise PullError(message, code=301, retryable=True, fix=fix) from exc
                 wait = self.policy.backoff(attempt)
                 logger.warning("%s broke off (%s); resuming from the last committed page in %.1f s", what, detail, wait)
-                pause(wait, self.stop, f"to resume {what} after: {detail}", self.sleep)
+                pause(wait, self.stop, f"before resuming {what} ({detail})", self.sleep)
             else:
                 return
 
