@@ -5,9 +5,8 @@ Every case runs the real command line (``run --once``) against the simulator wit
 under test and a file output, whose lines are the pulled set. What the receiver stored is compared with that set
 event by event (distinct events, extra copies, outbox depth), not only counted.
 
-The cells of the matrix that today's delivery rule gets wrong (a receiver that closes without ``close_notify``, a
-refused certificate after a TLS 1.3 handshake, RFC 5425 octet counting, a load balancer whose backend is down) are
-the delivery issue's work; they join this file with it.
+A batch counts as delivered when the receiver closes cleanly after our close, with no alert and no reset: rsyslog's
+GnuTLS driver (no ``close_notify``) confirms, a certificate refused after a TLS 1.3 handshake does not.
 """
 
 from __future__ import annotations
@@ -75,13 +74,27 @@ def haproxy(directory: Path, certs: Certs, tls12: bool = False) -> Topology:
     return Topology(front, backend, extra=[backend])
 
 
-RIGHT = {"rsyslog-ossl": rsyslog("ossl"), "syslog-ng-network": syslog_ng, "haproxy-rsyslog": haproxy}
-#: A certificate from another CA is refused during the handshake in TLS 1.2; the receivers that refuse only
-#: after a TLS 1.3 handshake are bounded to 1.2 here (a setting users have), the 1.3 case is the delivery issue's.
+RIGHT = {
+    "rsyslog-ossl": rsyslog("ossl"),
+    "rsyslog-gtls": rsyslog("gtls"),  # closes without close_notify: a clean TCP close is the confirmation
+    "syslog-ng-network": syslog_ng,
+    "haproxy-rsyslog": haproxy,
+}
+#: Killed mid-batch, rsyslog's GnuTLS driver looks exactly like a good close (it never sends close_notify), so the
+#: lines it had read and not stored are lost (measured: 380 of a batch); no TLS rule can see it (README, Guarantees).
+KILLED = {name: build for name, build in RIGHT.items() if name != "rsyslog-gtls"}
+#: A certificate from another CA is refused during the handshake in TLS 1.2, and after it in TLS 1.3 (syslog-ng
+#: and HAProxy send the alert once our first bytes arrive): both must end without an acknowledgement. The ``-tls13``
+#: cells let the collector offer TLS 1.3 (``tls_max_version: "1.3"``); the others keep the default, 1.2, which
+#: rsyslog's GnuTLS driver needs (under 1.3 it refuses silently after the handshake: see ``sinks.transport``).
 STRANGER = {
     "rsyslog-ossl": rsyslog("ossl"),
     "rsyslog-gtls": rsyslog("gtls"),
+    "syslog-ng-network": syslog_ng,
+    "syslog-ng-network-tls13": syslog_ng,
     "syslog-ng-network-tls12": lambda d, c: syslog_ng(d, c, tls12=True),
+    "haproxy-rsyslog": haproxy,
+    "haproxy-rsyslog-tls13": haproxy,
     "haproxy-rsyslog-tls12": lambda d, c: haproxy(d, c, tls12=True),
 }
 
@@ -94,7 +107,7 @@ def url() -> Iterator[str]:
     simulator.stop()
 
 
-def config(tmp_path: Path, url: str, port: int, chain: Path, client: tuple[Path, Path]) -> Path:
+def config(tmp_path: Path, url: str, port: int, chain: Path, client: tuple[Path, Path], **devo: Any) -> Path:
     raw: dict[str, Any] = {
         "globals": {"persistence": {"config": {"directory_name": str(tmp_path / "state")}}},
         "outputs": {
@@ -106,6 +119,7 @@ def config(tmp_path: Path, url: str, port: int, chain: Path, client: tuple[Path,
                     "chain": str(chain),
                     "cert": str(client[0]),
                     "key": str(client[1]),
+                    **devo,
                 },
             },
             "pulled": {"type": "file", "config": {"path": str(tmp_path / "pulled.jsonl")}},
@@ -133,8 +147,17 @@ def pulled(tmp_path: Path) -> Counter[str]:
     return Counter(json.dumps(json.loads(x)["event"], separators=(",", ":"), ensure_ascii=False) for x in lines)
 
 
-def stored(receiver: Receiver) -> Counter[str]:
-    return Counter(json.dumps(json.loads(b), separators=(",", ":"), ensure_ascii=False) for b in receiver.messages())
+def stored(receiver: Receiver, torn: list[str] | None = None) -> Counter[str]:
+    """What the receiver stored; with ``torn``, lines that are no JSON are collected there instead of failing."""
+    bodies: Counter[str] = Counter()
+    for body in receiver.messages():
+        try:
+            bodies[json.dumps(json.loads(body), separators=(",", ":"), ensure_ascii=False)] += 1
+        except json.JSONDecodeError:
+            if torn is None:
+                raise
+            torn.append(body)
+    return bodies
 
 
 def pending(tmp_path: Path, output: str) -> int:
@@ -174,7 +197,8 @@ def test_stranger_certificate_nothing_acknowledged(tmp_path: Path, url: str, nam
     topology = STRANGER[name](tmp_path, certs)
     topology.start()
     try:
-        cfg = config(tmp_path, url, topology.front.port, chain, (stranger.client_cert, stranger.client_key))
+        tls = {"tls_max_version": "1.3"} if name.endswith("-tls13") else {}
+        cfg = config(tmp_path, url, topology.front.port, chain, (stranger.client_cert, stranger.client_key), **tls)
         done = subprocess.run([*CLI, "run", "--once", "-c", str(cfg)], cwd=REPO, capture_output=True, timeout=300)
         got = stored(topology.store)
     finally:
@@ -188,10 +212,10 @@ def test_stranger_certificate_nothing_acknowledged(tmp_path: Path, url: str, nam
 
 
 @pytest.mark.reliability
-@pytest.mark.parametrize("name", sorted(RIGHT))
+@pytest.mark.parametrize("name", sorted(KILLED))
 def test_receiver_killed_mid_drain_and_restarted_loses_nothing(tmp_path: Path, url: str, name: str) -> None:
     certs = Certs.mint(tmp_path / "certs")
-    topology = RIGHT[name](tmp_path, certs)
+    topology = KILLED[name](tmp_path, certs)
     topology.start()
     try:
         cfg = config(tmp_path, url, topology.front.port, certs.chain, (certs.client_cert, certs.client_key))
@@ -205,10 +229,12 @@ def test_receiver_killed_mid_drain_and_restarted_loses_nothing(tmp_path: Path, u
         _, errors = child.communicate(timeout=300)
         assert child.returncode == 0, errors.decode()[-3000:]
         want = pulled(tmp_path)
-        got = stored(topology.store)
+        torn: list[str] = []  # HAProxy killed mid-line: its plain-TCP backend stores the line's first part
+        got = stored(topology.store, torn)
     finally:
         topology.stop()
     record_reliability(compared=len(want), lost=len(want - got), duplicated=sum((got - want).values()))
     assert set(got) == set(want), f"{len(want - got)} pulled events lost"
     assert sum((got - want).values()) <= 1000, "more than one batch of extra copies"
+    assert len(torn) <= 1, f"{len(torn)} torn lines for one kill"
     assert pending(tmp_path, "devo") == 0

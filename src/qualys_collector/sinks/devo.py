@@ -1,30 +1,31 @@
-"""``type: devo_platform``: Devo's relay over mutual TLS, through Devo's own SDK (``devo-sdk``).
+"""``type: devo_platform``: Devo's relay over mutual TLS (or plain TCP to a Devo In-House Relay).
 
 Three parts (see :mod:`qualys_collector.sinks.stream`): Devo's line framing (the SDK's own header,
-``<14>Jan  1 00:00:00 HOST TAG: MESSAGE\\n``), the SDK's mutual-TLS connection, and our confirmation.
-What we do not take from the SDK is its idea of "sent": a batch counts as delivered only when every
-line was written, our end of the stream was closed, and the relay closed its end in turn (it has read
-everything). The SDK's own ``close()`` swallows failures of that handshake, and its buffered path
-empties the buffer even when a send failed, so neither is used: on any doubt the batch stays in the
-outbox and is sent again.
+``<14>Jan  1 00:00:00 HOST TAG: MESSAGE\\n``), a fresh connection per batch
+(:mod:`qualys_collector.sinks.transport`: mutual TLS with the SDK's settings, bounded to ``tls_max_version``),
+and our confirmation: a batch counts as delivered only when every line was written, our end was closed, and
+the relay then closed its end cleanly, with no TLS alert and no reset, within ``confirm_timeout_seconds``.
+The relay's own ``close_notify`` is not required (rsyslog's GnuTLS driver never sends one; Devo's SDK does
+not wait for it either). On any doubt the batch stays in the outbox and is sent again.
 
 This is the one module that imports ``devo`` (lazily: loading the configuration does not need it).
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import socket
 import ssl
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, ValidationInfo, field_validator
+from pydantic_core import PydanticCustomError
 
 from qualys_collector.errors import DeliveryError
 from qualys_collector.sinks.base import BuildContext, OutputBlock, OutputOptions, OutputType
-from qualys_collector.sinks.stream import ERR_CONFIRM, ERR_CONNECT, CloseNotifyThenEof, LineFraming, StreamSink
+from qualys_collector.sinks.stream import ERR_CONFIRM, CloseThenPeerEof, LineFraming, StreamSink
+from qualys_collector.sinks.transport import ERR_CONNECT, TcpTransport, TlsTransport, TlsVersion
 
 logger = logging.getLogger("qualys_collector.sender")
 
@@ -34,15 +35,29 @@ __all__ = ["ERR_CERT_CHAIN", "ERR_CERT_FILE", "ERR_CERT_KEY", "ERR_CONFIRM", "ER
 
 
 class DevoOutputOptions(OutputOptions):
-    """``type: devo_platform``: the seeds' Devo relay settings (files relative to ``certs/``)."""
+    """``type: devo_platform``: the seeds' Devo relay settings (files relative to ``certs/``).
+
+    ``type: TCP`` is plain syslog to a Devo In-House Relay on the customer's network (no certificates).
+    """
 
     address: str = Field(min_length=1)
     port: int = Field(default=443, ge=1, le=65535)
-    type: Literal["SSL"] = "SSL"
-    chain: str = Field(min_length=1)
-    cert: str = Field(min_length=1)
-    key: str = Field(min_length=1)
+    type: Literal["SSL", "TCP"] = "SSL"
+    chain: str | None = Field(default=None, min_length=1, validate_default=True)
+    cert: str | None = Field(default=None, min_length=1, validate_default=True)
+    key: str | None = Field(default=None, min_length=1, validate_default=True)
     verify_tls: bool = True
+    #: TLS 1.3 lets rsyslog's GnuTLS driver refuse our certificate after the handshake, invisibly (see
+    #: ``sinks.transport``); 1.2 makes every refusal a failed handshake.
+    tls_max_version: TlsVersion = "1.2"
+    confirm_timeout_seconds: float = Field(default=30.0, gt=0, le=3600)
+
+    @field_validator("chain", "cert", "key")
+    @classmethod
+    def _needed_for_tls(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is None and info.data.get("type", "SSL") == "SSL":  # a missing file name, as pydantic says it
+            raise PydanticCustomError("missing", "is required for type SSL")
+        return value
 
 
 class DevoOutput(OutputBlock):
@@ -67,126 +82,8 @@ def devo_header(hostname: str) -> LineFraming:
     return LineFraming(lambda tag: Sender.compose_mem(tag, hostname=hostname).encode("utf-8"))
 
 
-class SdkConnection:
-    """A connection opened by the SDK's ``Sender``; its failures surface as ``OSError``."""
-
-    def __init__(self, sender: Any) -> None:
-        self.sender = sender
-
-    @property
-    def socket(self) -> socket.socket | None:
-        """The SDK's TLS socket."""
-        sock: socket.socket | None = self.sender.socket
-        return sock
-
-    def send(self, data: bytes) -> None:
-        """The SDK's raw send (no framing of its own)."""
-        from devo.sender import DevoSenderException
-
-        try:
-            self.sender.send_raw(data)
-        except DevoSenderException as exc:
-            raise OSError(str(exc)) from exc
-
-    def close(self) -> None:
-        """Close the socket without the SDK's ``close()`` (which would hide a failed handshake)."""
-        sock = getattr(self.sender, "socket", None)
-        if sock is not None:
-            with contextlib.suppress(OSError):
-                sock.close()
-            self.sender.socket = None
-
-
-class DevoTlsTransport:
-    """Mutual TLS to a Devo relay through the SDK (``SenderConfigSSL``), one connection per batch."""
-
-    def __init__(
-        self,
-        name: str,
-        address: str,
-        port: int,
-        *,
-        chain: Path,
-        cert: Path,
-        key: Path,
-        verify_tls: bool = True,
-        timeout: float = 30.0,
-    ) -> None:
-        self.name = name
-        self.address = (address, port)
-        self.chain, self.cert, self.key = chain, cert, key
-        self.verify_tls = verify_tls
-        self.timeout = timeout
-
-    @property
-    def endpoint(self) -> str:
-        """``address:port``."""
-        return f"{self.address[0]}:{self.address[1]}"
-
-    def connect(self) -> SdkConnection:
-        """A fresh TLS session with our client certificate."""
-        from devo.sender import DevoSenderException, Sender, SenderConfigSSL
-
-        config = SenderConfigSSL(
-            address=self.address,
-            key=str(self.key),
-            cert=str(self.cert),
-            chain=str(self.chain),
-            check_hostname=self.verify_tls,
-            verify_mode=ssl.CERT_REQUIRED if self.verify_tls else ssl.CERT_NONE,
-        )
-        try:
-            return SdkConnection(Sender(config=config, timeout=self.timeout, logger=logger))
-        except DevoSenderException as exc:
-            raise DeliveryError(
-                f"output {self.name}: cannot connect to {self.endpoint} ({exc})",
-                code=ERR_CONNECT,
-                fix="check address, port and network access to the Devo relay; events stay in the outbox",
-            ) from exc
-
-    def check_files(self) -> None:
-        """Missing files, a key that does not match the certificate, a certificate not issued by the chain."""
-        for label, path in (("chain", self.chain), ("cert", self.cert), ("key", self.key)):
-            if not path.is_file():
-                raise DeliveryError(
-                    f"output {self.name}: the {label} file {path} does not exist",
-                    code=ERR_CERT_FILE,
-                    fix="download the certificate, key and chain from Devo (Administration > Credentials > "
-                    "X.509 Certificates) into the certs/ directory",
-                )
-        context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
-        try:
-            context.load_cert_chain(certfile=str(self.cert), keyfile=str(self.key))
-        except ssl.SSLError as exc:
-            raise DeliveryError(
-                f"output {self.name}: the key {self.key.name} does not match the certificate {self.cert.name} "
-                f"({exc.reason})",
-                code=ERR_CERT_KEY,
-                fix="use the key downloaded together with this certificate",
-            ) from None
-        try:
-            from OpenSSL import crypto  # pyOpenSSL comes with devo-sdk
-
-            store = crypto.X509Store()
-            for pem in _pem_blocks(self.chain.read_bytes()):
-                store.add_cert(crypto.load_certificate(crypto.FILETYPE_PEM, pem))
-            leaf = crypto.load_certificate(crypto.FILETYPE_PEM, self.cert.read_bytes())
-            crypto.X509StoreContext(store, leaf).verify_certificate()
-        except crypto.X509StoreContextError as exc:
-            raise DeliveryError(
-                f"output {self.name}: the certificate {self.cert.name} is not signed by the chain "
-                f"{self.chain.name} ({exc})",
-                code=ERR_CERT_CHAIN,
-                fix="use the chain.crt of the same Devo domain as the certificate",
-            ) from None
-        except crypto.Error as exc:
-            raise DeliveryError(
-                f"output {self.name}: cannot read the certificate files ({exc})", code=ERR_CERT_FILE
-            ) from None
-
-
 class DevoSink(StreamSink):
-    """Devo line framing x the SDK's mutual TLS x our close confirmation (certificates checked at build)."""
+    """Devo line framing x mutual TLS (or plain TCP) x our close confirmation (certificates checked at build)."""
 
     def __init__(
         self,
@@ -194,28 +91,56 @@ class DevoSink(StreamSink):
         address: str,
         port: int,
         *,
-        chain: Path,
-        cert: Path,
-        key: Path,
+        chain: Path | None = None,
+        cert: Path | None = None,
+        key: Path | None = None,
         verify_tls: bool = True,
         timeout: float = 30.0,
         hostname: str | None = None,
+        tls_max_version: TlsVersion = "1.2",
+        plain_tcp: bool = False,
     ) -> None:
-        transport = DevoTlsTransport(
-            name, address, port, chain=chain, cert=cert, key=key, verify_tls=verify_tls, timeout=timeout
-        )
-        super().__init__(name, devo_header(hostname or socket.gethostname()), transport, CloseNotifyThenEof(timeout))
+        transport: TcpTransport
+        if plain_tcp:
+            transport = TcpTransport(name, address, port, timeout=timeout)
+            logger.warning(
+                "Output %s: type TCP sends events UNENCRYPTED and unauthenticated to %s; use it only for a "
+                "Devo In-House Relay on your own network",
+                name,
+                transport.endpoint,
+            )
+        else:
+            if chain is None or cert is None or key is None:
+                raise DeliveryError(
+                    f"output {name}: type SSL needs chain, cert and key",
+                    code=ERR_CERT_FILE,
+                    fix="set outputs.<name>.config.chain, cert and key (or type: TCP for an In-House Relay)",
+                )
+            if not verify_tls:
+                logger.warning("Output %s: TLS verification of the Devo relay is OFF (verify_tls: false)", name)
+            check_files(name, chain, cert, key)
+            transport = TlsTransport(
+                name,
+                address,
+                port,
+                chain=chain,
+                cert=cert,
+                key=key,
+                verify_tls=verify_tls,
+                max_version=tls_max_version,
+                timeout=timeout,
+            )
+        super().__init__(name, devo_header(hostname or socket.gethostname()), transport, CloseThenPeerEof(timeout))
         self.address = transport.address
-        if not verify_tls:
-            logger.warning("Output %s: TLS verification of the Devo relay is OFF (verify_tls: false)", name)
-        transport.check_files()
 
     @classmethod
     def from_config(cls, name: str, options: DevoOutputOptions, config_path: Path | None) -> DevoSink:
         """A sink from ``outputs.<name>.config``; files are relative to the ``certs/`` directory."""
         base = certs_dir(config_path)
 
-        def resolve(value: str) -> Path:
+        def resolve(value: str | None) -> Path | None:
+            if value is None:
+                return None
             path = Path(value)
             return path if path.is_absolute() else base / path
 
@@ -227,7 +152,47 @@ class DevoSink(StreamSink):
             cert=resolve(options.cert),
             key=resolve(options.key),
             verify_tls=options.verify_tls,
+            timeout=options.confirm_timeout_seconds,
+            tls_max_version=options.tls_max_version,
+            plain_tcp=options.type == "TCP",
         )
+
+
+def check_files(name: str, chain: Path, cert: Path, key: Path) -> None:
+    """Missing files, a key that does not match the certificate, a certificate not issued by the chain."""
+    for label, path in (("chain", chain), ("cert", cert), ("key", key)):
+        if not path.is_file():
+            raise DeliveryError(
+                f"output {name}: the {label} file {path} does not exist",
+                code=ERR_CERT_FILE,
+                fix="download the certificate, key and chain from Devo (Administration > Credentials > "
+                "X.509 Certificates) into the certs/ directory",
+            )
+    context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
+    try:
+        context.load_cert_chain(certfile=str(cert), keyfile=str(key))
+    except ssl.SSLError as exc:
+        raise DeliveryError(
+            f"output {name}: the key {key.name} does not match the certificate {cert.name} ({exc.reason})",
+            code=ERR_CERT_KEY,
+            fix="use the key downloaded together with this certificate",
+        ) from None
+    try:
+        from OpenSSL import crypto  # pyOpenSSL comes with devo-sdk
+
+        store = crypto.X509Store()
+        for pem in _pem_blocks(chain.read_bytes()):
+            store.add_cert(crypto.load_certificate(crypto.FILETYPE_PEM, pem))
+        leaf = crypto.load_certificate(crypto.FILETYPE_PEM, cert.read_bytes())
+        crypto.X509StoreContext(store, leaf).verify_certificate()
+    except crypto.X509StoreContextError as exc:
+        raise DeliveryError(
+            f"output {name}: the certificate {cert.name} is not signed by the chain {chain.name} ({exc})",
+            code=ERR_CERT_CHAIN,
+            fix="use the chain.crt of the same Devo domain as the certificate",
+        ) from None
+    except crypto.Error as exc:
+        raise DeliveryError(f"output {name}: cannot read the certificate files ({exc})", code=ERR_CERT_FILE) from None
 
 
 def build(name: str, output: DevoOutput, context: BuildContext) -> DevoSink:
