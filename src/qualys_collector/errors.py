@@ -44,6 +44,7 @@ ERROR_TYPES: dict[int, str] = {
     405: "DeliveryError",
     406: "DeliveryError",
     407: "DeliveryError",
+    408: "DeliveryError",
     500: "StateError",
     501: "StateError",
     502: "StateError",
@@ -160,7 +161,8 @@ class DeliveryError(CollectorError):
     """A sink could not confirm delivery. Nothing is removed from the outbox.
 
     400-404 the Devo output (certificates, connection, confirmation), 405 the file output cannot write,
-    406 standard output is closed, 407 an output acknowledged what it was not given or failed unexpectedly.
+    406 standard output is closed, 407 an output acknowledged what it was not given or failed unexpectedly,
+    408 an output stopped re-sending a batch its relay would not confirm.
     """
 
     kind = "DeliveryError"

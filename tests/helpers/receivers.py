@@ -6,6 +6,7 @@
   source (RFC 5425 octet counting). Debian's ``syslog-ng-core`` conflicts with rsyslog, so ``.ci/run`` unpacks
   it with ``dpkg -x`` into a cache directory; ``SYSLOG_NG_ROOT`` names that directory.
 - :class:`Haproxy`: HAProxy terminating mutual TLS in front of a plain-TCP receiver.
+- :class:`HoldingRelay`: a mutual-TLS receiver that stores every line and never closes after our close.
 
 Each stores what it received, one message per line, in ``out``; :meth:`Receiver.messages` returns the event
 bodies of the Devo lines stored (the ready line each receiver sends itself is left out).
@@ -13,10 +14,14 @@ bodies of the Devo lines stored (the ready line each receiver sends itself is le
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
+import socket
+import ssl
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -209,3 +214,75 @@ backend relay
 
     def command(self) -> list[str]:
         return [shutil.which("haproxy") or "haproxy", "-db", "-f", str(self.conf)]
+
+
+class HoldingRelay(Receiver):
+    """A mutual-TLS receiver that stores every line but never closes a connection after ours.
+
+    The misbehaving relay of the delivery issue (a relay holding the connection open after the client's
+    close): each batch arrives whole and is stored, and no close ever confirms it.
+    """
+
+    name = "holding-relay"
+
+    def __init__(self, directory: Path, certs: Certs) -> None:
+        self.directory = directory.resolve()
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.port = free_port()
+        self.out = self.directory / "received.log"
+        self.certs = certs
+        self._server: socket.socket | None = None
+        self._held: list[socket.socket] = []
+        self._lock = threading.Lock()
+
+    def start(self) -> None:
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=str(self.certs.chain))
+        context.verify_mode = ssl.CERT_REQUIRED
+        context.load_cert_chain(str(self.certs.server_cert), str(self.certs.server_key))
+        server = socket.create_server(("127.0.0.1", self.port))
+        self._server = server
+        threading.Thread(target=self._accept, args=(server, context), daemon=True).start()
+
+    def _accept(self, server: socket.socket, context: ssl.SSLContext) -> None:
+        while True:
+            try:
+                raw, _ = server.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(raw, context), daemon=True).start()
+
+    def _serve(self, raw: socket.socket, context: ssl.SSLContext) -> None:
+        try:
+            tls = context.wrap_socket(raw, server_side=True)
+        except (ssl.SSLError, OSError):
+            raw.close()
+            return
+        with self._lock:
+            self._held.append(tls)
+        data = b""
+        while True:
+            try:
+                chunk = tls.recv(1 << 16)
+            except (ssl.SSLError, OSError):
+                chunk = b""
+            if not chunk:
+                break
+            data += chunk
+            *lines, data = data.split(b"\n")
+            if lines:
+                with self._lock, self.out.open("ab") as out:
+                    out.write(b"".join(line + b"\n" for line in lines))
+        # EOF or close_notify seen: hold the connection open, never close it
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            self._server = None
+        with self._lock:
+            for held in self._held:
+                with contextlib.suppress(OSError):
+                    held.close()
+            self._held.clear()
+
+    def kill(self) -> None:
+        self.stop()

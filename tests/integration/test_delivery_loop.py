@@ -165,3 +165,52 @@ def test_output_errors_name_the_key_without_the_union_member(block: dict[str, ob
     with pytest.raises(ConfigError) as info:
         build_config(raw, warnings=[])
     assert message in str(info.value)
+
+
+def test_an_unconfirmed_batch_is_resent_once_after_a_confirmed_empty_session_then_the_output_stops(
+    outbox: Outbox, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Error 404 (written, not confirmed) costs at most one re-send; connect errors never stop an output."""
+    offered: list[int] = []
+
+    def written_never_confirmed(batch: Sequence[StoredEvent]) -> Ack:
+        offered.append(len(batch))
+        if batch:
+            raise DeliveryError("written, not confirmed", code=404)
+        return Ack.all(batch)  # the empty session is confirmed
+
+    drainer = Drainer(outbox, MemorySink(written_never_confirmed), max_backoff=0.01)
+    drainer.backoff_start = 0.01
+    with caplog.at_level(logging.ERROR):
+        assert drainer.run(threading.Event()) is False  # the unbounded loop ends: it stopped re-sending
+    assert offered == [10, 0, 10]  # the batch, an empty probe, the batch once more: one batch of copies at most
+    assert drainer.halted is not None
+    assert drainer.halted.code == 408
+    assert caplog.text.count("[DeliveryError 408] output memory: delivery stopped") == 1
+    assert outbox.pending("memory") == 10
+
+    probes: list[int] = []
+
+    def probe_never_confirmed(batch: Sequence[StoredEvent]) -> Ack:
+        probes.append(len(batch))
+        raise DeliveryError("written, not confirmed", code=404)
+
+    second = Drainer(outbox, MemorySink(probe_never_confirmed), max_backoff=0.01, probe_limit=3)
+    second.backoff_start = 0.01
+    assert second.run(threading.Event()) is False
+    assert probes == [10, 0, 0, 0]  # never re-sent: the relay confirmed no empty session either
+
+    stop = threading.Event()
+    refused: list[int] = []
+
+    def down(batch: Sequence[StoredEvent]) -> Ack:
+        refused.append(len(batch))
+        if len(refused) >= 8:
+            stop.set()
+        raise DeliveryError("cannot connect", code=403)  # nothing written: retried for ever
+
+    third = Drainer(outbox, MemorySink(down), max_backoff=0.01)
+    third.backoff_start = 0.01
+    assert third.run(stop) is True
+    assert third.halted is None
+    assert len(refused) >= 8

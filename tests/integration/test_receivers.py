@@ -11,8 +11,10 @@ GnuTLS driver (no ``close_notify``) confirms, a certificate refused after a TLS 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -21,13 +23,15 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import yaml
 
 from qualys_collector.engine.outbox import Outbox
+from qualys_collector.relay import free_port
 from qualys_collector.simulator import SimConfig, Simulator
 from tests.conftest import REPO, record_reliability
-from tests.helpers.receivers import Haproxy, Receiver, RsyslogReceiver, SyslogNg
+from tests.helpers.receivers import Haproxy, HoldingRelay, Receiver, RsyslogReceiver, SyslogNg
 from tests.helpers.rsyslog import Certs
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -238,3 +242,48 @@ def test_receiver_killed_mid_drain_and_restarted_loses_nothing(tmp_path: Path, u
     assert sum((got - want).values()) <= 1000, "more than one batch of extra copies"
     assert len(torn) <= 1, f"{len(torn)} torn lines for one kill"
     assert pending(tmp_path, "devo") == 0
+
+
+def test_a_relay_holding_connections_open_costs_at_most_one_batch_then_the_output_stops(
+    tmp_path: Path, url: str
+) -> None:
+    """Written, never confirmed: probed with empty sessions instead of re-sent, then stopped, and said so."""
+    certs = Certs.mint(tmp_path / "certs")
+    relay = HoldingRelay(tmp_path / "holding", certs)
+    relay.start()
+    port = free_port()
+    cfg = config(
+        tmp_path, url, relay.port, certs.chain, (certs.client_cert, certs.client_key), confirm_timeout_seconds=1
+    )
+    raw = yaml.safe_load(cfg.read_text())
+    raw["globals"]["metrics"] = {"port": port}
+    cfg.write_text(yaml.safe_dump(raw))
+    child = subprocess.Popen([*CLI, "run", "-c", str(cfg)], cwd=REPO, stderr=subprocess.PIPE)
+    try:
+        deadline, body = time.monotonic() + 180, {}
+        while time.monotonic() < deadline and child.poll() is None:
+            with contextlib.suppress(httpx.HTTPError):
+                body = httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=5).json()
+                if any("delivery stopped" in problem for problem in body["problems"]):
+                    break
+            time.sleep(0.5)
+        metrics = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+        while time.monotonic() < deadline and sum(pulled(tmp_path).values()) < 2500:
+            time.sleep(0.5)  # pulling goes on into the outbox (and the file output)
+        child.send_signal(signal.SIGTERM)
+        _, errors = child.communicate(timeout=60)
+    finally:
+        if child.poll() is None:
+            child.kill()
+        relay.stop()
+    log = errors.decode()
+    assert body.get("ready") is False, body
+    assert any("output devo: delivery stopped" in problem for problem in body["problems"]), body
+    assert 'qualys_collector_output_halted{output="devo"} 1.0' in metrics
+    assert log.count("[DeliveryError 408] output devo: delivery stopped") == 1, log[-3000:]
+    want = pulled(tmp_path)
+    got = stored(relay)
+    assert sum(want.values()) > 2500
+    assert not got - want, "stored events that were never pulled"
+    assert sum(got.values()) - len(got) <= 1000, "more than one batch of extra copies"
+    assert pending(tmp_path, "devo") == sum(want.values()), "an unconfirmed batch was acknowledged"

@@ -39,6 +39,7 @@ class Readiness:
     last_delivery_ok: dict[str, float] = field(default_factory=dict)
     pending: Callable[[str], int] = lambda _output: 0
     outbox_full: Callable[[], bool] = lambda: False
+    halted: dict[str, str] = field(default_factory=dict)
 
     def problems(self, now: float | None = None) -> list[str]:
         """Why the collector is not ready (empty when it is)."""
@@ -51,6 +52,8 @@ class Readiness:
         for output, last_ok in self.last_delivery_ok.items():
             if now - last_ok > self.delivery_stall_seconds and self.pending(output) > 0:
                 found.append(f"output {output}: nothing delivered for {now - last_ok:.0f} s with events pending")
+        for output, reason in self.halted.items():
+            found.append(f"output {output}: delivery stopped ({reason}); events stay in the outbox, restart to resume")
         if self.outbox_full():
             found.append("the outbox is full: pulling is paused")
         return found
@@ -100,6 +103,12 @@ class Metrics:
             ["service"],
             registry=r,
             buckets=(0.1, 0.5, 1, 5, 15, 60, 300, 900, 3600, float("inf")),
+        )
+        self.halted = Gauge(
+            f"{PREFIX}_output_halted",
+            "1 when an output stopped re-sending a batch its relay would not confirm",
+            ["output"],
+            registry=r,
         )
         self.readiness = Readiness()
         self._seen: dict[tuple[str, int], tuple[int, int, int]] = {}
@@ -179,6 +188,10 @@ class MetricsObserver(Observer):
 
     def delivery(self, output: str, count: int, ok: bool) -> None:
         self.metrics.delivery(output, count, ok)
+
+    def delivery_halted(self, output: str, reason: str) -> None:
+        self.metrics.halted.labels(output).set(1)
+        self.metrics.readiness.halted[output] = reason
 
 
 def api_label(api: str) -> str:

@@ -34,6 +34,9 @@ class Observer:
     def delivery(self, output: str, count: int, ok: bool) -> None:
         """A batch of ``count`` events was confirmed by ``output`` (``ok``) or not."""
 
+    def delivery_halted(self, output: str, reason: str) -> None:
+        """``output`` stopped re-sending a batch its relay would not confirm (events stay in the outbox)."""
+
 
 class Observers(Observer):
     """Several observers as one, called in order."""
@@ -60,3 +63,7 @@ class Observers(Observer):
     def delivery(self, output: str, count: int, ok: bool) -> None:
         for observer in self.observers:
             observer.delivery(output, count, ok)
+
+    def delivery_halted(self, output: str, reason: str) -> None:
+        for observer in self.observers:
+            observer.delivery_halted(output, reason)

@@ -2,6 +2,14 @@
 
 This is the one delivery retry loop: :meth:`Drainer.run` retries a failed batch with doubling
 backoff, for ever (``run_forever``'s senders) or for a bounded number of ``attempts`` (``run --once``).
+
+Duplicates are bounded: a batch that was written but not confirmed (error 404: the relay may hold it) is
+not simply sent again. First the sink must confirm an empty session (``deliver([])``, which writes no
+event); only then is the batch re-sent, at most ``resend_limit`` times. A relay that never confirms (it
+holds the connection open, or answers every close with an alert) thus gets at most one batch of extra
+copies: after ``probe_limit`` unconfirmed probes, or a re-sent batch unconfirmed again, the output stops
+(error 408, logged once, ``/readyz`` not ready with the reason, the ``output_halted`` gauge); the events
+stay in the outbox and pulling goes on. A restart resumes delivery.
 """
 
 from __future__ import annotations
@@ -14,10 +22,14 @@ from typing import Protocol
 
 from qualys_collector.errors import DeliveryError
 from qualys_collector.sinks.base import OutboxReader, Sink
+from qualys_collector.sinks.stream import ERR_CONFIRM
 
 logger = logging.getLogger("qualys_collector.sender")
 #: The fix of an output that misbehaved (a bug in it, or in the collector).
 UNEXPECTED_FIX = "nothing was lost: the events stay in the outbox and are sent again; if it repeats, report it"
+
+#: The output stopped re-sending a batch the relay would not confirm.
+ERR_HALTED = 408
 
 
 class DeliveryObserver(Protocol):
@@ -25,6 +37,9 @@ class DeliveryObserver(Protocol):
 
     def delivery(self, output: str, count: int, ok: bool) -> None:
         """A batch of ``count`` events was confirmed by ``output`` (``ok``) or not."""
+
+    def delivery_halted(self, output: str, reason: str) -> None:
+        """``output`` stopped delivering (its events stay in the outbox) for ``reason``."""
 
 
 @dataclass
@@ -48,6 +63,8 @@ class Drainer:
         batch_size: int = 1000,
         max_backoff: float = 60.0,
         observer: DeliveryObserver | None = None,
+        resend_limit: int = 1,
+        probe_limit: int = 5,
     ) -> None:
         self.outbox = outbox
         self.sink = sink
@@ -57,6 +74,11 @@ class Drainer:
         self.last_error: DeliveryError | None = None
         self.observer = observer
         self.backoff_start = 1.0
+        self.resend_limit = resend_limit
+        self.probe_limit = probe_limit
+        self.halted: DeliveryError | None = None
+        self._unconfirmed = 0  # times in a row the oldest batch was written and not confirmed
+        self._probes = 0  # unconfirmed empty sessions since then
 
     def drain_once(self) -> int:
         """Deliver one batch. Returns how many events were confirmed (0 when the outbox is empty).
@@ -96,6 +118,43 @@ class Drainer:
             )
         return confirmed
 
+    def attempt(self) -> int:
+        """One step of the loop: :meth:`drain_once`, preceded by an empty probe after an unconfirmed batch."""
+        if self._unconfirmed:
+            try:
+                self.sink.deliver([])
+            except DeliveryError as exc:
+                if exc.code == ERR_CONFIRM:
+                    self._probes += 1
+                    if self._probes >= self.probe_limit:
+                        self._halt(exc, f"{self._probes} empty sessions in a row were not confirmed either")
+                raise
+            self._probes = 0
+        try:
+            sent = self.drain_once()
+        except DeliveryError as exc:
+            if exc.code == ERR_CONFIRM:
+                self._unconfirmed += 1
+                if self._unconfirmed > self.resend_limit:
+                    self._halt(exc, f"the batch was written {self._unconfirmed} times and never confirmed")
+            raise
+        if sent:
+            self._unconfirmed = self._probes = 0
+        return sent
+
+    def _halt(self, cause: DeliveryError, why: str) -> None:
+        pending = self.outbox.pending(self.sink.name)
+        self.halted = DeliveryError(
+            f"output {self.sink.name}: delivery stopped: {why} (last: {cause}); re-sending would only add "
+            f"copies at the relay, so the {pending} pending events stay in the outbox and pulling goes on",
+            code=ERR_HALTED,
+            fix="check the relay (it must close the connection after ours: no held-open connections, no TLS "
+            "alerts; see README, Devo delivery) or raise confirm_timeout_seconds, then restart the collector",
+        )
+        logger.error("%s", self.halted)
+        if self.observer is not None:
+            self.observer.delivery_halted(self.sink.name, why)
+
     def _report(self, count: int, *, ok: bool) -> None:
         if self.observer is not None:
             self.observer.delivery(self.sink.name, count, ok)
@@ -119,8 +178,10 @@ class Drainer:
         failures = 0
         until_empty = until_empty or attempts is not None
         while attempts is not None or not stop.is_set():
+            if self.halted is not None:
+                return False
             try:
-                sent = self.drain_once()
+                sent = self.attempt()
             except Exception as exc:  # a sender must never die: the batch stays, we retry
                 failures += 1
                 self.stats.failures += 1
@@ -133,6 +194,8 @@ class Drainer:
                     )
                     logger.exception("Output %s failed unexpectedly; the batch stays in the outbox", self.sink.name)
                     message = str(self.last_error)
+                if self.halted is not None:
+                    return False
                 if attempts is not None and failures >= attempts:
                     logger.error("%s (attempt %d of %d); the events stay in the outbox", message, failures, attempts)
                     return False
