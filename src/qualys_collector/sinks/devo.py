@@ -24,7 +24,14 @@ from pydantic_core import PydanticCustomError
 
 from qualys_collector.errors import DeliveryError
 from qualys_collector.sinks.base import BuildContext, OutputBlock, OutputOptions, OutputType
-from qualys_collector.sinks.stream import ERR_CONFIRM, CloseThenPeerEof, LineFraming, StreamSink
+from qualys_collector.sinks.stream import (
+    ERR_CONFIRM,
+    CloseThenPeerEof,
+    Framing,
+    LineFraming,
+    OctetCountingFraming,
+    StreamSink,
+)
 from qualys_collector.sinks.transport import ERR_CONNECT, TcpTransport, TlsTransport, TlsVersion
 
 logger = logging.getLogger("qualys_collector.sender")
@@ -51,6 +58,8 @@ class DevoOutputOptions(OutputOptions):
     #: ``sinks.transport``); 1.2 makes every refusal a failed handshake.
     tls_max_version: TlsVersion = "1.2"
     confirm_timeout_seconds: float = Field(default=30.0, gt=0, le=3600)
+    #: ``lf``: one message per line (Devo's relays); ``octet-counting``: RFC 5425/6587 length prefixes.
+    framing: Literal["lf", "octet-counting"] = "lf"
 
     @field_validator("chain", "cert", "key")
     @classmethod
@@ -99,6 +108,7 @@ class DevoSink(StreamSink):
         hostname: str | None = None,
         tls_max_version: TlsVersion = "1.2",
         plain_tcp: bool = False,
+        framing: Literal["lf", "octet-counting"] = "lf",
     ) -> None:
         transport: TcpTransport
         if plain_tcp:
@@ -130,7 +140,9 @@ class DevoSink(StreamSink):
                 max_version=tls_max_version,
                 timeout=timeout,
             )
-        super().__init__(name, devo_header(hostname or socket.gethostname()), transport, CloseThenPeerEof(timeout))
+        lines = devo_header(hostname or socket.gethostname())
+        framed: Framing = OctetCountingFraming(lines) if framing == "octet-counting" else lines
+        super().__init__(name, framed, transport, CloseThenPeerEof(timeout))
         self.address = transport.address
 
     @classmethod
@@ -155,6 +167,7 @@ class DevoSink(StreamSink):
             timeout=options.confirm_timeout_seconds,
             tls_max_version=options.tls_max_version,
             plain_tcp=options.type == "TCP",
+            framing=options.framing,
         )
 
 

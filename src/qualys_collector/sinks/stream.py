@@ -99,6 +99,21 @@ class LineFraming:
         return header + event.body.encode("utf-8") + b"\n"
 
 
+class OctetCountingFraming:
+    """RFC 5425 / RFC 6587 octet counting: ``MSG-LEN SP MSG`` (syslog-ng's ``syslog()`` source requires it).
+
+    The message is the line framing's, without its trailing newline.
+    """
+
+    def __init__(self, lines: LineFraming) -> None:
+        self.lines = lines
+
+    def frame(self, event: StoredEvent) -> bytes:
+        """``b"<length> <header><body>"``."""
+        message = self.lines.frame(event)[:-1]
+        return b"%d %s" % (len(message), message)
+
+
 class CloseThenPeerEof:
     """Our close, then the receiver's clean close of the connection, with no fatal alert and no reset.
 
