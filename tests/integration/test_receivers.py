@@ -292,3 +292,25 @@ def test_a_relay_holding_connections_open_costs_at_most_one_batch_then_the_outpu
     assert not got - want, "stored events that were never pulled"
     assert sum(got.values()) - len(got) <= 1000, "more than one batch of extra copies"
     assert pending(tmp_path, "devo") == sum(want.values()), "an unconfirmed batch was acknowledged"
+
+
+def test_plain_tcp_to_an_in_house_relay_stores_every_event_once_and_warns_on_start(tmp_path: Path, url: str) -> None:
+    """``type: TCP`` (a Devo In-House Relay on the customer's network): plain rsyslog, no certificates."""
+    relay = RsyslogReceiver(tmp_path / "in-house", Certs.mint(tmp_path / "certs"), driver=None)
+    relay.start()
+    try:
+        cfg = config(tmp_path, url, relay.port, Path("unused"), (Path("unused"), Path("unused")), type="TCP")
+        raw = yaml.safe_load(cfg.read_text())
+        for key in ("chain", "cert", "key"):
+            del raw["outputs"]["devo"]["config"][key]
+        cfg.write_text(yaml.safe_dump(raw))
+        done = subprocess.run([*CLI, "run", "--once", "-c", str(cfg)], cwd=REPO, capture_output=True, timeout=300)
+        assert done.returncode == 0, done.stderr.decode()[-3000:]
+        want = pulled(tmp_path)
+        got = stored(relay)
+    finally:
+        relay.stop()
+    assert "Output devo: type TCP sends events UNENCRYPTED" in done.stderr.decode()
+    assert len(want) > 2500
+    assert got == want
+    assert pending(tmp_path, "devo") == 0
