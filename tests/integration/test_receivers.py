@@ -314,3 +314,38 @@ def test_plain_tcp_to_an_in_house_relay_stores_every_event_once_and_warns_on_sta
     assert len(want) > 2500
     assert got == want
     assert pending(tmp_path, "devo") == 0
+
+
+@pytest.mark.parametrize("name", sorted(RIGHT))
+def test_an_event_of_400_kb_reaches_every_receiver_as_one_valid_json_line(tmp_path: Path, name: str) -> None:
+    """Over ``max_event_bytes`` (256 KiB), the largest strings are cut, the line stays JSON and says so."""
+    simulator = Simulator(SimConfig(seed=9, hosts=4, detections_per_host=2, results_bytes=400_000))
+    big_url = simulator.start()
+    certs = Certs.mint(tmp_path / "certs")
+    topology = RIGHT[name](tmp_path, certs)
+    topology.start()
+    try:
+        client = (certs.client_cert, certs.client_key)
+        cfg = config(tmp_path, big_url, topology.front.port, certs.chain, client, **OPTIONS.get(name, {}))
+        raw = yaml.safe_load(cfg.read_text())
+        raw["inputs"]["qualys"]["services"] = {"host_list_detection": {"start_time_utc": "2020-01-01T00:00:00Z"}}
+        cfg.write_text(yaml.safe_dump(raw))
+        done = subprocess.run([*CLI, "run", "--once", "-c", str(cfg)], cwd=REPO, capture_output=True, timeout=300)
+        assert done.returncode == 0, done.stderr.decode()[-3000:]
+        lines = topology.store.messages()
+    finally:
+        topology.stop()
+        simulator.stop()
+    want = [json.loads(x)["event"] for x in (tmp_path / "pulled.jsonl").read_text().splitlines()]
+    big = [event for event in want if len(json.dumps(event)) > 400_000]
+    assert len(big) == 8, "the simulator's detections carry 400 KB RESULTS"
+    got = [json.loads(line) for line in lines]  # one valid JSON object per stored line, none split
+    assert len(got) == len(want)
+    shortened = [event for event in got if "@truncated_fields" in event]
+    assert len(shortened) == len(big)
+    for event in shortened:
+        assert len(json.dumps(event, separators=(",", ":"), ensure_ascii=False).encode()) < 256 * 1024
+        assert any(
+            path.endswith("RESULTS") and length >= 400_000 for path, length in event["@truncated_fields"].items()
+        )
+    assert "over max_event_bytes 262144: shortened" in done.stderr.decode()

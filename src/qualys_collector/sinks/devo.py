@@ -24,6 +24,7 @@ from pydantic_core import PydanticCustomError
 
 from qualys_collector.errors import DeliveryError
 from qualys_collector.sinks.base import BuildContext, OutputBlock, OutputOptions, OutputType
+from qualys_collector.sinks.size import SYSLOG_MAX_EVENT_BYTES
 from qualys_collector.sinks.stream import (
     ERR_CONFIRM,
     CloseThenPeerEof,
@@ -60,6 +61,8 @@ class DevoOutputOptions(OutputOptions):
     confirm_timeout_seconds: float = Field(default=30.0, gt=0, le=3600)
     #: ``lf``: one message per line (Devo's relays); ``octet-counting``: RFC 5425/6587 length prefixes.
     framing: Literal["lf", "octet-counting"] = "lf"
+    #: A longer message has its largest string fields shortened (``@truncated_fields``), never split.
+    max_event_bytes: int = Field(default=SYSLOG_MAX_EVENT_BYTES, ge=4096)
 
     @field_validator("chain", "cert", "key")
     @classmethod
@@ -109,6 +112,7 @@ class DevoSink(StreamSink):
         tls_max_version: TlsVersion = "1.2",
         plain_tcp: bool = False,
         framing: Literal["lf", "octet-counting"] = "lf",
+        max_event_bytes: int | None = SYSLOG_MAX_EVENT_BYTES,
     ) -> None:
         transport: TcpTransport
         if plain_tcp:
@@ -142,7 +146,7 @@ class DevoSink(StreamSink):
             )
         lines = devo_header(hostname or socket.gethostname())
         framed: Framing = OctetCountingFraming(lines) if framing == "octet-counting" else lines
-        super().__init__(name, framed, transport, CloseThenPeerEof(timeout))
+        super().__init__(name, framed, transport, CloseThenPeerEof(timeout), max_event_bytes=max_event_bytes)
         self.address = transport.address
 
     @classmethod
@@ -168,6 +172,7 @@ class DevoSink(StreamSink):
             tls_max_version=options.tls_max_version,
             plain_tcp=options.type == "TCP",
             framing=options.framing,
+            max_event_bytes=options.max_event_bytes,
         )
 
 

@@ -17,11 +17,13 @@ import ssl
 import struct
 import time
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import replace
 from typing import Protocol
 
 from qualys_collector.errors import DeliveryError
 from qualys_collector.model import StoredEvent
 from qualys_collector.sinks.base import Ack, Confirmation
+from qualys_collector.sinks.size import shorten
 
 logger = logging.getLogger("qualys_collector.sender")
 
@@ -230,8 +232,18 @@ def _alert(exc: ssl.SSLError) -> str:
 class StreamSink:
     """Delivers each batch on a fresh connection and acknowledges it only once the confirmer agrees."""
 
-    def __init__(self, name: str, framing: Framing, transport: Transport, confirmer: Confirmer) -> None:
+    def __init__(
+        self,
+        name: str,
+        framing: Framing,
+        transport: Transport,
+        confirmer: Confirmer,
+        *,
+        max_event_bytes: int | None = None,
+    ) -> None:
         self.name = name
+        self.max_event_bytes = max_event_bytes
+        self.truncated_total = 0
         self.framing = framing
         self.transport = transport
         self.confirmer = confirmer
@@ -272,6 +284,8 @@ class StreamSink:
         length = 0
         for event in batch:
             message = self.framing.frame(event)
+            if self.max_event_bytes is not None and len(message) > self.max_event_bytes:
+                message = self.shortened(event, message)
             parts.append(message)
             length += len(message)
             if length >= size:
@@ -279,6 +293,33 @@ class StreamSink:
                 parts, length = [], 0
         if parts:
             yield b"".join(parts)
+
+    def shortened(self, event: StoredEvent, message: bytes) -> bytes:
+        """``event``'s message within ``max_event_bytes``: its largest strings cut (see ``sinks.size``)."""
+        assert self.max_event_bytes is not None
+        overhead = len(message) - len(event.body.encode("utf-8"))
+        try:
+            body, cut = shorten(event.body, self.max_event_bytes - overhead)
+        except ValueError as exc:
+            raise DeliveryError(
+                f"output {self.name}: event seq {event.seq} ({event.tag}) cannot be shortened to "
+                f"max_event_bytes {self.max_event_bytes} ({exc}); it stays in the outbox",
+                code=ERR_CONFIRM,
+                fix="raise max_event_bytes (and the receiver's message size limit)",
+            ) from None
+        self.truncated_total += 1
+        logger.warning(
+            "Output %s: event seq %d (%s) was %d bytes, over max_event_bytes %d: shortened %s "
+            "(original lengths in @truncated_fields; %d events shortened so far)",
+            self.name,
+            event.seq,
+            event.tag,
+            len(message),
+            self.max_event_bytes,
+            ", ".join(cut),
+            self.truncated_total,
+        )
+        return self.framing.frame(replace(event, body=body))
 
     def close(self) -> None:
         """Nothing stays open between batches."""
