@@ -110,6 +110,7 @@ global(
 )
 module(load="imtcp" StreamDriver.Name="ossl" StreamDriver.Mode="1" StreamDriver.AuthMode="x509/certvalid"
        MaxSessions="200")
+main_queue(queue.type="Direct")
 input(type="imtcp" port="{self.port}" address="127.0.0.1")
 module(load="imudp")
 input(type="imudp" port="{self.udp_port}" address="127.0.0.1")

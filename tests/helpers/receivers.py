@@ -121,6 +121,7 @@ class RsyslogReceiver(Rsyslog, Receiver):
         self.conf.write_text(f"""
 global(workDirectory="{self.directory / "work"}" {tls if driver else ""} maxMessageSize="256k" net.enableDNS="off")
 {module}
+main_queue(queue.type="Direct")
 input(type="imtcp" port="{self.port}" address="127.0.0.1")
 module(load="imudp")
 input(type="imudp" port="{self.udp_port}" address="127.0.0.1")
