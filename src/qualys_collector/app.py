@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -39,6 +40,10 @@ logger = logging.getLogger("qualys_collector")
 
 DEFAULT_OUTPUT = "file"
 SENDER_STATS_EVERY = 300.0
+#: Seconds the threads get to finish after a stop (SIGTERM) before the process exits without them. Safe by
+#: construction: a page and its checkpoint, and an acknowledgement, are each one transaction, so a thread
+#: left behind loses only uncommitted work (an unconfirmed batch stays in the outbox and is sent again).
+STOP_GRACE_SECONDS = 4.0
 
 
 def default_events_path(state_dir: Path) -> Path:
@@ -303,8 +308,10 @@ class Collector:
             pulled = self.scheduler.run_once()
         finally:
             pulled_all.set()
-            for thread in senders:
-                thread.join()
+            self.join(senders)
+        if self.stop.is_set():
+            logger.warning("Stopped: %d events stay in the outbox for the next run", self.outbox.pending())
+            return False
         delivered = self.drain()
         for drainer in self.drainers:
             logger.info("%s", drainer.statistics_line())
@@ -334,11 +341,27 @@ class Collector:
                     self.outbox.pending(drainer.sink.name),
                 )
                 logger.info("%s", drainer.statistics_line())
-        for thread in threads:
-            thread.join(timeout=60)
+        self.join(threads)
         if server is not None:
             server.shutdown()
             server.server_close()
+
+    def join(self, threads: list[threading.Thread]) -> None:
+        """Wait for ``threads``; once :attr:`stop` is set, at most :data:`STOP_GRACE_SECONDS` more."""
+        deadline: float | None = None
+        for thread in threads:
+            while thread.is_alive():
+                if deadline is None and self.stop.is_set():
+                    deadline = time.monotonic() + STOP_GRACE_SECONDS
+                if deadline is not None and time.monotonic() >= deadline:
+                    break
+                thread.join(0.1)
+        busy = [thread.name for thread in threads if thread.is_alive()]
+        if busy:
+            logger.warning(
+                "Exiting while %s still busy; what they had not committed is redone on the next start",
+                ", ".join(busy),
+            )
 
     def close(self) -> None:
         """Close sinks, sources (parsing processes), the Qualys clients built here and the outbox."""
