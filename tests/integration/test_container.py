@@ -136,6 +136,12 @@ def test_compose_passes_secrets_both_ways_and_stops_in_time() -> None:
     assert "QUALYS_PASSWORD=" in readme  # ... and the env_file way
 
 
+def test_a_deployment_in_the_checkout_is_never_committed() -> None:
+    ignored = (REPO / ".gitignore").read_text().split()
+    for path in ("/config/", "/certs/", "/credentials/", "/collector.env", "state/"):
+        assert path in ignored
+
+
 def test_dockerignore_keeps_the_context_to_what_the_build_copies() -> None:
     ignore = (REPO / ".dockerignore").read_text().split()
     assert ignore[ignore.index("*") :][:1] == ["*"]
