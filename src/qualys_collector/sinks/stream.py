@@ -30,8 +30,11 @@ logger = logging.getLogger("qualys_collector.sender")
 #: Output-side error numbers shared by every stream output (the seeds number only input errors).
 ERR_CONFIRM = 404
 
-#: Bytes written per ``send`` call: the batch is joined into chunks of about this size.
-CHUNK_BYTES = 1 << 20
+#: Bytes written per ``send`` call, at most: the largest TLS record's plaintext. Each chunk holds whole messages
+#: only, so every TLS record ends on a message boundary; a sender killed mid-batch leaves the receiver whole
+#: lines and an undecryptable partial record, never a torn line (a receiver stores a torn line as an event).
+#: Only a message longer than this still spans records.
+CHUNK_BYTES = 16_384
 
 
 class Framing(Protocol):
@@ -279,18 +282,18 @@ class StreamSink:
         return Ack.all(batch)
 
     def chunks(self, batch: Sequence[StoredEvent], size: int = CHUNK_BYTES) -> Iterator[bytes]:
-        """The framed batch, joined into chunks of about ``size`` bytes."""
+        """The framed batch as chunks of whole messages, each at most ``size`` bytes (a longer message alone)."""
         parts: list[bytes] = []
         length = 0
         for event in batch:
             message = self.framing.frame(event)
             if self.max_event_bytes is not None and len(message) > self.max_event_bytes:
                 message = self.shortened(event, message)
-            parts.append(message)
-            length += len(message)
-            if length >= size:
+            if parts and length + len(message) > size:
                 yield b"".join(parts)
                 parts, length = [], 0
+            parts.append(message)
+            length += len(message)
         if parts:
             yield b"".join(parts)
 

@@ -1,0 +1,32 @@
+"""A stream output writes whole messages per TLS record: a sender killed mid-batch leaves no torn line."""
+
+from __future__ import annotations
+
+from qualys_collector.model import StoredEvent
+from qualys_collector.sinks.devo import devo_header
+from qualys_collector.sinks.stream import CHUNK_BYTES, CloseNotifyThenEof, StreamSink
+
+
+def events(sizes: list[int]) -> list[StoredEvent]:
+    return [StoredEvent(seq=i + 1, tag="vuln.qualys.hosts", body=f'{{"x":"{"a" * n}"}}') for i, n in enumerate(sizes)]
+
+
+def test_each_chunk_is_whole_lines_within_one_tls_record() -> None:
+    sink = StreamSink("devo", devo_header("host"), transport=None, confirmer=CloseNotifyThenEof(timeout=1.0))  # type: ignore[arg-type]
+    batch = events([700] * 1000 + [40_000] + [10] * 5 + [CHUNK_BYTES - 100])
+    frames = [sink.framing.frame(e) for e in batch]
+    chunks = list(sink.chunks(batch))
+    assert b"".join(chunks) == b"".join(frames)  # every byte, in order
+    assert len(chunks) > 40  # a 700 KB batch is many records, not one write
+    boundaries = set()
+    position = 0
+    for frame in frames:
+        position += len(frame)
+        boundaries.add(position)
+    position = 0
+    for chunk in chunks:
+        position += len(chunk)
+        assert position in boundaries, "a chunk ends inside a message"
+        assert chunk.endswith(b"\n")
+        assert len(chunk) <= CHUNK_BYTES or chunk.count(b"\n") == 1, "only a message longer than a record stands alone"
+    assert CHUNK_BYTES == 16_384  # TLS's largest record plaintext (RFC 8446 5.1)
