@@ -21,6 +21,7 @@ from qualys_collector.engine.obfuscate import compile_rules
 from qualys_collector.engine.outbox import Outbox
 from qualys_collector.engine.scheduler import Scheduler
 from qualys_collector.engine.store import StateLock
+from qualys_collector.engine.summary import SUMMARY_TAG
 from qualys_collector.errors import CollectorError
 from qualys_collector.model import utcnow
 from qualys_collector.observability.memory import gc_line
@@ -172,7 +173,8 @@ def make_job(
         period=timedelta(seconds=options.request_period_in_seconds),
         settle_lag=timedelta(seconds=options.settle_lag_seconds),
         max_span=timedelta(seconds=options.max_window_seconds) if options.max_window_seconds else None,
-        transform=compile_rules([(r.field, r.action) for r in options.obfuscation], salt),
+        obfuscation=compile_rules([(r.field, r.action) for r in options.obfuscation], salt),
+        summary_tag=getattr(options, "summary_tag", None) or SUMMARY_TAG,
     )
 
 

@@ -1,5 +1,6 @@
 """A collector process for crash tests: pulls N records page by page into a file sink, and SIGKILLs
-itself at the point named on the command line (``before_commit:<page>`` or ``after_write:<batch>``)."""
+itself at the point named on the command line (``before_commit:<page>``, ``after_write:<batch>``, or
+``between_stages:<page>``: after a stage wrote keyed-table rows for the page, before the next stage)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,9 @@ from typing import Any
 
 from qualys_collector.engine.cycle import Job, run_cycle
 from qualys_collector.engine.outbox import Outbox
+from qualys_collector.engine.pipeline import PageWork
 from qualys_collector.engine.source import CursorMode, ServiceSpec
+from qualys_collector.engine.store import Transaction
 from qualys_collector.model import Page, Record, StoredEvent, Window
 from qualys_collector.sinks.base import Ack
 from qualys_collector.sinks.drain import Drainer
@@ -41,6 +44,33 @@ class Source:
             ]
             index += 1
             yield Page(records=records, token={"page": index} if index * PAGE < N else None)
+
+
+class Remember:
+    """A stage that writes one keyed-table row per event."""
+
+    name = "remember"
+    tables = ("seen",)
+
+    def run(self, work: PageWork, tx: Transaction) -> None:
+        for event in work.events:
+            tx.table("seen").put(str(event.key), 1)
+
+
+class KillOnPage:
+    """A later stage that SIGKILLs the process on one page (the rows of the stage before are written)."""
+
+    name = "kill"
+    tables: tuple[str, ...] = ()
+
+    def __init__(self, page: int | None) -> None:
+        self.page = page
+        self.calls = 0
+
+    def run(self, work: PageWork, tx: Transaction) -> None:
+        if self.calls == self.page:
+            os.kill(os.getpid(), signal.SIGKILL)
+        self.calls += 1
 
 
 def killing_after_write(file_sink: FileSink, kill_batch: int | None) -> Callable[[Sequence[StoredEvent]], Ack]:
@@ -73,7 +103,16 @@ def main() -> None:
     outbox.register_outputs(["file"])
     drainer = Drainer(outbox, sink, batch_size=PAGE)
     drainer.run(threading.Event(), until_empty=True)  # pending first, as on every start
-    job = Job(input_name="qualys_fim", input_id="1", spec=spec, source=source, tag=spec.default_tag, start_time=T0)
+    job = Job(
+        input_name="qualys_fim",
+        input_id="1",
+        spec=spec,
+        source=source,
+        tag=spec.default_tag,
+        start_time=T0,
+        enrich=(Remember(),),
+        change_filter=(KillOnPage(int(number) if kind == "between_stages" else None),),
+    )
     run_cycle(job, outbox, clock=lambda: T0 + timedelta(hours=1))
     drainer.run(threading.Event(), until_empty=True)
     file_sink.close()

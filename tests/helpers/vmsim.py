@@ -13,6 +13,7 @@ from typing import Any
 from qualys_collector.app import Collector
 from qualys_collector.config.schema import CollectorConfig
 from qualys_collector.engine.cycle import CycleStats
+from qualys_collector.engine.summary import SUMMARY_TAG
 from qualys_collector.qualys.retry import RetryPolicy
 from qualys_collector.simulator import Simulator
 from tests.helpers.kit import FAST, NOW, Recorder, clients, config, fim_input, no_sleep, vm_input
@@ -63,11 +64,13 @@ class Run:
         finally:
             collector.close()
 
-    def events(self) -> list[dict[str, Any]]:
+    def events(self, *, summaries: bool = False) -> list[dict[str, Any]]:
+        """Delivered lines; each completed window's summary event only with ``summaries``."""
         path = self.state / "events.jsonl"
         if not path.exists():
             return []
-        return [json.loads(line) for line in path.read_text().splitlines()]
+        lines = [json.loads(line) for line in path.read_text().splitlines()]
+        return [line for line in lines if summaries or line["tag"] != SUMMARY_TAG]
 
     def keys(self, service_tag: str, key: str) -> Counter[str]:
         out: Counter[str] = Counter()

@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from qualys_collector.engine.outbox import Outbox
+from qualys_collector.engine.summary import SUMMARY_TAG
 from qualys_collector.model import parse_iso_datetime
 from qualys_collector.simulator import Limits, Simulator
 from qualys_collector.simulator.faults import parse_fault
@@ -53,8 +54,10 @@ def write_config(tmp_path: Path, url: str, services: dict[str, Any], fim: dict[s
 
 
 def events(tmp_path: Path) -> list[dict[str, Any]]:
+    """Delivered data lines (each completed window's summary event left out)."""
     path = tmp_path / "events.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+    lines = [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+    return [line for line in lines if line["tag"] != SUMMARY_TAG]
 
 
 START = {"start_time_utc": "2020-01-01T00:00:00Z"}

@@ -15,6 +15,7 @@ import pytest
 from qualys_collector.engine.cycle import Job, run_cycle
 from qualys_collector.engine.outbox import Outbox
 from qualys_collector.engine.source import CursorMode, ServiceSpec
+from qualys_collector.engine.summary import SUMMARY_TAG
 from qualys_collector.errors import DeliveryError, PullError
 from qualys_collector.model import StoredEvent, epoch_ms
 from qualys_collector.sinks.base import Ack
@@ -41,9 +42,14 @@ def job(spec: ServiceSpec, source: ListSource, **kw: object) -> Job:
     return Job(input_name="qualys", input_id="42", spec=spec, source=source, **params)  # type: ignore[arg-type]
 
 
-def outbox_ids(outbox: Outbox) -> list[str]:
+def outbox_data(outbox: Outbox) -> list[StoredEvent]:
+    """The data events in the outbox (each completed window's summary event left out)."""
     outbox.register_outputs(["probe"])
-    return [json.loads(e.body)["id"] for e in outbox.read("probe", 100_000)]
+    return [e for e in outbox.read("probe", 100_000) if e.tag != SUMMARY_TAG]
+
+
+def outbox_ids(outbox: Outbox) -> list[str]:
+    return [json.loads(e.body)["id"] for e in outbox_data(outbox)]
 
 
 @pytest.fixture
@@ -73,8 +79,7 @@ def test_records_sharing_the_last_timestamp_across_two_cycles_arrive_exactly_onc
 def test_events_carry_pulling_id_environment_and_tag(outbox: Outbox) -> None:
     source = ListSource([rec("a", at(1), name="x")])
     run_cycle(job(UNSORTED, source, tag="my.app.scans"), outbox, clock=lambda: at(100))
-    outbox.register_outputs(["probe"])
-    [event] = outbox.read("probe", 10)
+    [event] = outbox_data(outbox)
     assert event.tag == "my.app.scans"
     assert json.loads(event.body) == {
         "id": "a",
@@ -194,22 +199,25 @@ def fails_first(times: int, error: Exception) -> Callable[[Sequence[StoredEvent]
 
 def test_every_output_gets_every_event_and_rows_leave_only_when_all_confirmed(outbox: Outbox, tmp_path: Path) -> None:
     run_cycle(job(UNSORTED, ListSource([rec(f"k{i}", at(i)) for i in range(5)])), outbox, clock=lambda: at(100))
+    committed = 5 + 1  # five records and the window's summary event
     file_sink = FileSink("file", tmp_path / "out.jsonl")
     flaky = MemorySink(fails_first(1, DeliveryError("receiver down")), name="devo")
     outbox.register_outputs(["file", "devo"])
     Drainer(outbox, file_sink, batch_size=2).run(threading.Event(), until_empty=True)
     file_sink.close()
     lines = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
-    assert [line["event"]["id"] for line in lines] == [f"k{i}" for i in range(5)]
-    assert {line["tag"] for line in lines} == {"vuln.qualys.vulnerabilities"}
-    assert outbox.pending() == 5  # the devo output has not confirmed yet
+    data = [line for line in lines if line["tag"] != SUMMARY_TAG]
+    assert [line["event"]["id"] for line in data] == [f"k{i}" for i in range(5)]
+    assert {line["tag"] for line in data} == {"vuln.qualys.vulnerabilities"}
+    assert len(lines) == committed
+    assert outbox.pending() == committed  # the devo output has not confirmed yet
     drainer = Drainer(outbox, flaky)
     with pytest.raises(DeliveryError):
         drainer.drain_once()
-    assert outbox.pending("devo") == 5
-    assert drainer.drain_once() == 5
+    assert outbox.pending("devo") == committed
+    assert drainer.drain_once() == committed
     assert outbox.pending() == 0
-    assert len(flaky.events) == 5
+    assert len(flaky.events) == committed
 
 
 def test_state_files_are_owner_only(tmp_path: Path) -> None:
@@ -229,10 +237,10 @@ def test_an_unexpected_sink_exception_never_kills_the_sender_thread(outbox: Outb
     thread = threading.Thread(target=drainer.run, args=(stop,), kwargs={"idle": 0.01})
     thread.start()
     deadline = time.monotonic() + 10
-    while len(sink.events) < 5 and time.monotonic() < deadline:
+    while len(sink.events) < 6 and time.monotonic() < deadline:
         stop.wait(0.01)
     stop.set()
     thread.join(5)
-    assert len(sink.events) == 5
+    assert len(sink.events) == 6  # five records and the window's summary event
     assert drainer.stats.failures == 1
     assert outbox.pending("odd") == 0

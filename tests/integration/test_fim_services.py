@@ -169,6 +169,31 @@ def test_incident_ids_kept_in_the_old_checkpoint_blob_move_into_the_keyed_table(
     assert all(table[k] == v for k, v in pulled.items())
 
 
+def test_both_fim_services_emit_one_summary_per_window_that_matches_what_they_delivered(
+    sim: Simulator, tmp_path: Path
+) -> None:
+    services = {
+        "fim_events": {"start_time_utc": START, "page_size": 100, "settle_lag_seconds": 0},
+        "fim_incidents": {"start_time_utc": START, "settle_lag_seconds": 0, "include_events": True},
+    }
+    r = fim(sim, tmp_path, services)
+    assert r.cycle()
+    summaries = {s["@summary"]: s for s in r.events("vuln.qualys.collector.summary")}
+    assert set(summaries) == set(services)
+    delivered = {
+        "fim_events": len(r.events(EVENTS)),
+        "fim_incidents": len(r.events(INCIDENTS)) + len(r.events("monitor.qualys.fim.incident_event")),
+    }
+    for name, summary in summaries.items():
+        stats = r.stats[name]
+        assert stats is not None
+        assert summary["window_start"] == START
+        assert summary["records_committed"] == delivered[name] == stats.sent > 0
+        assert (summary["records_received"], summary["requests"]) == (stats.received, stats.requests)
+        assert summary["pages"] == stats.pages
+    assert summaries["fim_events"]["pages"] == 7  # 600 events, 100 a page, and the empty page that ends the search
+
+
 def test_bad_credentials_give_101_once(sim: Simulator, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     r = fim(sim, tmp_path, {"fim_events": {"start_time_utc": START}}, password="not-the-password")
     assert not r.cycle()

@@ -148,6 +148,7 @@ def test_an_outbox_row_carries_the_record_key_and_the_event_time(tmp_path: Path)
     assert rows == [
         ("r1", epoch_ms(T0 + timedelta(seconds=10)), "42/vm_scans"),
         ("r2", epoch_ms(T0 + timedelta(seconds=20)), "42/vm_scans"),
+        ("summary:vm_scans:2024-01-01T00:01:40Z", epoch_ms(T0 + timedelta(seconds=100)), "42/vm_scans"),  # window end
     ]
 
 

@@ -402,8 +402,49 @@ def test_parallel_batches_under_a_concurrency_of_two_and_a_tight_rate_limit(
     assert set(keys) == truth
     assert max(keys.values()) == 1
     assert sim.max_concurrency("asset/host/vm/detection") <= 2
-    [summary] = [e["event"] for e in r.events() if e["tag"] == "vuln.qualys.collector.summary"]
+    [summary] = [e["event"] for e in r.events(summaries=True) if e["tag"] == "vuln.qualys.collector.summary"]
     assert summary["hosts_expected"] == summary["hosts_received"] == 90
     assert summary["detections"] == len(truth)
     assert summary["batches"] == 9
     record_reliability(compared=len(truth), lost=len(truth - set(keys)), duplicated=sum(keys.values()) - len(keys))
+
+
+VM_TAGS = {
+    "vm_scans": "vuln.qualys.vulnerabilities",
+    "host_list": "vuln.qualys.hosts",
+    "host_list_detection": "vuln.qualys.hostdetections",
+    "user_activity": "vuln.qualys.useractivitylog",
+}
+
+
+def test_every_vm_service_emits_one_summary_per_window_that_matches_what_it_delivered(
+    sim: Simulator, tmp_path: Path
+) -> None:
+    r = run(sim, tmp_path, {name: {"start_time_utc": START, "settle_lag_seconds": 0} for name in VM_TAGS})
+    assert r.cycle()
+    advance(sim, 21)  # every host is processed again, new scans and activity
+    first_stats = dict(r.stats)
+    assert r.cycle()
+    summaries: dict[str, list[dict[str, Any]]] = {}
+    for line in r.events(summaries=True):
+        if line["tag"] == "vuln.qualys.collector.summary":
+            summaries.setdefault(line["event"]["@summary"], []).append(line["event"])
+    assert {name: len(s) for name, s in summaries.items()} == dict.fromkeys(VM_TAGS, 2)
+    for name, tag in VM_TAGS.items():
+        first, second = summaries[name]
+        assert first["window_start"] == START
+        assert (first["completed"], first["input_id"], first["environment"]) == (True, "7", "test")
+        delivered = sum(1 for line in r.events() if line["tag"] == tag)
+        assert first["records_committed"] + second["records_committed"] == delivered > 0
+        for summary, stats in ((first, first_stats[name]), (second, r.stats[name])):
+            assert stats is not None
+            seed_line = (stats.requests, stats.received, stats.duplicates, stats.sent)
+            assert seed_line == (
+                summary["requests"],
+                summary["records_received"],
+                summary["records_deduplicated"],
+                summary["records_committed"],
+            ), name
+    hld = summaries["host_list_detection"][1]
+    assert hld["hosts_expected"] == hld["hosts_received"] > 0  # the source's own counters survive
+    assert hld["detections"] == hld["records_committed"]

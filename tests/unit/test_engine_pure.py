@@ -94,3 +94,14 @@ def test_event_json_is_byte_for_byte_what_the_json_module_writes() -> None:
     for body in bodies:
         expected = json.dumps(body, separators=(",", ":"), ensure_ascii=False, default=str)
         assert Event(tag="t", body=body).to_json() == expected
+
+
+def test_window_counters_round_trip_through_json() -> None:
+    """A resumed window's summary counts the whole window: its counters travel in the checkpoint."""
+    progress = WindowProgress(
+        start=T0, end=END, counters={"cycles": 2, "received": 7}, source_counters={"hosts_expected": 90}
+    )
+    checkpoint = Checkpoint(start_time=T0, value=T0, window=progress)
+    data = checkpoint.to_json()
+    assert data["window"]["counters"] == {"cycles": 2, "received": 7}
+    assert Checkpoint.from_json(data) == checkpoint

@@ -28,6 +28,10 @@ class WindowProgress:
     max_ids: tuple[str, ...] = ()
     pages: int = 0
     horizon: datetime | None = None
+    #: The engine's counters for the window so far (cycles, pages, requests, records…), for its summary.
+    counters: dict[str, int] = field(default_factory=dict)
+    #: The source's own running totals for the window (``Page.counters`` of its latest page).
+    source_counters: JSON = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +72,8 @@ class Checkpoint:
                 "max_ids": list(w.max_ids),
                 "pages": w.pages,
                 "horizon": _fmt(w.horizon),
+                "counters": dict(w.counters),
+                "source_counters": dict(w.source_counters),
             }
         if self.extra:
             data["extra"] = self.extra
@@ -88,6 +94,8 @@ class Checkpoint:
                 max_ids=tuple(w.get("max_ids") or ()),
                 pages=int(w.get("pages", 0)),
                 horizon=_parse(w.get("horizon")),
+                counters={str(k): int(v) for k, v in (w.get("counters") or {}).items()},
+                source_counters=dict(w.get("source_counters") or {}),
             )
         return cls(
             start_time=_parse(data.get("start_time_str")),

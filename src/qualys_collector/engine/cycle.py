@@ -1,8 +1,10 @@
-"""One pull cycle of one service: window, pages, boundary dedup, and page-by-page commits.
+"""One pull cycle of one service: window, pages, the page pipeline, and page-by-page commits.
 
-Per page, the admitted records become events and are committed to the outbox together with the
-checkpoint that follows them. The checkpoint never runs ahead of what was committed; a failure
-leaves it at the last committed page, and the next cycle resumes inside the same window.
+Each page goes through the pipeline's stages (:mod:`qualys_collector.engine.pipeline`) inside one
+transaction of the state store, which commits the page's events, its keyed-table writes and the
+checkpoint that follows them together. The checkpoint never runs ahead of what was committed; a
+failure leaves it at the last committed page, and the next cycle resumes inside the same window. The
+page that completes a window also commits the window's summary event.
 """
 
 from __future__ import annotations
@@ -10,15 +12,18 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 
 from qualys_collector.engine.checkpoint import Checkpoint, WindowProgress
-from qualys_collector.engine.cursor import BoundaryCursor, Verdict
+from qualys_collector.engine.cursor import BoundaryCursor
+from qualys_collector.engine.obfuscate import Obfuscation
 from qualys_collector.engine.outbox import Outbox
+from qualys_collector.engine.pipeline import EventBuilder, Pipeline, Stage
 from qualys_collector.engine.source import CursorMode, PageSource, ServiceSpec
 from qualys_collector.engine.store import Transaction
+from qualys_collector.engine.summary import SUMMARY_TAG, add_counts, summary_event
 from qualys_collector.engine.window import plan_window
 from qualys_collector.model import JSON, Event, Page, SourceState, TablePrune, Window, epoch_ms, utcnow
 
@@ -53,7 +58,11 @@ class Job:
     period: timedelta = timedelta(seconds=60)
     settle_lag: timedelta = timedelta(0)
     max_span: timedelta | None = None
-    transform: Callable[[JSON], JSON] | None = None
+    obfuscation: Obfuscation | None = None
+    #: The pipeline's slots: stages that enrich events, then stages that filter them by change.
+    enrich: tuple[Stage, ...] = ()
+    change_filter: tuple[Stage, ...] = ()
+    summary_tag: str = SUMMARY_TAG
 
     @property
     def label(self) -> str:
@@ -72,8 +81,24 @@ class CycleStats:
     deferred: int = 0
     sent: int = 0
     pages: int = 0
+    #: Summary events committed (one when the cycle completed its window); not in the seed's line.
+    summaries: int = 0
     completed: bool = False
     started: float = field(default_factory=time.monotonic)
+
+    @property
+    def committed(self) -> int:
+        """Every event this cycle put in the outbox: the records' events and the window's summary."""
+        return self.sent + self.summaries
+
+    def add(self, counts: Mapping[str, int]) -> None:
+        """One committed page's counters."""
+        self.pages += counts.get("pages", 0)
+        self.requests += counts.get("requests", 0)
+        self.received += counts.get("received", 0)
+        self.duplicates += counts.get("duplicates", 0)
+        self.deferred += counts.get("deferred", 0)
+        self.sent += counts.get("committed", 0)
 
     @property
     def seconds(self) -> float:
@@ -98,9 +123,9 @@ def load_checkpoint(job: Job, outbox: Outbox, now: datetime) -> Checkpoint:
     Declares the service's keyed tables first, and moves rows an older version kept in the checkpoint's
     ``extra`` into their table (one transaction).
     """
-    for table in job.spec.tables:
-        outbox.declare(table.name, job.spec.name)
-    outbox.declare(boundary_table(job.spec.name), job.spec.name)
+    stage_tables = (t for stage in (*job.enrich, *job.change_filter) for t in stage.tables)
+    for name in (*(t.name for t in job.spec.tables), boundary_table(job.spec.name), *stage_tables):
+        outbox.declare(name, job.spec.name)
     configured = job.start_time
     stored = outbox.load_checkpoint(job.input_id, job.spec.name)
     fresh = Checkpoint.initial(configured, now - job.spec.default_lookback)
@@ -181,6 +206,7 @@ def run_cycle(
             return stats
         window, token = planned, None
         progress = WindowProgress(start=window.start, end=window.end, capped=window.capped)
+    progress = replace(progress, counters=add_counts(progress.counters, {"cycles": 1}))
     logger.info("Pull Started")
     logger.info("Fetching data From : %s  To : %s", window.start, window.end)
     checkpoint, progress = _boundary_to_table(job, outbox, checkpoint, progress)
@@ -189,56 +215,35 @@ def run_cycle(
     max_ids = boundary.keys_at(_stamp(progress.max_value)) if progress.max_value is not None else []
     cursor = BoundaryCursor(checkpoint.value, floor_ids, window.end, max_value=progress.max_value, max_ids=max_ids)
     cursor.take_fresh()
+    builder = EventBuilder(job.tag, stats.pulling_id, job.environment, job.obfuscation)
+    pipeline = Pipeline.standard(cursor, builder, enrich=job.enrich, change_filter=job.change_filter)
     tables = {t.name: outbox.table(job.input_id, t.name) for t in job.spec.tables}
     pages = job.source.pages(window, token, SourceState(checkpoint.extra, tables))
     completed = False
     for page in pages:
-        stats.pages += 1
-        stats.requests += page.requests
-        stats.received += len(page.records)
-        events: list[Event] = []
-        for record in page.records:
-            verdict = cursor.admit(record.cursor, record.key)
-            if verdict is Verdict.DUPLICATE:
-                stats.duplicates += 1
-                continue
-            if verdict is Verdict.DEFERRED:
-                stats.deferred += 1
-                continue
-            body = job.transform(record.data) if job.transform is not None else dict(record.data)
-            body["@devo_pulling_id"] = stats.pulling_id
-            if job.environment:
-                body["environment"] = job.environment
-            events.append(Event(tag=record.tag or job.tag, body=body, key=record.key, time=record.cursor))
-        horizon = progress.horizon
-        if page.horizon is not None and (horizon is None or page.horizon < horizon):
-            horizon = page.horizon
-        progress = WindowProgress(
-            start=window.start,
-            end=window.end,
-            capped=window.capped,
-            token=page.token,
-            max_value=cursor.max_value,
-            pages=progress.pages + 1,
-            horizon=horizon,
-        )
-        if page.extra is not None:
-            checkpoint = replace(checkpoint, extra=page.extra)
-        if page.token is None:
-            new = _complete(job.spec, checkpoint, window, cursor, horizon)
-            completed = True
-        elif job.spec.is_sorted and job.spec.mode is CursorMode.RECORD:
-            new = Checkpoint(
-                start_time=checkpoint.start_time, value=cursor.max_value, window=progress, extra=checkpoint.extra
-            )
-        else:
-            new = checkpoint.with_window(progress)
         with outbox.transaction(job.input_id) as tx:
-            tx.add_events(job.spec.name, events)
+            work = pipeline.run(page, tx)
             apply_writes(tx, page)
+            counts = {"pages": 1, "requests": page.requests, **work.counts}
+            progress = _advance(progress, page, cursor, counts)
+            if page.extra is not None:
+                checkpoint = replace(checkpoint, extra=page.extra)
+            events = work.events
+            if page.token is None:
+                new = _complete(job.spec, checkpoint, window, cursor, progress.horizon)
+                events = [*events, _summary(job, window, progress, stats.pulling_id)]
+                stats.summaries += 1
+                completed = True
+            elif job.spec.is_sorted and job.spec.mode is CursorMode.RECORD:
+                new = Checkpoint(
+                    start_time=checkpoint.start_time, value=cursor.max_value, window=progress, extra=checkpoint.extra
+                )
+            else:
+                new = checkpoint.with_window(progress)
+            tx.add_events(job.spec.name, events)
             _store_boundary(tx, job, cursor, new)
             tx.save_checkpoint(job.spec.name, new.to_json())
-        stats.sent += len(events)
+        stats.add(counts)
         logger.info(stats.line(partial=True))
         if on_page is not None:
             on_page(job, stats)
@@ -251,7 +256,9 @@ def run_cycle(
         new = _complete(job.spec, checkpoint, window, cursor, progress.horizon)
         with outbox.transaction(job.input_id) as tx:
             _store_boundary(tx, job, cursor, new)
+            tx.add_events(job.spec.name, [_summary(job, window, progress, stats.pulling_id)])
             tx.save_checkpoint(job.spec.name, new.to_json())
+        stats.summaries += 1
     stats.completed = True
     if stats.deferred:
         logger.info("%d records at or after %s were left for the next window", stats.deferred, window.end)
@@ -284,6 +291,34 @@ def _boundary_to_table(
             table.put_many(progress.max_ids, 1, stamp=_stamp(progress.max_value))
     moved = replace(progress, max_ids=())
     return replace(checkpoint, ids=(), window=moved if checkpoint.window is not None else None), moved
+
+
+def _advance(progress: WindowProgress, page: Page, cursor: BoundaryCursor, counts: Mapping[str, int]) -> WindowProgress:
+    """The window's progress once ``page`` is committed."""
+    horizon = progress.horizon
+    if page.horizon is not None and (horizon is None or page.horizon < horizon):
+        horizon = page.horizon
+    return replace(
+        progress,
+        token=page.token,
+        max_value=cursor.max_value,
+        pages=progress.pages + 1,
+        horizon=horizon,
+        counters=add_counts(progress.counters, counts),
+        source_counters=dict(page.counters) if page.counters is not None else progress.source_counters,
+    )
+
+
+def _summary(job: Job, window: Window, progress: WindowProgress, pulling_id: int) -> Event:
+    return summary_event(
+        service=job.spec.name,
+        input_id=job.input_id,
+        tag=job.summary_tag,
+        window=window,
+        progress=progress,
+        pulling_id=pulling_id,
+        environment=job.environment,
+    )
 
 
 def _complete(

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -26,20 +26,27 @@ class Rule:
     action: Action
 
 
-def compile_rules(rules: Sequence[tuple[str, Action]], salt: str | None) -> Callable[[JSON], JSON] | None:
-    """A function that obfuscates one event body (``None`` when there are no rules)."""
+@dataclass(frozen=True)
+class Obfuscation:
+    """The rules of one service and the salt of its input, as plain data: callable on an event body,
+    and picklable (it can build events in a child process)."""
+
+    rules: tuple[Rule, ...]
+    salt: bytes = b""
+
+    def __call__(self, body: JSON) -> JSON:
+        """A copy of ``body`` with every rule applied (the input is not modified)."""
+        out = body
+        for rule in self.rules:
+            out = _apply(out, rule.path, rule.action, self.salt)
+        return out if out is not body else dict(body)
+
+
+def compile_rules(rules: Sequence[tuple[str, Action]], salt: str | None) -> Obfuscation | None:
+    """The obfuscation of ``rules`` (``None`` when there are none)."""
     if not rules:
         return None
-    compiled = [Rule(tuple(field.split(".")), action) for field, action in rules]
-    key = (salt or "").encode("utf-8")
-
-    def transform(body: JSON) -> JSON:
-        out = body
-        for rule in compiled:
-            out = _apply(out, rule.path, rule.action, key)
-        return out
-
-    return transform
+    return Obfuscation(tuple(Rule(tuple(field.split(".")), action) for field, action in rules), (salt or "").encode())
 
 
 def _apply(node: Any, path: tuple[str, ...], action: Action, key: bytes) -> Any:

@@ -173,7 +173,7 @@ class MetricsObserver(Observer):
         self.metrics = metrics
 
     def page(self, job: Job, stats: CycleStats) -> None:
-        self.metrics.page(job.spec.name, stats.pulling_id, stats.received, stats.sent, stats.duplicates)
+        self.metrics.page(job.spec.name, stats.pulling_id, stats.received, stats.committed, stats.duplicates)
 
     def cycle(self, job: Job, stats: CycleStats | None) -> None:
         if stats is not None:

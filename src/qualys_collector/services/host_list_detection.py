@@ -4,7 +4,8 @@ Two ways to read a window: one stream of host pages (``parallel: false``), or by
 window's host IDs (host list, ``details=None``, no truncation) cut into ID ranges that the engine's batch
 scheduler (:mod:`~qualys_collector.engine.batches`) pulls several at a time under the subscription's one
 API budget. This module only describes the batches: the plan, how to pull one range from a resume token,
-and the completeness summary on the last page, so the SIEM can alarm on gaps.
+and the completeness counters on the last page, which the engine adds to the window's summary event, so the
+SIEM can alarm on gaps.
 
 Completeness is stated on what is knowable. Qualys leaves hosts with nothing matching the filters out of
 the answer, so "hosts listed" minus "hosts with detections" is not a loss: those hosts sat in batches whose
@@ -27,7 +28,7 @@ from pydantic import Field, field_validator
 
 from qualys_collector.engine.batches import Batches, BatchProgress, pull_batches
 from qualys_collector.engine.source import CursorMode, ServiceSpec
-from qualys_collector.model import JSON, Page, Record, Window, format_seed_datetime, parse_seed_datetime
+from qualys_collector.model import JSON, Page, Window, format_seed_datetime, parse_seed_datetime
 from qualys_collector.qualys.detections import converter
 from qualys_collector.qualys.vm import VmClient
 from qualys_collector.qualys.vm_hosts import host_pages, server_time, window_params
@@ -36,7 +37,6 @@ from qualys_collector.services.hld_process import ParsePool, spooled_host_pages
 from qualys_collector.services.options import Flag, ServiceEntry, ServiceOptions, StrictOptions, flag
 
 logger = logging.getLogger("qualys_collector.puller")
-SUMMARY_TAG = "vuln.qualys.collector.summary"
 #: The service's own counters, kept in the page token beside the engine's batch progress.
 COUNTERS = ("expected", "received", "detections", "calls", "listed_at")
 
@@ -238,10 +238,8 @@ class BatchedDetectionSource(HostDetectionSource):
         counts["calls"] += self.client.total_requests - before
         answered = len(progress.done) - progress.splits  # batches whose answers were read to their end
         clean = max(0, counts["expected"] - counts["received"])
-        summary = {
-            "@summary": "host_list_detection",
-            "window_start": format_seed_datetime(window.start),
-            "window_end": format_seed_datetime(window.end),
+        # the engine's summary event of the window carries these beside its own counters
+        counters = {
             "hosts_expected": counts["expected"],
             "hosts_received": counts["received"],
             "hosts_without_detections": clean,
@@ -260,13 +258,7 @@ class BatchedDetectionSource(HostDetectionSource):
             counts["received"],
             clean,
         )
-        tag = self.options.summary_tag or SUMMARY_TAG
-        yield Page(
-            [Record(data=summary, key=f"summary:{summary['window_end']}", tag=tag)],
-            token=None,
-            requests=self.client.total_requests - before,
-            horizon=listed,
-        )
+        yield Page([], token=None, requests=self.client.total_requests - before, horizon=listed, counters=counters)
 
 
 def _remaining(batch: list[int], token: Any) -> list[int]:

@@ -1,0 +1,148 @@
+"""The page pipeline: what happens to one page between its source and its commit.
+
+Event building is plain data: :class:`EventBuilder` (tag, pulling id, environment, obfuscation rules) is a
+frozen dataclass that pickles, so it can be sent to a child process and build the same events there.
+The engine runs an ordered list of stages over each page inside the page's transaction — boundary
+dedup, obfuscation (event building), a slot for enrichment, a slot for a change filter, counters — so
+whatever a stage writes to a keyed table commits with the page's events and checkpoint, or not at all.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from qualys_collector.engine.cursor import BoundaryCursor, Verdict
+from qualys_collector.engine.obfuscate import Obfuscation
+from qualys_collector.engine.store import Transaction
+from qualys_collector.model import Event, Page, Record
+
+
+@dataclass
+class PageWork:
+    """One page on its way through the stages: records still in play, the events built from them, and
+    this page's counters (``received``, ``duplicates``, ``deferred``, ``committed``, and any a stage adds)."""
+
+    page: Page
+    records: list[Record]
+    events: list[Event] = field(default_factory=list)
+    counts: Counter[str] = field(default_factory=Counter)
+
+
+class Stage(Protocol):
+    """One step over a page. ``tables`` names the keyed tables it uses (declared before the first page)."""
+
+    @property
+    def name(self) -> str:
+        """What logs and tests call the stage."""
+        ...
+
+    @property
+    def tables(self) -> tuple[str, ...]:
+        """The keyed tables the stage reads or writes."""
+        ...
+
+    def run(self, work: PageWork, tx: Transaction) -> None:
+        """Transform ``work`` in place; keyed tables through ``tx.table(name)``."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class EventBuilder:
+    """Record -> event: obfuscation first (clear values never reach the outbox), then the pulling id and
+    the environment, the tag (the record's own, else the service's), the record's key and cursor time."""
+
+    tag: str
+    pulling_id: int
+    environment: str | None = None
+    obfuscation: Obfuscation | None = None
+
+    def build(self, record: Record) -> Event:
+        """The outbox event of one admitted record."""
+        body = self.obfuscation(record.data) if self.obfuscation is not None else dict(record.data)
+        body["@devo_pulling_id"] = self.pulling_id
+        if self.environment:
+            body["environment"] = self.environment
+        return Event(tag=record.tag or self.tag, body=body, key=record.key, time=record.cursor)
+
+
+class BoundaryDedup:
+    """Drops records already delivered and defers those at or past the window's end."""
+
+    name = "dedup"
+    tables: tuple[str, ...] = ()
+
+    def __init__(self, cursor: BoundaryCursor) -> None:
+        self.cursor = cursor
+
+    def run(self, work: PageWork, tx: Transaction) -> None:
+        """Keep the admitted records."""
+        kept: list[Record] = []
+        for record in work.records:
+            verdict = self.cursor.admit(record.cursor, record.key)
+            if verdict is Verdict.ADMIT:
+                kept.append(record)
+            elif verdict is Verdict.DUPLICATE:
+                work.counts["duplicates"] += 1
+            else:
+                work.counts["deferred"] += 1
+        work.records = kept
+
+
+@dataclass(frozen=True, slots=True)
+class BuildEvents:
+    """Obfuscation and event building, through the picklable :class:`EventBuilder`."""
+
+    builder: EventBuilder
+    name: str = "obfuscation"
+    tables: tuple[str, ...] = ()
+
+    def run(self, work: PageWork, tx: Transaction) -> None:
+        """Records become events."""
+        work.events = [self.builder.build(record) for record in work.records]
+        work.records = []
+
+
+class CountCommitted:
+    """The last stage: counts what the page commits."""
+
+    name = "counters"
+    tables: tuple[str, ...] = ()
+
+    def run(self, work: PageWork, tx: Transaction) -> None:
+        """``committed`` is what survived every stage."""
+        work.counts["committed"] += len(work.events)
+
+
+class Pipeline:
+    """The ordered stages of one cycle of one service."""
+
+    def __init__(self, stages: Sequence[Stage]) -> None:
+        self.stages = tuple(stages)
+
+    @classmethod
+    def standard(
+        cls,
+        cursor: BoundaryCursor,
+        builder: EventBuilder,
+        *,
+        enrich: Sequence[Stage] = (),
+        change_filter: Sequence[Stage] = (),
+    ) -> Pipeline:
+        """Boundary dedup, obfuscation, the enrichment slot, the change-filter slot, counters."""
+        return cls([BoundaryDedup(cursor), BuildEvents(builder), *enrich, *change_filter, CountCommitted()])
+
+    @property
+    def tables(self) -> tuple[str, ...]:
+        """Every keyed table a stage uses."""
+        return tuple(name for stage in self.stages for name in stage.tables)
+
+    def run(self, page: Page, tx: Transaction) -> PageWork:
+        """Every stage over ``page``, in order, inside ``tx``; an exception leaves nothing of the page."""
+        work = PageWork(page=page, records=list(page.records))
+        work.counts["received"] = len(page.records)
+        for stage in self.stages:
+            stage.run(work, tx)
+        return work
