@@ -48,7 +48,7 @@ class FimRun(Run):
             collector.close()
 
     def events(self, tag: str) -> list[dict[str, Any]]:  # type: ignore[override]  # by tag, unlike Run
-        return [line["event"] for line in super().events() if line["tag"] == tag]
+        return [line["event"] for line in super().events(summaries=True) if line["tag"] == tag]
 
 
 @pytest.fixture

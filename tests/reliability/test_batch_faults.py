@@ -144,7 +144,7 @@ def test_a_batch_that_times_out_after_committed_pages_is_split_from_the_committe
     record_reliability(compared=len(truth), lost=len(truth - set(keys)), duplicated=sum(keys.values()) - len(keys))
     assert set(keys) == truth
     assert max(keys.values()) == 1, f"{sum(keys.values()) - len(keys)} detections delivered twice"
-    [summary] = [e["event"] for e in r.events() if e["tag"] == "vuln.qualys.collector.summary"]
+    [summary] = [e["event"] for e in r.events(summaries=True) if e["tag"] == "vuln.qualys.collector.summary"]
     assert summary["split_batches"] == 1
     assert summary["hosts_expected"] == summary["hosts_received"] == 40
     assert summary["detections"] == len(truth)
