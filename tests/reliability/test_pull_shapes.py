@@ -162,7 +162,8 @@ def test_characters_xml_forbids_are_replaced_counted_and_logged(sim: Simulator, 
     path.write_text(yaml.safe_dump(config))
     done = subprocess.run([*CLI, "run", "-c", str(path), "--once"], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
-    scans = [json.loads(line)["event"] for line in (state / "events.jsonl").read_text().splitlines()]
+    lines = [json.loads(line) for line in (state / "events.jsonl").read_text().splitlines()]
+    scans = [line["event"] for line in lines if line["tag"] == "vuln.qualys.vulnerabilities"]
     assert {s["REF"] for s in scans} == sim.truth("vm_scans")
     assert all(s["TITLE"].endswith("\ufffd\ufffd") for s in scans)  # the two control bytes, visibly replaced
     assert all(s["USER_LOGIN"] == "demo_user\ufffd" for s in scans)  # and the character reference
