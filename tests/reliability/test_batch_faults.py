@@ -174,7 +174,7 @@ def test_hosts_without_detections_are_reported_as_such_not_as_a_gap(make_sim: Si
     assert len(with_detections) == 40
     keys = r.keys("vuln.qualys.hostdetections", "@detection_key")
     assert set(keys) == truth
-    [summary] = [e["event"] for e in r.events() if e["tag"] == "vuln.qualys.collector.summary"]
+    [summary] = [e["event"] for e in r.events(summaries=True) if e["tag"] == "vuln.qualys.collector.summary"]
     assert summary["hosts_expected"] == 60
     assert summary["hosts_received"] == 40
     assert summary["hosts_without_detections"] == 20
