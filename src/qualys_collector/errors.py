@@ -45,6 +45,10 @@ ERROR_TYPES: dict[int, str] = {
     406: "DeliveryError",
     407: "DeliveryError",
     408: "DeliveryError",
+    420: "DeliveryError",
+    421: "DeliveryError",
+    422: "DeliveryError",
+    423: "DeliveryError",
     500: "StateError",
     501: "StateError",
     502: "StateError",
@@ -163,9 +167,15 @@ class DeliveryError(CollectorError):
     400-404 the Devo output (certificates, connection, confirmation), 405 the file output cannot write,
     406 standard output is closed, 407 an output acknowledged what it was not given or failed unexpectedly,
     408 an output stopped re-sending a batch its relay would not confirm.
+    420-423 the Devo HTTP output (refused, not confirmed, TLS not trusted, event too large).
+
+    ``retry_after``: the receiver asked to wait that many seconds before the next try (HTTP ``Retry-After``).
     """
 
     kind = "DeliveryError"
 
-    def __init__(self, message: str, *, code: int = 407, fix: str | None = None) -> None:
+    def __init__(
+        self, message: str, *, code: int = 407, fix: str | None = None, retry_after: float | None = None
+    ) -> None:
         super().__init__(message, code=code, fix=fix)
+        self.retry_after = retry_after

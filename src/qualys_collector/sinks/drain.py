@@ -1,7 +1,8 @@
 """Move events from the outbox to one sink, oldest first, acknowledging only what the sink confirmed.
 
 This is the one delivery retry loop: :meth:`Drainer.run` retries a failed batch with doubling
-backoff, for ever (``run_forever``'s senders) or for a bounded number of ``attempts`` (``run --once``).
+backoff, for ever (``run_forever``'s senders) or for a bounded number of ``attempts`` (``run --once``);
+a receiver's ``Retry-After`` (``DeliveryError.retry_after``) lengthens the wait, never shortens it.
 
 Duplicates are bounded: a batch that was written but not confirmed (error 404: the relay may hold it) is
 not simply sent again. First the sink must confirm an empty session (``deliver([])``, which writes no
@@ -200,8 +201,9 @@ class Drainer:
                     logger.error("%s (attempt %d of %d); the events stay in the outbox", message, failures, attempts)
                     return False
                 counted = f" (attempt {failures} of {attempts})" if attempts is not None else ""
-                logger.error("%s; retrying in %.0f s%s", message, backoff, counted)
-                stop.wait(backoff)
+                wait = max(backoff, self.last_error.retry_after or 0.0)  # the receiver's Retry-After, if longer
+                logger.error("%s; retrying in %.0f s%s", message, wait, counted)
+                stop.wait(wait)
                 backoff = min(backoff * 2, self.max_backoff)
                 continue
             backoff = self.backoff_start

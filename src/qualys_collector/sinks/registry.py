@@ -10,10 +10,10 @@ from typing import TYPE_CHECKING, Annotated, Union
 
 from pydantic import Field
 
-from qualys_collector.sinks import devo, file, stdout
+from qualys_collector.sinks import devo, devo_http, file, stdout
 from qualys_collector.sinks.base import BuildContext, OutputBlock, OutputType, Sink
 
-OUTPUT_TYPES: tuple[OutputType, ...] = (file.OUTPUT, stdout.OUTPUT, devo.OUTPUT)
+OUTPUT_TYPES: tuple[OutputType, ...] = (file.OUTPUT, stdout.OUTPUT, devo.OUTPUT, devo_http.OUTPUT)
 
 _BY_NAME = {output.name: output for output in OUTPUT_TYPES}
 
