@@ -65,6 +65,8 @@ class IngestState:
     faults: list[Fault] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
     in_flight: int = 0
+    keep_lines: bool = True  # False: count accepted lines only (the benchmark's millions)
+    accepted: int = 0
 
     def take_fault(self) -> Fault | None:
         with self.lock:
@@ -124,12 +126,24 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             return
         lines = [line.decode("utf-8") for line in data.split(b"\n") if line]
         with state.lock:
-            state.lines.extend((tag, line) for line in lines)
+            state.accepted += len(lines)
+            if state.keep_lines:
+                state.lines.extend((tag, line) for line in lines)
         if fault is not None and fault.kind == "lost_answer":
             self._record(state, tag, host, None, len(lines), len(body), gzipped)
             self._drop()
             return
         self._answer(state, 200, tag, host, body, gzipped, events=len(lines))
+
+    def do_GET(self) -> None:
+        """``GET /count``: how many lines were accepted (for a benchmark that runs the server in a process)."""
+        state = self.server.state  # type: ignore[attr-defined]
+        with state.lock:
+            text = f"{state.accepted}\n".encode()
+        self.send_response(200 if self.path == "/count" else 404)
+        self.send_header("Content-Length", str(len(text)))
+        self.end_headers()
+        self.wfile.write(text)
 
     def _record(
         self, state: IngestState, tag: str, host: str, status: int | None, events: int, size: int, gz: bool
@@ -178,8 +192,10 @@ class IngestServer:
     """The server, started with :meth:`start` (HTTPS with ``cert``/``key``, else plain HTTP), stopped with
     :meth:`stop`; ``url`` is the endpoint to configure."""
 
-    def __init__(self, domain: str, token: str, *, cert: Path | None = None, key: Path | None = None) -> None:
-        self.state = IngestState(domain, token)
+    def __init__(
+        self, domain: str, token: str, *, cert: Path | None = None, key: Path | None = None, keep_lines: bool = True
+    ) -> None:
+        self.state = IngestState(domain, token, keep_lines=keep_lines)
         self.cert, self.key = cert, key
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
@@ -234,3 +250,17 @@ class IngestServer:
             self._server.shutdown()
             self._server.server_close()
             self._server = None
+
+
+def main() -> None:
+    """``python -m tests.helpers.ingest DOMAIN TOKEN CERT KEY``: serve (counting only) until killed; prints the URL."""
+    import sys
+
+    domain, token, cert, key = sys.argv[1:5]
+    server = IngestServer(domain, token, cert=Path(cert), key=Path(key), keep_lines=False)
+    print(server.start(), flush=True)
+    threading.Event().wait()
+
+
+if __name__ == "__main__":
+    main()

@@ -83,7 +83,13 @@ FIXES: dict[int, str] = {
 
 
 class DevoHttpOutputOptions(OutputOptions):
-    """``type: devo_http``: Devo's HTTP API (stream mode); ``token`` from ``${ENV}`` or ``token_file``."""
+    """``type: devo_http``: Devo's HTTP ingestion API (stream mode), acknowledged by Devo (HTTP 2xx).
+
+    Exactly one of ``region`` (Devo Cloud: us, us3, eu, ca, ap, ap2) and ``endpoint`` (a URL). ``token``
+    from ``${ENV}`` or ``token_file`` (masked everywhere, also in the URL it travels in). ``max_request_bytes``
+    bounds each request's body before gzip (at most 32 MiB, Devo's limit). ``ca_bundle`` is relative to the
+    config file; ``verify_tls: false`` logs a warning on every start.
+    """
 
     region: Literal["us", "us3", "eu", "ca", "ap", "ap2"] | None = None
     endpoint: str | None = None
