@@ -129,17 +129,22 @@ def test_every_output_type_is_one_module_in_the_registry_and_declares_its_confir
             "type": "devo_platform",
             "config": {"address": "127.0.0.1", "chain": str(certs / "c"), "cert": str(certs / "a"), "key": "k"},
         },
+        "devo_http": {"type": "devo_http", "config": {"region": "eu", "domain": "d", "token": "t0ken-of-devo"}},
     }
     assert [o.name for o in OUTPUT_TYPES] == list(blocks)
     raw = {"outputs": blocks, "inputs": {"qualys_fim": {"id": 1, "credentials": CREDENTIALS, "services": SERVICES}}}
     config = build_config(raw, warnings=[])
     context = BuildContext(state_dir=tmp_path / "state")
     kinds = {}
-    for name in ("file", "stdout"):
+    for name in ("file", "stdout", "devo_http"):
         sink = build_sink(name, config.outputs[name], context)
         kinds[name] = sink.confirmation
         sink.close()
-    assert kinds == {"file": Confirmation.FSYNC, "stdout": Confirmation.NONE}
+    assert kinds == {
+        "file": Confirmation.FSYNC,
+        "stdout": Confirmation.NONE,
+        "devo_http": Confirmation.APPLICATION_ACK,
+    }
     with pytest.raises(DeliveryError) as info:  # its builder checks the certificate files first
         build_sink("devo_platform", config.outputs["devo_platform"], context)
     assert info.value.code == 400
