@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from qualys_collector.model import StoredEvent
 from qualys_collector.sinks.devo import devo_header
-from qualys_collector.sinks.stream import CHUNK_BYTES, CloseNotifyThenEof, StreamSink
+from qualys_collector.sinks.stream import CHUNK_BYTES, CloseThenPeerEof, StreamSink
 
 
 def events(sizes: list[int]) -> list[StoredEvent]:
@@ -12,7 +12,7 @@ def events(sizes: list[int]) -> list[StoredEvent]:
 
 
 def test_each_chunk_is_whole_lines_within_one_tls_record() -> None:
-    sink = StreamSink("devo", devo_header("host"), transport=None, confirmer=CloseNotifyThenEof(timeout=1.0))  # type: ignore[arg-type]
+    sink = StreamSink("devo", devo_header("host"), transport=None, confirmer=CloseThenPeerEof(timeout=1.0))  # type: ignore[arg-type]
     batch = events([700] * 1000 + [40_000] + [10] * 5 + [CHUNK_BYTES - 100])
     frames = [sink.framing.frame(e) for e in batch]
     chunks = list(sink.chunks(batch))
