@@ -233,6 +233,7 @@ class Collector:
         self.config = config
         self.state_dir = config.state_dir(state_dir)
         self.stop = threading.Event()
+        self.grace_deadline: float | None = None  # set when a stop is first seen by join()
         self.metrics: Metrics | None = None
         observers = [observer] if observer is not None else []
         if config.globals.metrics is not None:
@@ -312,6 +313,11 @@ class Collector:
             pulled_all.set()
             self.join(senders)
         if self.stop.is_set():
+            # Deliver what the pull committed, but only within the stop's grace: a relay that holds its
+            # confirmation must not hold the exit (the batch stays in the outbox and is sent again).
+            final = threading.Thread(target=self.drain, name="Sender(final)", daemon=True)
+            final.start()
+            self.join([final])
             logger.warning("Stopped: %d events stay in the outbox for the next run", self.outbox.pending())
             return False
         delivered = self.drain()
@@ -349,13 +355,13 @@ class Collector:
             server.server_close()
 
     def join(self, threads: list[threading.Thread]) -> None:
-        """Wait for ``threads``; once :attr:`stop` is set, at most :data:`STOP_GRACE_SECONDS` more."""
-        deadline: float | None = None
+        """Wait for ``threads``; once :attr:`stop` is set, at most :data:`STOP_GRACE_SECONDS` more in all (one
+        grace per stop, shared by every join)."""
         for thread in threads:
             while thread.is_alive():
-                if deadline is None and self.stop.is_set():
-                    deadline = time.monotonic() + STOP_GRACE_SECONDS
-                if deadline is not None and time.monotonic() >= deadline:
+                if self.grace_deadline is None and self.stop.is_set():
+                    self.grace_deadline = time.monotonic() + STOP_GRACE_SECONDS
+                if self.grace_deadline is not None and time.monotonic() >= self.grace_deadline:
                     break
                 thread.join(0.1)
         busy = [thread.name for thread in threads if thread.is_alive()]
