@@ -28,7 +28,10 @@ from qualys_collector.simulator import vm
 from qualys_collector.simulator.data import Dataset, SimConfig, iso, ms
 from qualys_collector.simulator.faults import Fault, FaultBook, parse_fault
 
-VM_PATH = re.compile(r"^/api/(\d+\.\d+)/fo/(scan|asset/host|asset/host/vm/detection|activity_log)/$")
+VM_PATH = re.compile(
+    r"^/api/(\d+\.\d+)/fo/(scan|asset/host|asset/host/vm/detection|activity_log|knowledge_base/vuln)/(?:index\.php)?$"
+)
+KB_RESOURCE = "knowledge_base/vuln"
 
 
 @dataclass
@@ -156,6 +159,8 @@ class Simulator:
             return self._admin(request)
         match = VM_PATH.match(path)
         if match:
+            if match.group(2) == KB_RESOURCE and match.group(1) not in vm.KB_VERSIONS:
+                return Response("Not Found", status=404, content_type="text/plain")  # no KnowledgeBase 5.0
             return self._vm(request, match.group(2))
         if path == "/auth":
             return self._auth(request)
@@ -220,13 +225,17 @@ class Simulator:
                 chunks: Iterator[str] = vm.scan_list(self.data, now, params)
             elif resource == "activity_log":
                 chunks = vm.activity_log(self.data, now, params, base_url)
+            elif resource == KB_RESOURCE:
+                chunks = vm.kb_list(self.data, now, params)
             else:
                 chunks = vm.host_list(self.data, now, params, base_url, detection=resource.endswith("detection"))
             first = next(chunks)  # parameter errors surface before the status line
         except BaseException:
             self._release(key)
             raise
-        content_type = "text/csv;charset=UTF-8" if resource == "activity_log" else "application/xml"
+        content_type = {"activity_log": "text/csv;charset=UTF-8", KB_RESOURCE: "text/xml;charset=UTF-8"}.get(
+            resource, "application/xml"
+        )
         stream = _Body(self, key, first, chunks, request.path)
         if stream.fault is not None and stream.fault.kind == "bad_gzip":
             headers = {**headers, "Content-Encoding": "gzip"}  # the plain body, mislabelled
@@ -362,11 +371,23 @@ class Simulator:
             return Response(json.dumps(keys), content_type="application/json")
         return Response("Not Found", status=404, content_type="text/plain")
 
+    @property
+    def kb_calls(self) -> list[dict[str, str]]:
+        """The parameters of every KnowledgeBase call that reached the data (after auth and limits), in order."""
+        with self._lock:
+            return [params for resource, params in self.vm_calls if resource == KB_RESOURCE]
+
+    def kb_truth(self, qid: int | str) -> dict[str, Any] | None:
+        """QID ``qid`` as the KnowledgeBase holds it now (``None`` when it does not know it): the ground truth
+        enriched detections and ``knowledge_base`` events are compared with."""
+        return self.data.kb_vuln(int(qid), self.now())
+
     def truth(self, service: str, start: datetime | None = None, end: datetime | None = None) -> set[str]:
         """The record keys that exist now for ``service`` in ``[start, end)`` (the tests' ground truth).
 
         Keys: scans ``REF``; hosts ``ID``; detections ``hostID:UNIQUE_VULN_ID`` (statuses New, Active,
-        Re-Opened and Fixed); activity rows ``Date|row id``; FIM events ``id``; incidents ``id``.
+        Re-Opened and Fixed); KnowledgeBase VULNs ``QID@LAST_SERVICE_MODIFICATION_DATETIME``;
+        activity rows ``Date|row id``; FIM events ``id``; incidents ``id``.
         """
         now = self.now()
         lo = start or datetime.min.replace(tzinfo=UTC)
@@ -385,6 +406,13 @@ class Simulator:
             return keys
         if service == "user_activity":
             return {f"{row[0]}|{rid}" for rid, row in self.data.activity(now, None, None) if lo <= _parse(row[0]) < hi}
+        if service == "knowledge_base":
+            keys = set()
+            for qid in self.data.kb_qids():
+                v = self.data.kb_vuln(qid, now)
+                if v is not None and lo <= _parse(v["LAST_SERVICE_MODIFICATION_DATETIME"]) < hi:
+                    keys.add(f"{qid}@{v['LAST_SERVICE_MODIFICATION_DATETIME']}")
+            return keys
         if service == "fim_events":
             events = (self.data.fim_event(n) for n in self.data.fim_events_at(now))
             return {e["id"] for e in events if ms(lo) <= fimapi._get(e, "processedTime") < ms(hi)}

@@ -85,6 +85,8 @@ class SimConfig:
     #: Every ``clean_every``-th host (0: none) has no detections at all: host list detection omits it, as
     #: Qualys omits hosts with nothing matching the filters, while the host list still lists it.
     clean_every: int = 0
+    #: QIDs detections carry that the KnowledgeBase does not know (a brand-new QID, a retired one).
+    kb_missing: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -122,6 +124,7 @@ class Dataset:
         self._results_cache: dict[tuple[int, bool, bool], str] = {}
         self._day_cache: dict[int, str] = {}
         self._fim_processed = self._fim_times()
+        self._kb_known = frozenset(self.kb_qids())
 
     # ------------------------------------------------------------------ hosts and detections
 
@@ -234,6 +237,100 @@ class Dataset:
             if before is not None and not processed < before:
                 continue
             yield host, scan, processed
+
+    # ------------------------------------------------------------------ KnowledgeBase
+
+    def kb_qids(self) -> list[int]:
+        """Every QID the KnowledgeBase knows, ascending: each one detections can carry, and a few more.
+
+        ``kb_missing`` QIDs are left out (detections carry them, the KB does not know them)."""
+        c = self.config
+        qids = {10_000 + j * 37 + k for j in range(c.detections_per_host) for k in range(30)}
+        qids.update(range(9_000, 9_005))  # QIDs no detection carries
+        return sorted(qids - set(c.kb_missing))
+
+    def kb_vuln(self, qid: int, now: datetime) -> dict[str, Any] | None:
+        """QID ``qid`` as the KB holds it at ``now`` (``None`` if unknown): the tests' ground truth.
+
+        Shapes vary with the QID, as real answers do: CVSS v3 and v2 with vectors, v2 only with numeric codes
+        and ``BASE source="service"``, no CVSS and no CVE (information gathered), CVE_LIST right after TITLE,
+        lists of one, HTML and ``&quot;`` inside CDATA, a solution longer than 2 KiB, comments inside a VULN,
+        and now and then hundreds of CVEs. Each QID is modified once inside the dataset's span: before that
+        its title, CVSS temporal score and threat intelligence are the older ones.
+        """
+        if qid not in self._kb_known:
+            return None
+        c = self.config
+        r = _mix(c.seed * 0x51ED27 + qid * 0x9E3779B9)
+        shape = qid % 7
+        modified_at = c.base + timedelta(seconds=r % max(1, int(c.span.total_seconds())))
+        published = c.base - timedelta(days=30 + (r >> 20) % 3000)
+        bumped = now >= modified_at
+        title = f"Simulated vulnerability {qid} in component {(r >> 8) % 97}"
+        if shape == 4:
+            title = f'Vendor "Widget" {qid} <script> & more'
+        if bumped:
+            title += " (updated)"
+        cves = [f"CVE-20{20 + (r >> 12) % 6}-{1000 + (qid * 7 + n) % 9000}" for n in range(1 + (r >> 4) % 3)]
+        if shape == 2:
+            cves = []
+        if qid % 97 == 5:
+            cves = [f"CVE-2024-{10_000 + n}" for n in range(250)]
+        v3 = None
+        if shape in (0, 3, 5):
+            base = f"{5 + (r >> 28) % 5}.{(r >> 32) % 10}"
+            v3 = {
+                "BASE": base,
+                "TEMPORAL": f"{4 + (r >> 36) % 4}.{int(bumped)}",
+                "VECTOR_STRING": "CVSS:3.1/AV:N/AC:L/PR:N/UI:N/S:U/C:H/I:H/A:H"
+                if shape != 3
+                else "CVSS:3.0/AV:L/AC:H/PR:L/UI:R/S:C/C:L/I:L/A:N",
+                "CVSS3_VERSION": None if shape == 5 else ("3.0" if shape == 3 else "3.1"),
+            }
+        v2 = None
+        if shape in (0, 1, 4, 6):
+            v2 = {
+                "BASE": f"{3 + (r >> 40) % 7}.{(r >> 44) % 10}",
+                "TEMPORAL": f"{2 + (r >> 48) % 4}.{(r >> 52) % 10}",
+                "VECTOR_STRING": None if shape == 1 else "CVSS:2.0/AV:N/AC:L/Au:N/C:C/I:C/A:C/E:U/RL:U/RC:C",
+                "source": "service" if shape == 1 else None,
+            }
+        intel = [(8, "No_Patch")] if shape == 3 else []
+        if shape == 0:
+            intel = [(2, "Exploit_Public"), (5, "Easy_Exploit")] + ([(15, "Remote_Code_Execution")] if bumped else [])
+        solution = f'Apply the vendor update for {qid}.<P>See <A HREF="https://vendor.example/{qid}">advisory</A>.'
+        if shape == 4:
+            solution = ("Users are advised to upgrade. &quot;Quoted&quot; text. <BR>" * 60).strip()
+        return {
+            "QID": qid,
+            "shape": shape,
+            "VULN_TYPE": (
+                "Vulnerability",
+                "Potential Vulnerability",
+                "Information Gathered",
+                "Vulnerability or Potential Vulnerability",
+            )[2 if shape == 2 else (r >> 56) % 2 * 3],
+            "SEVERITY_LEVEL": 1 + (r >> 2) % 5,
+            "TITLE": title,
+            "CATEGORY": ("CGI", "Local", "Security Policy", "Web server", "Windows")[qid % 5],
+            "LAST_SERVICE_MODIFICATION_DATETIME": iso(modified_at if bumped else published),
+            "PUBLISHED_DATETIME": iso(published),
+            "PATCHABLE": 0 if shape in (2, 3) else 1,
+            "CVE_IDS": cves,
+            "VENDOR_REFERENCES": [(f"VR-{qid}-{n}", f"https://vendor.example/{qid}/{n}") for n in range(shape % 3)],
+            "SOFTWARE": [("None" if shape == 3 else f"product{qid % 11}", "multi-vendor" if shape == 3 else "vendor")],
+            "DIAGNOSIS": f"The host runs a component affected by {qid}.",
+            "SOLUTION": solution,
+            "CVSS": v2,
+            "CVSS_V3": v3,
+            "THREAT_INTEL": intel,
+            "EXPLOITS": [("The Exploit-DB", cves[0], f"http://www.exploit-db.com/exploits/{qid}")]
+            if shape == 0 and cves
+            else [],
+            "AUTH_TYPES": ["Windows"] if shape in (1, 4) else [],
+            "REMOTE": int(shape != 4),
+            "IS_DISABLED": 0,
+        }
 
     # ------------------------------------------------------------------ scans
 

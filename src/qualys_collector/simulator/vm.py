@@ -486,3 +486,178 @@ def activity_log(data: Dataset, now: datetime, params: Mapping[str, str], base_u
         yield _csv_line(["CODE", "TEXT", "URL"])
         yield _csv_line(["1980", f"{limit} record limit exceeded. Use URL to get next batch of results.", url])
         yield "----END_RESPONSE_FOOTER_CSV\n"
+
+
+KB_PARAMS = {
+    "action",
+    "echo_request",
+    "details",
+    "ids",
+    "id_min",
+    "id_max",
+    "is_patchable",
+    "last_modified_after",
+    "last_modified_before",
+    "published_after",
+    "published_before",
+    "show_disabled_flag",
+    "show_supported_modules_info",
+    "show_pci_reasons",
+    "show_qid_change_log",
+}
+KB_VERSIONS = ("2.0", "3.0", "4.0")
+
+
+def _kb_list_xml(tag: str, child: str, items: list[str], pad: str) -> str:
+    """A list container; ``items`` are the children's inner XML."""
+    inner = "".join(f"{pad}  <{child}>{item}</{child}>\n" for item in items)
+    return f"{pad}<{tag}>\n{inner}{pad}</{tag}>\n"
+
+
+def _kb_vuln_xml(v: dict[str, Any], details: str, params: Mapping[str, str]) -> str:
+    """One VULN the way real answers vary (see ``Dataset.kb_vuln``)."""
+    shape, p = v["shape"], "        "
+    own_line = shape == 3  # CDATA on its own indented line, as Elastic's mock of a real answer
+    title = f"\n{p}  {cdata(v['TITLE'])}\n{p}" if own_line else cdata(v["TITLE"])
+    cve_list = (
+        _kb_list_xml(
+            "CVE_LIST",
+            "CVE",
+            [
+                f"<ID>{cdata(c)}</ID><URL>{cdata('http://cve.mitre.org/cgi-bin/cvename.cgi?name=' + c)}</URL>"
+                for c in v["CVE_IDS"]
+            ],
+            p,
+        )
+        if v["CVE_IDS"]
+        else ""
+    )
+    out = [
+        f"{p}<QID>{v['QID']}</QID>\n",
+        f"{p}<VULN_TYPE>{v['VULN_TYPE']}</VULN_TYPE>\n",
+        f"{p}<SEVERITY_LEVEL>{v['SEVERITY_LEVEL']}</SEVERITY_LEVEL>\n",
+        f"{p}<TITLE>{title}</TITLE>\n",
+    ]
+    if shape == 3:  # the real 2024 order: CVE_LIST right after TITLE
+        out.append(cve_list)
+    if shape == 4:
+        out.append(f"{p}<!-- evaluation copy: for internal use only -->\n")
+    out += [
+        f"{p}<CATEGORY>{v['CATEGORY']}</CATEGORY>\n",
+        f"{p}<LAST_SERVICE_MODIFICATION_DATETIME>{v['LAST_SERVICE_MODIFICATION_DATETIME']}"
+        "</LAST_SERVICE_MODIFICATION_DATETIME>\n",
+        f"{p}<PUBLISHED_DATETIME>{v['PUBLISHED_DATETIME']}</PUBLISHED_DATETIME>\n",
+        f"{p}<PATCHABLE>{v['PATCHABLE']}</PATCHABLE>\n",
+    ]
+    if details == "All":
+        out.append(
+            _kb_list_xml(
+                "SOFTWARE_LIST",
+                "SOFTWARE",
+                [f"<PRODUCT>{cdata(prod)}</PRODUCT><VENDOR>{cdata(ven)}</VENDOR>" for prod, ven in v["SOFTWARE"]],
+                p,
+            )
+        )
+    if v["VENDOR_REFERENCES"]:
+        refs = [f"<ID>{cdata(i)}</ID><URL>{cdata(' ' + u)}</URL>" for i, u in v["VENDOR_REFERENCES"]]
+        out.append(_kb_list_xml("VENDOR_REFERENCE_LIST", "VENDOR_REFERENCE", refs, p))
+    if shape != 3:
+        out.append(cve_list)
+    if details == "All":
+        out.append(f"{p}<DIAGNOSIS>{cdata(v['DIAGNOSIS'])}</DIAGNOSIS>\n")
+        out.append(f"{p}<CONSEQUENCE>{cdata('An attacker could gain access.')}</CONSEQUENCE>\n")
+        solution = f"\n{p}  {cdata(v['SOLUTION'])}\n{p}" if own_line else cdata(v["SOLUTION"])
+        out.append(f"{p}<SOLUTION>{solution}</SOLUTION>\n")
+    if v["EXPLOITS"]:
+        explts = "".join(
+            f"<EXPLT><REF>{cdata(ref)}</REF><DESC>{cdata(name + ' exploit')}</DESC><LINK>{cdata(link)}</LINK></EXPLT>"
+            for name, ref, link in v["EXPLOITS"]
+        )
+        out.append(
+            f"{p}<CORRELATION><EXPLOITS><EXPLT_SRC><SRC_NAME>{cdata(v['EXPLOITS'][0][0])}</SRC_NAME>"
+            f"<EXPLT_LIST>{explts}</EXPLT_LIST></EXPLT_SRC></EXPLOITS></CORRELATION>\n"
+        )
+    cvss2 = v["CVSS"]
+    if cvss2 is not None:
+        source = f' source="{cvss2["source"]}"' if cvss2["source"] else ""
+        vector = (
+            f"{p}  <VECTOR_STRING>{cvss2['VECTOR_STRING']}</VECTOR_STRING>\n"
+            if cvss2["VECTOR_STRING"]
+            else f"{p}  <ACCESS>\n{p}    <VECTOR>3</VECTOR>\n{p}    <COMPLEXITY>1</COMPLEXITY>\n{p}  </ACCESS>\n"
+        )
+        out.append(
+            f"{p}<CVSS>\n{p}  <BASE{source}>{cvss2['BASE']}</BASE>\n{p}  <TEMPORAL>{cvss2['TEMPORAL']}</TEMPORAL>\n"
+            f"{vector}{p}</CVSS>\n"
+        )
+    cvss3 = v["CVSS_V3"]
+    if cvss3 is not None:
+        version = f"{p}  <CVSS3_VERSION>{cvss3['CVSS3_VERSION']}</CVSS3_VERSION>\n" if cvss3["CVSS3_VERSION"] else ""
+        out.append(
+            f"{p}<CVSS_V3>\n{p}  <BASE>{cvss3['BASE']}</BASE>\n{p}  <TEMPORAL>{cvss3['TEMPORAL']}</TEMPORAL>\n"
+            f"{p}  <VECTOR_STRING>{cvss3['VECTOR_STRING']}</VECTOR_STRING>\n{version}{p}</CVSS_V3>\n"
+        )
+    out.append(f"{p}<PCI_FLAG>{int(v['SEVERITY_LEVEL'] >= 4)}</PCI_FLAG>\n")
+    if flag(params, "show_pci_reasons"):
+        out.append(_kb_list_xml("PCI_REASONS", "PCI_REASON", [cdata("Based on the CVSS base score.")], p))
+    if v["THREAT_INTEL"]:
+        intel = "".join(
+            f'{p}  <THREAT_INTEL id="{i}">\n{p}    {cdata(name)}\n{p}  </THREAT_INTEL>\n'
+            for i, name in v["THREAT_INTEL"]
+        )
+        out.append(f"{p}<THREAT_INTELLIGENCE>\n{intel}{p}</THREAT_INTELLIGENCE>\n")
+    if flag(params, "show_supported_modules_info"):
+        out.append(f"{p}<SUPPORTED_MODULES>VM,CA-Windows Agent</SUPPORTED_MODULES>\n")
+    auth = _kb_list_xml("AUTH_TYPE_LIST", "AUTH_TYPE", v["AUTH_TYPES"], f"{p}  ") if v["AUTH_TYPES"] else ""
+    out.append(f"{p}<DISCOVERY>\n{p}  <REMOTE>{v['REMOTE']}</REMOTE>\n{auth}{p}</DISCOVERY>\n")
+    if flag(params, "show_disabled_flag"):
+        out.append(f"{p}<IS_DISABLED>{v['IS_DISABLED']}</IS_DISABLED>\n")
+    return "      <VULN>\n" + "".join(out) + "      </VULN>\n"
+
+
+def kb_list(data: Dataset, now: datetime, params: Mapping[str, str]) -> Iterator[str]:
+    """The KnowledgeBase list (no truncation: the KB has no ``truncation_limit``), QID ascending."""
+    check_params(params, KB_PARAMS)
+    details = params.get("details", "Basic")
+    if details not in ("Basic", "All", "None"):
+        raise ApiError(400, 1905, f"parameter details has invalid value: {details}")
+    bounds = {}
+    for name in ("last_modified_after", "last_modified_before", "published_after", "published_before"):
+        if name in params:
+            bounds[name] = iso(parse_date(name, params[name]))
+    for name in ("show_disabled_flag", "show_supported_modules_info", "show_pci_reasons", "show_qid_change_log"):
+        flag(params, name)
+    patchable = flag(params, "is_patchable") if "is_patchable" in params else None
+    id_min, id_max, ranges = id_filter(params)
+    yield (
+        '<?xml version="1.0" encoding="UTF-8" ?>\n<!DOCTYPE KNOWLEDGE_BASE_VULN_LIST_OUTPUT SYSTEM '
+        '"https://qualysapi.qualys.com/api/2.0/fo/knowledge_base/vuln/knowledge_base_vuln_list_output.dtd">\n'
+        f"<KNOWLEDGE_BASE_VULN_LIST_OUTPUT>\n  <RESPONSE>\n    <DATETIME>{iso(now)}</DATETIME>\n"
+    )
+    opened = False
+    for qid in data.kb_qids():
+        if qid < id_min or not _id_ok(qid, id_max, ranges):
+            continue
+        v = data.kb_vuln(qid, now)
+        if v is None:
+            continue
+        modified, published = v["LAST_SERVICE_MODIFICATION_DATETIME"], v["PUBLISHED_DATETIME"]
+        if "last_modified_after" in bounds and not modified > bounds["last_modified_after"]:
+            continue
+        if "last_modified_before" in bounds and not modified < bounds["last_modified_before"]:
+            continue
+        if "published_after" in bounds and not published > bounds["published_after"]:
+            continue
+        if "published_before" in bounds and not published < bounds["published_before"]:
+            continue
+        if patchable is not None and v["PATCHABLE"] != patchable:
+            continue
+        if not opened:
+            yield "    <ID_SET>\n" if details == "None" else "    <VULN_LIST>\n"
+            opened = True
+        yield f"      <ID>{qid}</ID>\n" if details == "None" else _kb_vuln_xml(v, details, params)
+    if opened:
+        yield "    </ID_SET>\n" if details == "None" else "    </VULN_LIST>\n"
+    yield (
+        "  </RESPONSE>\n</KNOWLEDGE_BASE_VULN_LIST_OUTPUT>\n<!-- CONFIDENTIAL AND PROPRIETARY INFORMATION. "
+        'Qualys provides the QualysGuard Service "As Is," without any warranty of any kind. //--> \n'
+    )
