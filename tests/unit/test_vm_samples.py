@@ -4,16 +4,19 @@ from __future__ import annotations
 
 import io
 import json
+import re
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from qualys_collector.errors import DataError
+from qualys_collector.qualys import kb
 from qualys_collector.qualys.budget import ApiBudget
 from qualys_collector.qualys.paging import url_cursor
 from qualys_collector.qualys.retry import Action, resolve_vm
 from qualys_collector.qualys.xml import (
+    LIST_CONTAINERS,
     ByteStream,
     element_to_value,
     iter_elements,
@@ -34,11 +37,6 @@ UNCONSUMED = {
     "host_list_vm_detection_output_dtd_partial__qualyspy_debug_2022-12.dtd": "DTDs are never loaded",
     "http_exchanges_status_and_headers__jupiterone_recordings.json": "covered by test_recorded_exchanges",
     "http_headers_200_vm_pc_x_powered_by__qualys_docs_tracking_api_usage.txt": "informational headers only",
-    # KnowledgeBase samples arrived with the KB issue (#17); its knowledge_base service will parse them.
-    "kb_vuln_list_output_dtd__qualyspy_debug_2023-07.dtd": "DTDs are never loaded",
-    "kb_xml_2013_five_vulns_cdata_html_cvss2_codes__paragbaxi_kb_exploitability.xml": "no knowledge_base service yet",
-    "kb_xml_empty_no_vuln_list__elastic_stream_mock.xml": "no knowledge_base service yet",
-    "kb_xml_one_vuln_threat_intel_cdata_own_line__elastic_stream_mock.xml": "no knowledge_base service yet",
 }
 
 
@@ -263,3 +261,89 @@ def test_every_sample_is_placed() -> None:
         if path.name == "SOURCES.md":
             continue
         assert path.name in UNCONSUMED or path.name in consumed_here, f"{path.name} is neither parsed nor listed"
+
+
+def kb_vulns(name: str) -> list[dict[str, Any]]:
+    """The VULNs of a KnowledgeBase sample as the knowledge_base service parses them."""
+    stream = ByteStream([(SAMPLES / name).read_bytes()])
+    return [kb.normalise(element_to_value(element)) for _tag, element in iter_elements(stream, {"VULN"})]
+
+
+def test_kb_2013_answer_every_list_is_a_list_and_cvss2_codes_have_no_vector() -> None:
+    vulns = kb_vulns("kb_xml_2013_five_vulns_cdata_html_cvss2_codes__paragbaxi_kb_exploitability.xml")
+    assert [v["QID"] for v in vulns] == ["12725", "12728", "87237", "105294", "121436"]
+    by_qid = {v["QID"]: v for v in vulns}
+    one = by_qid["87237"]  # lists of one stay lists
+    assert one["VENDOR_REFERENCE_LIST"] == [
+        {"ID": "V7.0", "URL": "http://www-01.ibm.com/support/docview.wss?uid=swg27014463"}
+    ]
+    assert one["DISCOVERY"]["AUTH_TYPE_LIST"] == ["Windows"]
+    assert one["SOFTWARE_LIST"] == [{"PRODUCT": "None", "VENDOR": "ibm"}]
+    assert one["CVSS"]["BASE"] == {"@source": "service", "#text": "9.3"}
+    assert by_qid["12725"]["BUGTRAQ_LIST"][0]["ID"] == "35544"
+    assert len(by_qid["12728"]["CVE_LIST"]) == 4
+    assert by_qid["12728"]["VENDOR_REFERENCE_LIST"][1]["URL"].startswith("http://")  # CDATA's leading space cut
+    assert "&quot;HTTP_REFERER&quot;" in by_qid["12725"]["DIAGNOSIS"]  # entities inside CDATA are text
+    exploit = by_qid["121436"]["CORRELATION"]["EXPLOITS"]
+    assert exploit[0]["SRC_NAME"] == "The Exploit-DB"
+    assert exploit[0]["EXPLT_LIST"][0]["LINK"] == "http://www.exploit-db.com/exploits/25131"
+    assert "CVE_LIST" not in by_qid["105294"]
+    assert "CVSS" not in by_qid["105294"]
+
+    briefs = {q: kb.brief(v) for q, v in by_qid.items()}
+    assert briefs["87237"]["CVSS"] == {"version": "2", "base": "9.3", "temporal": "6.9", "vector": None}
+    assert briefs["105294"]["CVSS"] is None
+    assert briefs["105294"]["CVE_IDS"] == []
+    assert briefs["105294"]["VULN_TYPE"] == "Information Gathered"
+    assert briefs["105294"]["PATCHABLE"] is False
+    assert briefs["12725"]["PATCHABLE"] is True
+    assert briefs["12728"]["CVE_IDS"] == ["CVE-2012-0819", "CVE-2012-0820", "CVE-2012-0821", "CVE-2012-0822"]
+    assert briefs["121436"]["EXPLOIT_AVAILABLE"] is True
+    assert briefs["12725"]["EXPLOIT_AVAILABLE"] is False
+    assert briefs["12725"]["SOLUTION"].startswith('Users are advised to download <A HREF="http://www.joomla.org')
+    assert briefs["12725"]["VENDOR_REFERENCES"][0] == {
+        "ID": "20090604",
+        "URL": "http://developer.joomla.org/security/news/298-20090604-core-frontend-xss-httpreferer-not-properly-filtered.html",
+    }
+    assert briefs["12725"]["LAST_SERVICE_MODIFICATION_DATETIME"] == "2013-09-03T21:57:34Z"
+
+
+def test_kb_mock_cdata_on_own_lines_threat_intel_of_one() -> None:
+    (vuln,) = kb_vulns("kb_xml_one_vuln_threat_intel_cdata_own_line__elastic_stream_mock.xml")
+    assert vuln["TITLE"] == "HTTP Security Header Not Detected"
+    assert vuln["THREAT_INTELLIGENCE"] == [{"@id": "8", "#text": "No_Patch"}]
+    assert vuln["SOFTWARE_LIST"] == [{"PRODUCT": "None", "VENDOR": "multi-vendor"}]
+    brief = kb.brief(vuln)
+    assert brief["THREAT_INTEL"] == ["No_Patch"]
+    assert brief["CVE_IDS"] == ["CVE-2022-31629", "CVE-2022-31628"]  # CVE_LIST before CATEGORY: order is free
+    assert brief["CATEGORY"] == "CGI"
+    assert brief["CVSS"] is None
+    assert brief["SOLUTION"] == "<B>Note:</B> To better debug the results of this QID"
+
+
+def test_kb_empty_answer_has_no_vulns() -> None:
+    assert kb_vulns("kb_xml_empty_no_vuln_list__elastic_stream_mock.xml") == []
+
+
+def test_kb_every_repeated_element_of_the_dtd_is_a_list() -> None:
+    dtd = (SAMPLES / "kb_vuln_list_output_dtd__qualyspy_debug_2023-07.dtd").read_text()
+    repeated = re.findall(r"<!ELEMENT (\w+) \(\(?([\w|]+)\)?[+*]\)>", dtd)
+    assert len(repeated) >= 12
+    for container, child in repeated:
+        assert kb.LISTS.get(container) == child or container in LIST_CONTAINERS, container
+
+
+def test_kb_brief_is_bounded() -> None:
+    vuln = {
+        "QID": "1",
+        "SOLUTION": "x" * 10_000,
+        "CVE_LIST": [{"ID": f"CVE-2024-{n}"} for n in range(400)],
+        "VENDOR_REFERENCE_LIST": [{"ID": str(n), "URL": "u"} for n in range(50)],
+    }
+    brief = kb.brief(vuln)
+    assert len(brief["SOLUTION"]) == kb.SOLUTION_MAX
+    assert brief["SOLUTION_TRUNCATED"] is True
+    assert len(brief["CVE_IDS"]) == kb.CVE_MAX
+    assert brief["CVE_COUNT"] == 400
+    assert len(brief["VENDOR_REFERENCES"]) == kb.VENDOR_REF_MAX
+    assert len(json.dumps(brief)) < 8 * 1024

@@ -263,6 +263,12 @@ class Transaction:
         self._store.require(name)
         return KeyedTable(self._conn, name, self.scope)
 
+    def committed(self, name: str) -> TableView:
+        """Read keyed table ``name`` without taking the write lock (a stage that calls out before it writes
+        holds nobody up): what is committed, plus this transaction's writes once it has begun."""
+        self._store.require(name)
+        return TableView(lambda: self._db, name, self.scope)
+
     def _commit(self) -> None:
         conn = self._conn()
         if self._rows:

@@ -6,7 +6,15 @@ names, in this order), and the composition root builds each enabled service's pa
 
 from __future__ import annotations
 
-from qualys_collector.services import fim_events, fim_incidents, host_list, host_list_detection, user_activity, vm_scans
+from qualys_collector.services import (
+    fim_events,
+    fim_incidents,
+    host_list,
+    host_list_detection,
+    knowledge_base,
+    user_activity,
+    vm_scans,
+)
 from qualys_collector.services.options import InputName, ServiceEntry, ServiceOptions
 
 SERVICES: tuple[ServiceEntry, ...] = (
@@ -14,6 +22,7 @@ SERVICES: tuple[ServiceEntry, ...] = (
     host_list.SERVICE,
     host_list_detection.SERVICE,
     user_activity.SERVICE,
+    knowledge_base.SERVICE,
     fim_events.SERVICE,
     fim_incidents.SERVICE,
 )
