@@ -19,6 +19,7 @@ from qualys_collector.config.schema import (
 from qualys_collector.engine.cycle import Job
 from qualys_collector.engine.obfuscate import compile_rules
 from qualys_collector.engine.outbox import Outbox
+from qualys_collector.engine.pipeline import Stage
 from qualys_collector.engine.scheduler import Scheduler
 from qualys_collector.engine.store import StateLock
 from qualys_collector.engine.summary import SUMMARY_TAG
@@ -147,7 +148,10 @@ def build_jobs(
                 client = clients(input_name, block, stop=stop, observer=observer, sleep=sleep, clock=clock)
             salt = block.obfuscation_salt.get_secret_value() if block.obfuscation_salt else None
             source = entry.build(client, options)
-            jobs.append(make_job(input_name, block.id, block.environment, options, entry.spec, source, salt=salt))
+            enrich = entry.enrich(client, options, block.services) if entry.enrich is not None else ()
+            jobs.append(
+                make_job(input_name, block.id, block.environment, options, entry.spec, source, salt=salt, enrich=enrich)
+            )
     return jobs
 
 
@@ -160,8 +164,10 @@ def make_job(
     source: Any,
     *,
     salt: str | None = None,
+    enrich: tuple[Stage, ...] = (),
 ) -> Job:
-    """A job from a service's options (``salt`` keys the ``hash`` obfuscation rules)."""
+    """A job from a service's options (``salt`` keys the ``hash`` obfuscation rules; ``enrich``: the service's
+    enrichment stages)."""
     return Job(
         input_name=input_name,
         input_id=input_id,
@@ -175,6 +181,7 @@ def make_job(
         max_span=timedelta(seconds=options.max_window_seconds) if options.max_window_seconds else None,
         obfuscation=compile_rules([(r.field, r.action) for r in options.obfuscation], salt),
         summary_tag=getattr(options, "summary_tag", None) or SUMMARY_TAG,
+        enrich=enrich,
     )
 
 

@@ -36,6 +36,7 @@ ERROR_TYPES: dict[int, str] = {
     103: "SetupError",
     300: "PullError",
     301: "PullError",
+    302: "PullError",
     400: "DeliveryError",
     401: "DeliveryError",
     402: "DeliveryError",

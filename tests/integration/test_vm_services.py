@@ -58,7 +58,9 @@ def test_host_list_detection_delivers_the_ground_truth_window_by_window(sim: Sim
     assert max(first.values()) == 1
     stats = r.stats["host_list_detection"]
     assert stats is not None
-    assert stats.requests == 7  # the host IDs of the window, then 40 hosts at 7 per answer
+    # the host IDs of the window, then 40 hosts at 7 per answer; plus the KnowledgeBase lookups of the enrichment
+    assert stats.requests == 7 + len(sim.kb_calls)
+    assert len(sim.kb_calls) == 1
     # nothing new: nothing delivered
     assert r.cycle()
     assert sum(r.keys("vuln.qualys.hostdetections", "@detection_key").values()) == len(truth)

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from datetime import datetime, timedelta
 from functools import partial
 from typing import Any, Literal
@@ -30,10 +30,12 @@ from qualys_collector.engine.batches import Batches, BatchProgress, pull_batches
 from qualys_collector.engine.source import CursorMode, ServiceSpec
 from qualys_collector.model import JSON, Page, Window, format_seed_datetime, parse_seed_datetime
 from qualys_collector.qualys.detections import converter
+from qualys_collector.qualys.kb import DEFAULT_KB_VERSION
 from qualys_collector.qualys.vm import VmClient
 from qualys_collector.qualys.vm_hosts import host_pages, server_time, window_params
 from qualys_collector.qualys.xml import iter_elements
 from qualys_collector.services.hld_process import ParsePool, spooled_host_pages
+from qualys_collector.services.kb_enrich import stages as kb_stages
 from qualys_collector.services.options import Flag, ServiceEntry, ServiceOptions, StrictOptions, flag
 
 logger = logging.getLogger("qualys_collector.puller")
@@ -73,7 +75,8 @@ class DetectionFilters(StrictOptions):
 
 
 class HostListDetectionOptions(ServiceOptions):
-    """``host_list_detection``."""
+    """``host_list_detection``. ``enrich`` (default true) adds each detection's KnowledgeBase fields under ``KB``
+    (README, "KnowledgeBase"), fetched on demand with the ``knowledge_base`` service's ``api_version``."""
 
     api_version: str = "5.0"
     truncation_limit: int = Field(default=1000, ge=1, le=1_000_000)
@@ -84,6 +87,8 @@ class HostListDetectionOptions(ServiceOptions):
     parse_processes: int = Field(default=0, ge=0, le=64)
     summary_tag: str | None = None
     filters: DetectionFilters = DetectionFilters()
+    #: Each detection gets its QID's KnowledgeBase fields under ``KB`` (services/kb_enrich.py).
+    enrich: bool = True
 
     @classmethod
     def config_warnings(cls, block: dict[str, Any], path: str) -> list[str]:
@@ -278,4 +283,11 @@ def build(client: VmClient, options: HostListDetectionOptions) -> Any:
     return BatchedDetectionSource(client, options) if options.parallel else HostDetectionSource(client, options)
 
 
-SERVICE = ServiceEntry(SPEC, "qualys", HostListDetectionOptions, build)
+def enrichment(client: VmClient, options: HostListDetectionOptions, services: Mapping[str, Any]) -> tuple[Any, ...]:
+    """The KnowledgeBase enrichment stage (``enrich``), calling the KB version the input's ``knowledge_base``
+    service uses (else the default)."""
+    version = getattr(services.get("knowledge_base"), "api_version", DEFAULT_KB_VERSION)
+    return kb_stages(client, options.enrich, version)
+
+
+SERVICE = ServiceEntry(SPEC, "qualys", HostListDetectionOptions, build, enrich=enrichment)

@@ -9,13 +9,14 @@ the configuration loader names the key path of every problem.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from qualys_collector.engine.pipeline import Stage
 from qualys_collector.engine.source import PageSource, ServiceSpec
 
 TAG_PATTERN = re.compile(r"^[a-z0-9_-]+(\.[a-z0-9_-]+){1,15}$")
@@ -82,13 +83,16 @@ class ServiceEntry:
     """One service as the configuration and the composition root see it.
 
     ``build(client, options)`` makes its page source from the input's Qualys client and a validated
-    ``options`` model.
+    ``options`` model; ``enrich`` (optional) its enrichment stages.
     """
 
     spec: ServiceSpec
     input: InputName
     options: type[ServiceOptions]
     build: Callable[[Any, Any], PageSource]
+    #: ``enrich(client, options, services)`` -> the service's enrichment stages (the page pipeline's slot);
+    #: ``services`` are the validated options of every service of the same input.
+    enrich: Callable[[Any, Any, Mapping[str, Any]], tuple[Stage, ...]] | None = None
 
     @property
     def name(self) -> str:

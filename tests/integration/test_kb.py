@@ -1,0 +1,260 @@
+"""The KnowledgeBase: the knowledge_base service, the KB cache and the enrichment of detections, against the
+simulator's KB (its ground truth field by field, its count of KB calls)."""
+
+from __future__ import annotations
+
+import logging
+import math
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from qualys_collector.engine.outbox import Outbox
+from qualys_collector.model import parse_seed_datetime
+from qualys_collector.simulator import Limits, Simulator
+from qualys_collector.simulator.faults import parse_fault
+from tests.conftest import SimFactory
+from tests.helpers.vmsim import NOW, Run, advance, start_sim
+
+pytestmark = pytest.mark.integration
+
+START = "2026-05-28T00:00:00Z"
+HLD_TAG, KB_TAG = "vuln.qualys.hostdetections", "vuln.qualys.kb"
+KB_PATH = "/api/4.0/fo/knowledge_base/vuln/"
+
+
+@pytest.fixture
+def sim(make_sim: SimFactory) -> Simulator:
+    return make_sim(
+        seed=11,
+        hosts=40,
+        detections_per_host=4,
+        base=NOW - timedelta(days=3),
+        span=timedelta(days=3),
+        host_interval=timedelta(hours=20),
+        vm_limits=Limits(rate=10_000, window=60, concurrency=2),
+    )
+
+
+def run(sim: Simulator, tmp_path: Path, services: dict[str, dict[str, Any]]) -> Run:
+    return Run(sim=sim, url=start_sim(sim), state=tmp_path / "state", services=services)
+
+
+def expected_kb(truth: dict[str, Any]) -> dict[str, Any]:
+    """What a detection must carry for a QID, written from the simulator's ground truth (not from our parser)."""
+    v3, v2 = truth["CVSS_V3"], truth["CVSS"]
+    cvss = None
+    if v3 is not None:
+        cvss = {
+            "version": v3["CVSS3_VERSION"] or "3",
+            "base": v3["BASE"],
+            "temporal": v3["TEMPORAL"],
+            "vector": v3["VECTOR_STRING"],
+        }
+    elif v2 is not None:  # v2 only where that is all there is
+        cvss = {"version": "2", "base": v2["BASE"], "temporal": v2["TEMPORAL"], "vector": v2["VECTOR_STRING"]}
+    out = {
+        "status": "ok",
+        "QID": str(truth["QID"]),
+        "TITLE": truth["TITLE"],
+        "CATEGORY": truth["CATEGORY"],
+        "VULN_TYPE": truth["VULN_TYPE"],
+        "SEVERITY_LEVEL": str(truth["SEVERITY_LEVEL"]),
+        "CVSS": cvss,
+        "CVE_IDS": truth["CVE_IDS"][:200],
+        "VENDOR_REFERENCES": [{"ID": i, "URL": u} for i, u in truth["VENDOR_REFERENCES"]],
+        "PATCHABLE": truth["PATCHABLE"] == 1,
+        "EXPLOIT_AVAILABLE": bool(truth["EXPLOITS"]),
+        "MALWARE_AVAILABLE": False,
+        "THREAT_INTEL": [name for _id, name in truth["THREAT_INTEL"]],
+        "PUBLISHED_DATETIME": truth["PUBLISHED_DATETIME"],
+        "LAST_SERVICE_MODIFICATION_DATETIME": truth["LAST_SERVICE_MODIFICATION_DATETIME"],
+        "SOLUTION": truth["SOLUTION"][:2048],
+    }
+    if len(truth["CVE_IDS"]) > 200:
+        out["CVE_COUNT"] = len(truth["CVE_IDS"])
+    if len(truth["SOLUTION"]) > 2048:
+        out["SOLUTION_TRUNCATED"] = True
+    return out
+
+
+def detections(r: Run) -> list[dict[str, Any]]:
+    return [e["event"] for e in r.events() if e["tag"] == HLD_TAG]
+
+
+def cache(r: Run) -> tuple[dict[str, Any], set[str]]:
+    """The KB cache rows and the pending QIDs, as committed."""
+    outbox = Outbox(r.state)
+    try:
+        for name in ("kb_cache", "kb_pending"):
+            outbox.declare(name, "knowledge_base")
+        rows = dict(outbox.table("7", "kb_cache").items())
+        pending = {key for key, _ in outbox.table("7", "kb_pending").items()}
+    finally:
+        outbox.close()
+    return rows, pending
+
+
+def test_knowledge_base_service_delivers_each_vuln_of_the_window_with_lists_and_fills_the_cache(
+    make_sim: SimFactory, tmp_path: Path
+) -> None:
+    # modifications spread from two days before NOW to a day after: windows see them as the clock moves
+    sim = make_sim(seed=3, hosts=10, detections_per_host=3, base=NOW - timedelta(days=2), span=timedelta(days=3))
+    r = run(sim, tmp_path, {"knowledge_base": {"start_time_utc": START}})
+    assert r.cycle()
+    first = r.keys(KB_TAG, "QID")
+    events = {e["event"]["QID"]: e["event"] for e in r.events() if e["tag"] == KB_TAG}
+    truth = sim.truth("knowledge_base", parse_seed_datetime(START), NOW)  # QIDs older than START are not asked
+    assert {f"{q}@{e['LAST_SERVICE_MODIFICATION_DATETIME']}" for q, e in events.items()} == truth
+    assert max(first.values()) == 1
+    (call,) = sim.kb_calls  # one call for the window, the window's edges as Qualys spells them
+    assert call["last_modified_after"] == "2026-05-27T23:59:59Z"
+    assert call["last_modified_before"] == "2026-06-01T12:00:00Z"
+    assert call["details"] == "All"
+    assert call["show_disabled_flag"] == "1"
+    for qid, event in events.items():
+        known = sim.kb_truth(qid)
+        assert known is not None
+        assert isinstance(event["SOFTWARE_LIST"], list)
+        if known["CVE_IDS"]:
+            assert [c["ID"] for c in event["CVE_LIST"]] == known["CVE_IDS"]  # a list, also of one
+        else:
+            assert "CVE_LIST" not in event
+        if known["THREAT_INTEL"]:
+            assert event["THREAT_INTELLIGENCE"] == [{"@id": str(i), "#text": n} for i, n in known["THREAT_INTEL"]]
+        assert event["TITLE"] == known["TITLE"]  # CDATA, on its own line or not, HTML and quotes kept as text
+        assert event["SOLUTION"] == known["SOLUTION"]
+    rows, pending = cache(r)
+    assert {q: rows[q] for q in events} == {q: expected_kb(sim.kb_truth(q) or {}) for q in events}
+    assert not pending
+    # a day later: the QIDs modified since are delivered again, with their new fields, and nothing else
+    advance(sim, 24)
+    assert r.cycle()
+    again = {e["event"]["QID"]: e["event"] for e in r.events() if e["tag"] == KB_TAG}
+    later = r.keys(KB_TAG, "QID") - first
+    assert set(later) == {k.split("@")[0] for k in sim.truth("knowledge_base", NOW, NOW + timedelta(hours=24))}
+    assert later, "QIDs were modified in a day"
+    for qid in later:
+        assert again[qid]["TITLE"].endswith("(updated)")
+    rows, _ = cache(r)
+    assert all(rows[q] == expected_kb(sim.kb_truth(q) or {}) for q in later)
+    assert len(sim.kb_calls) == 2
+
+
+@pytest.mark.parametrize("with_service", [True, False], ids=["kb-service-too", "on-demand-only"])
+def test_every_detection_carries_its_qids_kb_fields(sim: Simulator, tmp_path: Path, with_service: bool) -> None:
+    services: dict[str, dict[str, Any]] = {"host_list_detection": {"start_time_utc": START, "truncation_limit": 7}}
+    if with_service:
+        services["knowledge_base"] = {"start_time_utc": START}
+    r = run(sim, tmp_path, services)
+    assert r.cycle()
+    first = detections(r)
+    assert {e["@detection_key"] for e in first} == sim.truth("host_list_detection", None, NOW)
+    for event in first:  # the first pull: fields that are right, or pending, never wrong
+        if event["KB"]["status"] != "pending":
+            assert event["KB"] == expected_kb(sim.kb_truth(event["DETECTION"]["QID"]) or {})
+    assert any(e["KB"]["status"] == "ok" for e in first)
+    advance(sim, 10)  # re-processed hosts: their detections again
+    assert r.cycle()
+    second = detections(r)[len(first) :]
+    assert second
+    for event in second:
+        assert event["KB"] == expected_kb(sim.kb_truth(event["DETECTION"]["QID"]) or {}), event["@detection_key"]
+    _, pending = cache(r)
+    assert not pending
+
+
+def test_kb_failing_mid_way_delivers_detections_pending_and_the_next_cycle_completes_the_cache(
+    sim: Simulator, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    r = run(sim, tmp_path, {"host_list_detection": {"start_time_utc": START, "truncation_limit": 7}})
+    sim.faults.arm(parse_fault(f"cut:path={KB_PATH},after=3000,times=-1"))  # the KB answer breaks half-way
+    with caplog.at_level(logging.WARNING):
+        assert r.cycle(), "a KB failure never fails the detection pull"
+    first = detections(r)
+    assert {e["@detection_key"] for e in first} == sim.truth("host_list_detection", None, NOW)
+    assert {e["KB"]["status"] for e in first} == {"pending"}
+    assert all(set(e["DETECTION"]) >= {"QID", "STATUS", "SEVERITY"} for e in first)
+    warnings = [r.getMessage() for r in caplog.records if "[PullError 302]" in r.getMessage()]
+    assert len(warnings) == 1, "one warning per window, no call after the failure"
+    assert "Fix:" in warnings[0]
+    assert len(sim.kb_calls) == 1
+    qids = {e["DETECTION"]["QID"] for e in first}
+    rows, pending = cache(r)
+    assert pending == qids
+    assert not rows
+    # the KB is back: the next cycle fetches what waits, whether or not its detections need it
+    sim.faults.clear()
+    advance(sim, 0.1)
+    assert r.cycle()
+    rows, pending = cache(r)
+    assert not pending
+    assert {q: rows[q] for q in qids} == {q: expected_kb(sim.kb_truth(q) or {}) for q in qids}
+    assert len(sim.kb_calls) == 2  # 160 QIDs: one call
+    assert max(r.keys(HLD_TAG, "@detection_key").values()) == 1  # pending events are not sent again
+
+
+@pytest.mark.parametrize("with_service", [False, True], ids=["on-demand-only", "kb-service-too"])
+def test_kb_calls_for_n_distinct_qids_are_at_most_ceil_n_over_500_plus_window_calls(
+    make_sim: SimFactory, tmp_path: Path, with_service: bool
+) -> None:
+    sim = make_sim(
+        seed=5,
+        hosts=120,
+        detections_per_host=25,  # up to 750 QIDs
+        base=NOW - timedelta(days=3),
+        span=timedelta(days=3),
+        host_interval=timedelta(hours=20),
+        vm_limits=Limits(rate=10_000, window=60, concurrency=2),
+    )
+    services: dict[str, dict[str, Any]] = {"host_list_detection": {"start_time_utc": START, "truncation_limit": 10}}
+    if with_service:
+        services["knowledge_base"] = {"start_time_utc": START}
+    r = run(sim, tmp_path, services)
+    assert r.cycle()
+    events = detections(r)
+    assert len(events) == len(sim.truth("host_list_detection", None, NOW)) > 2000  # many pages of detections
+    n = len({e["DETECTION"]["QID"] for e in events})
+    assert n > 500
+    window_calls = [c for c in sim.kb_calls if "last_modified_after" in c]
+    by_ids = [c for c in sim.kb_calls if "ids" in c]
+    assert len(window_calls) == (1 if with_service else 0)
+    assert len(sim.kb_calls) <= math.ceil(n / 500) + len(window_calls)
+    asked = [q for c in by_ids for q in c["ids"].split(",")]
+    assert all(len(c["ids"].split(",")) <= 500 for c in by_ids)
+    assert len(asked) == len(set(asked)), "a QID is asked for once"
+
+
+def test_enrich_false_adds_nothing_and_calls_no_kb(sim: Simulator, tmp_path: Path) -> None:
+    r = run(sim, tmp_path, {"host_list_detection": {"start_time_utc": START, "enrich": False}})
+    assert r.cycle()
+    events = detections(r)
+    assert events
+    assert all("KB" not in e for e in events)
+    assert sim.kb_calls == []
+
+
+def test_simulator_kb_filters_and_refusals(sim: Simulator) -> None:
+    import httpx
+
+    url = start_sim(sim)
+    auth = ("demo", "demo")
+    headers = {"X-Requested-With": "test"}
+    answer = httpx.post(url + KB_PATH, data={"action": "list", "ids": "10000-10040,9001"}, auth=auth, headers=headers)
+    assert answer.status_code == 200
+    assert answer.headers["content-type"].startswith("text/xml")
+    listed = [int(q) for q in answer.text.split("<QID>")[1:] for q in [q.split("<")[0]]]
+    assert listed == sorted(q for q in sim.data.kb_qids() if 10000 <= q <= 10040 or q == 9001)
+    assert "<SOLUTION>" not in answer.text  # details=Basic by default
+    ids = httpx.post(url + KB_PATH, data={"action": "list", "details": "None"}, auth=auth, headers=headers)
+    assert ids.text.count("<ID>") == len(sim.data.kb_qids())
+    assert "<ID_SET>" in ids.text
+    refused = httpx.post(url + KB_PATH, data={"action": "list", "truncation_limit": "10"}, auth=auth, headers=headers)
+    assert refused.status_code == 400
+    assert "<CODE>1901</CODE>" in refused.text
+    micro = {"action": "list", "last_modified_after": "2026-05-01T00:00:00.123Z"}
+    assert httpx.post(url + KB_PATH, data=micro, auth=auth, headers=headers).status_code == 400
+    assert httpx.post(url + "/api/5.0/fo/knowledge_base/vuln/", data={"action": "list"}, auth=auth).status_code == 404
+    assert len(sim.kb_calls) == 4  # refused parameters count as calls (as Qualys counts them); 5.0 is no KB
