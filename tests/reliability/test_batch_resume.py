@@ -87,7 +87,8 @@ def test_a_crash_mid_run_resumes_at_the_first_unfinished_batch(make_sim: SimFact
     with log.open("wb") as sink:
         resumed = subprocess.run([*CLI, "run", "-c", str(config), "--once"], timeout=120, stderr=sink)
     assert resumed.returncode == 0, log.read_text()[-3000:]
-    after = sim.vm_calls[len(before) :]
+    # the enrichment's KnowledgeBase lookups (QIDs by ids) are not host listings: left out of what follows
+    after = [call for call in sim.vm_calls[len(before) :] if call[0] != "knowledge_base/vuln"]
 
     assert not [call for call in after if call[0] != "asset/host/vm/detection"], "the host IDs were listed again"
     pulled_again = Counter(params["ids"] for _resource, params in after)
