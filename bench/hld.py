@@ -1,17 +1,22 @@
-"""Host list detection benchmark: the four figures of issue 8, measured in one run.
+"""Host list detection benchmark: what the collector costs, against the parse floor, in one run.
 
 1. end to end: simulator -> collector (fetch, parse, outbox) -> Devo sink -> a real rsyslog over mutual TLS,
-   counted when rsyslog has written every detection (separate processes, as in production);
-2. the parse limit: the same bytes through ``lxml.etree.iterparse`` alone (host elements, cleared);
+   counted when rsyslog has written every detection (separate processes, as in production); the collector's
+   CPU is user + sys of its whole process tree (``os.wait4``), per million detections;
+2. the parse floor: the same bytes through ``lxml.etree.iterparse`` alone (host elements, cleared), its CPU
+   in the same run; ``cpu_vs_parse`` is the collector's CPU over it;
 3. a plain script: one GET per page, the whole body read, parsed with ElementTree, one JSON line per detection;
-4. the collector's peak RSS at the small and the large size (it must not grow with the estate).
+4. the collector's peak RSS (its process tree) at the small and the large size (it must not grow with the estate);
+5. as information, the simulator's and rsyslog's CPU per detection (they share the machine's cores).
 
     python bench/hld.py                         # 100k and 1M detections, the default configuration
     python bench/hld.py --quick                 # 100k and 200k detections
     python bench/hld.py --parse-processes 2     # answers parsed in two child processes (opt-in)
+    python bench/hld.py --baseline main --repeat 2   # A/B: another commit's collector on the same data, alternated
 
-The last line is machine-readable:
-``detections_per_s=N parse_limit_ratio=R script_ratio=S rss_mb_small=A rss_mb_large=B``.
+The last line is machine-readable: ``detections_per_s=N parse_limit_ratio=R script_ratio=S rss_mb_small=A
+rss_mb_large=B collector_cpu_s_per_million=C parse_cpu_s_per_million=P cpu_vs_parse=V`` (with ``--baseline``
+also ``baseline_detections_per_s=… baseline_cpu_s_per_million=… speedup=… cpu_ratio=…``).
 """
 
 from __future__ import annotations
@@ -19,104 +24,25 @@ from __future__ import annotations
 import argparse
 import base64
 import json
-import socket
+import os
+import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import urllib.request
 import xml.etree.ElementTree as ET
-from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlencode
 
-import psutil
+from harness import CLI, DETECTIONS_PER_HOST, PARAMS, PATH, Simulator, proc_cpu_s, run_child, thread_cpu_s
 from lxml import etree
 
-from qualys_collector.relay import Certs, Rsyslog, free_port
+from qualys_collector.relay import Certs, Rsyslog
 
-CLI = [sys.executable, "-m", "qualys_collector"]
-DETECTIONS_PER_HOST = 10
-PATH = "/api/5.0/fo/asset/host/vm/detection/"
-PARAMS = {"action": "list", "status": "New,Active,Fixed,Re-Opened", "show_asset_id": "0", "show_tags": "0"}
 AUTH = {"Authorization": "Basic " + base64.b64encode(b"demo:demo").decode(), "X-Requested-With": "bench"}
-
-
-class PeakRss(threading.Thread):
-    """Samples the RSS of a process and its children (parsing processes) every 50 ms."""
-
-    def __init__(self, pid: int) -> None:
-        super().__init__(daemon=True)
-        self.process = psutil.Process(pid)
-        self.peak = 0
-        self.done = threading.Event()
-
-    def run(self) -> None:
-        while not self.done.is_set():
-            try:
-                family = [self.process, *self.process.children(recursive=True)]
-                self.peak = max(self.peak, sum(p.memory_info().rss for p in family))
-            except psutil.Error:
-                return
-            self.done.wait(0.05)
-
-    def stop(self) -> float:
-        """Peak RSS in MB."""
-        self.done.set()
-        self.join()
-        return self.peak / 2**20
-
-
-@dataclass
-class Simulator:
-    proc: subprocess.Popen[bytes]
-    url: str
-    start_s: float
-    rss: PeakRss
-
-    @classmethod
-    def start(cls, hosts: int) -> Simulator:
-        port = free_port()
-        started = time.monotonic()
-        proc = subprocess.Popen(
-            [
-                *CLI,
-                "simulate",
-                "--port",
-                str(port),
-                "--hosts",
-                str(hosts),
-                "--detections-per-host",
-                str(DETECTIONS_PER_HOST),
-                "--rate-limit",
-                "1000000",
-                "--concurrency-limit",
-                "8",
-                "--host-interval-minutes",
-                "10000000",  # each host processed once: a static dataset
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        deadline = started + 30
-        while time.monotonic() < deadline:
-            try:
-                with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                    rss = PeakRss(proc.pid)
-                    rss.start()
-                    return cls(proc, f"http://127.0.0.1:{port}", time.monotonic() - started, rss)
-            except OSError:
-                time.sleep(0.02)
-        proc.kill()
-        raise SystemExit("the simulator did not start within 30 s")
-
-    def stop(self) -> float:
-        """Stop it; its peak RSS in MB."""
-        peak = self.rss.stop()
-        self.proc.terminate()
-        self.proc.wait(10)
-        return peak
+NEEDLE = b" vuln.qualys.hostdetections: "
 
 
 def count_lines(path: Path, needle: bytes) -> int:
@@ -126,10 +52,8 @@ def count_lines(path: Path, needle: bytes) -> int:
         return sum(1 for line in handle if needle in line)
 
 
-def end_to_end(
-    sim: Simulator, workdir: Path, relay: Rsyslog, expected: int, parse_processes: int
-) -> tuple[float, float]:
-    """(seconds until rsyslog holds every detection, collector peak RSS in MB)."""
+def collector_config(sim: Simulator, workdir: Path, relay: Rsyslog, service: dict[str, Any]) -> Path:
+    """A config file for one collector run against ``sim`` and ``relay``; ``service`` adds HLD options."""
     config = {
         "globals": {"persistence": {"config": {"directory_name": str(workdir / "state")}}},
         "outputs": {
@@ -149,61 +73,79 @@ def end_to_end(
             "qualys": {
                 "id": "bench",
                 "credentials": {"base_url": sim.url, "username": "demo", "password": "demo"},
-                "services": {
-                    "host_list_detection": {
-                        "start_time_utc": "2000-01-01T00:00:00Z",
-                        "parse_processes": parse_processes,
-                    }
-                },
+                "services": {"host_list_detection": {"start_time_utc": "2000-01-01T00:00:00Z", **service}},
             }
         },
     }
     workdir.mkdir(parents=True, exist_ok=True)
     path = workdir / "config.json"
     path.write_text(json.dumps(config))
-    started = time.monotonic()
-    proc = subprocess.Popen(
-        [*CLI, "run", "-c", str(path), "--once"],
-        stdout=subprocess.DEVNULL,
-        stderr=(workdir / "collector.log").open("wb"),
-    )
-    rss = PeakRss(proc.pid)
-    rss.start()
-    code = proc.wait()
-    peak = rss.stop()
-    if code != 0:
-        raise SystemExit(f"the collector failed (exit {code}); see {workdir / 'collector.log'}")
-    needle = b" vuln.qualys.hostdetections: "
-    deadline = time.monotonic() + 120
-    while (delivered := count_lines(relay.out, needle)) < expected and time.monotonic() < deadline:
-        time.sleep(0.1)
-    seconds = time.monotonic() - started
-    if delivered != expected:
-        raise SystemExit(f"rsyslog received {delivered} detections, expected {expected}")
-    return seconds, peak
+    return path
+
+
+def end_to_end(
+    sim: Simulator,
+    workdir: Path,
+    certs: Certs,
+    expected: int,
+    service: dict[str, Any],
+    *,
+    pythonpath: Path | None = None,
+) -> dict[str, float]:
+    """One collector run (``run --once``) into a fresh rsyslog: wall seconds until rsyslog holds every detection,
+    the collector's CPU and peak RSS (its process tree), the simulator's and rsyslog's CPU meanwhile."""
+    relay = Rsyslog(workdir / "relay", certs)
+    relay.start()
+    try:
+        assert relay.proc is not None
+        path = collector_config(sim, workdir, relay, service)
+        env = dict(os.environ)
+        if pythonpath is not None:  # another commit's collector (the A/B baseline)
+            env["PYTHONPATH"] = os.pathsep.join([str(pythonpath), *filter(None, [env.get("PYTHONPATH")])])
+        sim_before, relay_before = sim.cpu_s(), proc_cpu_s(relay.proc.pid)
+        started = time.monotonic()
+        child = run_child([*CLI, "run", "-c", str(path), "--once"], env=env, stderr=workdir / "collector.log")
+        if child.code != 0:
+            raise SystemExit(f"the collector failed (exit {child.code}); see {workdir / 'collector.log'}")
+        deadline = time.monotonic() + 120
+        while (delivered := count_lines(relay.out, NEEDLE)) < expected and time.monotonic() < deadline:
+            time.sleep(0.1)
+        seconds = time.monotonic() - started
+        if delivered != expected:
+            raise SystemExit(f"rsyslog received {delivered} detections, expected {expected}")
+        sim_cpu, relay_cpu = sim.cpu_s() - sim_before, proc_cpu_s(relay.proc.pid) - relay_before
+    finally:
+        relay.stop()
+    return {
+        "seconds": seconds,
+        "cpu_s": child.cpu_s,
+        "rss_mb": child.rss_mb,
+        "sim_cpu_s": sim_cpu,
+        "relay_cpu_s": relay_cpu,
+    }
 
 
 def download(sim: Simulator, target: Path) -> None:
-    """The whole answer in one document, the bytes the parse limit is measured on."""
+    """The whole answer in one document, the bytes the parse floor is measured on."""
     url = f"{sim.url}{PATH}?{urlencode({**PARAMS, 'truncation_limit': '0'})}"
     with urllib.request.urlopen(urllib.request.Request(url, headers=AUTH)) as answer, target.open("wb") as out:
         while chunk := answer.read(1 << 20):
             out.write(chunk)
 
 
-def parse_limit(document: Path, expected: int) -> float:
-    """Seconds for lxml iterparse alone over the document: host elements, each cleared, nothing else."""
-    started = time.monotonic()
+def parse_floor(document: Path, expected: int) -> tuple[float, float]:
+    """(wall seconds, CPU seconds) of lxml iterparse alone over the document: host elements, each cleared."""
+    started, cpu = time.monotonic(), thread_cpu_s()
     hosts = 0
     for _event, element in etree.iterparse(str(document), events=("end",), tag="HOST", huge_tree=True):
         hosts += 1
         element.clear(keep_tail=False)
         while element.getprevious() is not None:
             del element.getparent()[0]
-    seconds = time.monotonic() - started
+    seconds, cpu = time.monotonic() - started, thread_cpu_s() - cpu
     if hosts * DETECTIONS_PER_HOST != expected:
         raise SystemExit(f"the parse saw {hosts} hosts, expected {expected // DETECTIONS_PER_HOST}")
-    return seconds
+    return seconds, cpu
 
 
 def plain_script(sim: Simulator, out: Path, expected: int) -> float:
@@ -230,61 +172,130 @@ def plain_script(sim: Simulator, out: Path, expected: int) -> float:
     return seconds
 
 
-def measure(hosts: int, root: Path, certs: Certs, *, compare: bool, parse_processes: int) -> dict[str, float]:
+def baseline_tree(ref: str, root: Path) -> Path:
+    """``src`` of another commit of this repository, extracted beside (its collector runs from there)."""
+    repo = Path(__file__).resolve().parents[1]
+    target = root / "baseline"
+    target.mkdir()
+    archive = subprocess.run(
+        ["git", "-C", str(repo), "archive", ref, "src/qualys_collector"], check=True, capture_output=True
+    ).stdout
+    subprocess.run(["tar", "-x", "-C", str(target)], input=archive, check=True)
+    return target / "src"
+
+
+def measure(
+    hosts: int, root: Path, certs: Certs, *, compare: bool, service: dict[str, Any], baseline: Path | None, repeat: int
+) -> dict[str, Any]:
+    """The collector (and the baseline, alternated) ``repeat`` times against one simulator; the parse floor and
+    the plain script on the same data when ``compare``."""
     expected = hosts * DETECTIONS_PER_HOST
     sim = Simulator.start(hosts)
-    relay = Rsyslog(root / f"relay-{hosts}", certs)
-    relay.start()
+    runs: dict[str, list[dict[str, float]]] = {"new": [], "baseline": []}
     try:
-        seconds, rss = end_to_end(sim, root / f"collector-{hosts}", relay, expected, parse_processes)
-        result = {"detections": expected, "seconds": seconds, "rss_mb": rss, "sim_start_s": sim.start_s}
+        for n in range(repeat):
+            for name in ("new", "baseline") if baseline is not None else ("new",):
+                workdir = root / f"{name}-{hosts}-{n}"
+                runs[name].append(
+                    end_to_end(sim, workdir, certs, expected, service, pythonpath=baseline if name != "new" else None)
+                )
+        result: dict[str, Any] = {"detections": expected, "runs": runs, "sim_start_s": sim.start_s}
         if compare:
             document = root / "answer.xml"
             download(sim, document)
             result["bytes"] = document.stat().st_size
-            result["parse_s"] = parse_limit(document, expected)
+            result["parse_s"], result["parse_cpu_s"] = parse_floor(document, expected)
             document.unlink()
             result["script_s"] = plain_script(sim, root / "script.jsonl", expected)
     finally:
-        relay.stop()
-        sim_rss = sim.stop()
-    result["sim_rss_mb"] = sim_rss
+        result_rss = sim.stop()
+    result["sim_rss_mb"] = result_rss
     return result
+
+
+def per_million(cpu_s: float, detections: int) -> float:
+    return cpu_s / detections * 1e6
+
+
+def best(runs: list[dict[str, float]], key: str) -> float:
+    """The median of the runs (the figure quoted); every run is printed too."""
+    return statistics.median(r[key] for r in runs)
+
+
+def report(label: str, r: dict[str, float], n: int) -> str:
+    return (
+        f"  {label:<9} {n:>9,} detections in {r['seconds']:6.1f} s = {n / r['seconds']:>7,.0f}/s; "
+        f"collector CPU {r['cpu_s']:6.1f} s = {per_million(r['cpu_s'], n):5.1f} s/M, peak RSS {r['rss_mb']:4.0f} MB; "
+        f"simulator {per_million(r['sim_cpu_s'], n):5.1f} µs/det, "
+        f"rsyslog {per_million(r['relay_cpu_s'], n):4.1f} µs/det"
+    )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="100k and 200k detections")
-    parser.add_argument("--parse-processes", type=int, default=0, help="the collector's parse_processes")
+    parser.add_argument("--parse-processes", type=int, default=None, help="the collector's parse_processes")
+    parser.add_argument("--option", action="append", default=[], help="another HLD option, KEY=JSON (repeatable)")
+    parser.add_argument("--baseline", help="a git ref: its collector runs on the same data, alternated (A/B)")
+    parser.add_argument("--repeat", type=int, default=1, help="collector runs per size (and per side of the A/B)")
+    parser.add_argument("--hosts", type=int, nargs=2, metavar=("SMALL", "LARGE"), help="hosts of each size (x10)")
     args = parser.parse_args()
-    small, large = (10_000, 20_000) if args.quick else (10_000, 100_000)
+    service: dict[str, Any] = {}
+    if args.parse_processes is not None:
+        service["parse_processes"] = args.parse_processes
+    for option in args.option:
+        key, _, value = option.partition("=")
+        service[key] = json.loads(value)
+    small, large = args.hosts or ((10_000, 20_000) if args.quick else (10_000, 100_000))
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         certs = Certs.mint(root / "certs")
+        baseline = baseline_tree(args.baseline, root) if args.baseline else None
+        common = {"service": service, "baseline": baseline, "repeat": args.repeat}
         results = [
-            measure(small, root, certs, compare=False, parse_processes=args.parse_processes),
-            measure(large, root, certs, compare=True, parse_processes=args.parse_processes),
+            measure(small, root, certs, compare=False, **common),
+            measure(large, root, certs, compare=True, **common),
         ]
-    print(f"collector: parallel ID batches (default), parse_processes={args.parse_processes}")
+    print(f"collector: default configuration{' + ' + json.dumps(service) if service else ''}")
     for r in results:
-        print(
-            f"end to end: {r['detections']:>9,} detections in {r['seconds']:6.1f} s = "
-            f"{r['detections'] / r['seconds']:>7,.0f}/s; collector peak RSS {r['rss_mb']:.0f} MB; "
-            f"simulator start {r['sim_start_s']:.2f} s, peak RSS {r['sim_rss_mb']:.0f} MB"
-        )
-    big = results[-1]
+        n = r["detections"]
+        print(f"{n:,} detections (simulator start {r['sim_start_s']:.2f} s, peak RSS {r['sim_rss_mb']:.0f} MB):")
+        for name, runs in r["runs"].items():
+            for run in runs:
+                print(report(name if name == "new" else f"{args.baseline}", run, n))
+    big, small_r = results[-1], results[0]
     n = big["detections"]
-    rate, parse_rate, script_rate = n / big["seconds"], n / big["parse_s"], n / big["script_s"]
+    new = big["runs"]["new"]
+    seconds, cpu = best(new, "seconds"), best(new, "cpu_s")
+    rate, parse_rate, script_rate = n / seconds, n / big["parse_s"], n / big["script_s"]
+    collector_m, parse_m = per_million(cpu, n), per_million(big["parse_cpu_s"], n)
     print(
-        f"parse limit (lxml iterparse alone, {big['bytes'] / 2**20:,.0f} MiB): {parse_rate:,.0f}/s "
-        f"({big['bytes'] / 2**20 / big['parse_s']:.0f} MiB/s)"
+        f"parse floor (lxml iterparse alone, {big['bytes'] / 2**20:,.0f} MiB): {parse_rate:,.0f}/s "
+        f"({big['bytes'] / 2**20 / big['parse_s']:.0f} MiB/s), CPU {parse_m:.1f} s per million detections"
     )
     print(f"plain script (GET a page, read all, ElementTree, json.dumps): {script_rate:,.0f}/s")
     print(
-        f"detections_per_s={rate:.0f} parse_limit_ratio={rate / parse_rate:.2f} script_ratio={rate / script_rate:.2f} "
-        f"rss_mb_small={results[0]['rss_mb']:.0f} rss_mb_large={big['rss_mb']:.0f}"
+        f"collector CPU (median of {len(new)}): {collector_m:.1f} s per million detections = "
+        f"{collector_m / parse_m:.2f} x the parse; simulator {per_million(best(new, 'sim_cpu_s'), n):.1f} µs/det, "
+        f"rsyslog {per_million(best(new, 'relay_cpu_s'), n):.1f} µs/det"
     )
+    line = (
+        f"detections_per_s={rate:.0f} parse_limit_ratio={rate / parse_rate:.2f} script_ratio={rate / script_rate:.2f} "
+        f"rss_mb_small={max(r['rss_mb'] for r in small_r['runs']['new']):.0f} "
+        f"rss_mb_large={max(r['rss_mb'] for r in new):.0f} "
+        f"collector_cpu_s_per_million={collector_m:.1f} parse_cpu_s_per_million={parse_m:.1f} "
+        f"cpu_vs_parse={collector_m / parse_m:.2f}"
+    )
+    if args.baseline:
+        old = big["runs"]["baseline"]
+        old_rate, old_m = n / best(old, "seconds"), per_million(best(old, "cpu_s"), n)
+        print(f"baseline {args.baseline}: {old_rate:,.0f}/s, CPU {old_m:.1f} s per million detections")
+        line += (
+            f" baseline_detections_per_s={old_rate:.0f} baseline_cpu_s_per_million={old_m:.1f} "
+            f"speedup={rate / old_rate:.2f} cpu_ratio={collector_m / old_m:.2f}"
+        )
+    print(line)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
