@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
-from qualys_collector.qualys.xml import NOT_XML, ForbiddenCharacters, root_tag
+from qualys_collector.qualys.xml import _FORBIDDEN, NOT_XML, REPLACEMENT, ForbiddenCharacters, root_tag
 
 DOC = b'\xef\xbb\xbf<?xml version="1.0"?>\n<!-- keep-alive -->\n<!DOCTYPE R [<!ENTITY a "<b>">]>\n<SIMPLE_RETURN>'
 
@@ -27,3 +29,19 @@ def test_forbidden_characters_are_replaced_even_when_a_reference_is_cut_between_
     out = b"".join(cleaner.chunks([b"<A>a&#x", b"1;b\x01\tc&amp;&#10;&#31;</A>"]))
     assert out.decode() == "<A>a\ufffdb\ufffd\tc&amp;&#10;\ufffd</A>"
     assert cleaner.replaced == 3
+
+
+@pytest.mark.parametrize(
+    "chunk",
+    [
+        b"<A>plain \xc3\xa9 text\t\r\n</A>",
+        b"<A>&#38; &amp; &#x41;</A>",  # references, none forbidden: kept as they are
+        b"<A>\x00\x08\x0b\x0c\x0e\x1f</A>",
+        b"<A>&#0; &#x1F; &#31; &#x0b;</A>",
+        b"<A>&#9;&#10;&#13;&#32;</A>",
+    ],
+)
+def test_the_fast_check_agrees_with_the_pattern(chunk: bytes) -> None:
+    cleaner = ForbiddenCharacters("/x")
+    assert b"".join(cleaner.chunks([chunk])) == re.sub(_FORBIDDEN, REPLACEMENT, chunk)
+    assert cleaner.replaced == len(_FORBIDDEN.findall(chunk))
