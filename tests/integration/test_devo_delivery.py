@@ -226,6 +226,28 @@ def test_certificate_problems_are_numbered_errors_at_start(
     assert text in str(info.value)
 
 
+def test_one_tls_context_per_output_reused_by_every_batch_and_rebuilt_after_a_failure(
+    tmp_path: Path, certs: Certs, relay: Rsyslog
+) -> None:
+    outbox = Outbox(tmp_path / "state")
+    outbox.register_outputs(["devo"])
+    devo = sink(certs, relay)
+    drainer = Drainer(outbox, devo, batch_size=10)
+    fill(outbox, 30)
+    assert drainer.drain_once() == 10
+    first = devo.transport.context()
+    assert drainer.drain_once() == 10
+    assert devo.transport.context() is first  # the second batch's session used the same context
+    relay.stop()
+    with pytest.raises(DeliveryError):
+        drainer.drain_once()
+    relay.start()
+    assert drainer.drain_once() == 10
+    assert devo.transport.context() is not first  # built again (the certificate files read again) after the failure
+    assert len(relay.wait_for(30)) == 30
+    outbox.close()
+
+
 @pytest.mark.reliability
 def test_relay_outage_loses_nothing_and_repeats_at_most_one_batch(tmp_path: Path, certs: Certs, relay: Rsyslog) -> None:
     outbox = Outbox(tmp_path / "state")
