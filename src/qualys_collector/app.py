@@ -33,7 +33,7 @@ from qualys_collector.qualys.http import HttpSettings
 from qualys_collector.qualys.retry import RetryPolicy
 from qualys_collector.services.catalog import BY_NAME
 from qualys_collector.services.options import ServiceOptions
-from qualys_collector.sinks.base import BuildContext, Sink
+from qualys_collector.sinks.base import DEFAULT_BATCH_SIZE, BuildContext, Sink
 from qualys_collector.sinks.drain import Drainer
 from qualys_collector.sinks.file import FileSink
 from qualys_collector.sinks.registry import build_sink
@@ -59,6 +59,12 @@ def build_sinks(config: CollectorConfig, state_dir: Path) -> list[Sink]:
         return [FileSink(DEFAULT_OUTPUT, default_events_path(state_dir))]
     context = BuildContext(state_dir=state_dir, config_path=config.source_path)
     return [build_sink(name, output, context) for name, output in config.outputs.items()]
+
+
+def batch_size(config: CollectorConfig, output: str) -> int:
+    """``outputs.<output>.batch_size`` (the default for an output the configuration does not list)."""
+    block = config.outputs.get(output) if config.outputs else None
+    return block.batch_size if block is not None else DEFAULT_BATCH_SIZE
 
 
 def http_settings(connection: Connection) -> HttpSettings:
@@ -267,7 +273,10 @@ class Collector:
             if jobs is not None
             else build_jobs(config, stop=self.stop, observer=self.observer, clock=clock, sleep=sleep, clients=client)
         )
-        self.drainers = [Drainer(self.outbox, sink, observer=self.observer) for sink in self.sinks]
+        self.drainers = [
+            Drainer(self.outbox, sink, observer=self.observer, batch_size=batch_size(config, sink.name))
+            for sink in self.sinks
+        ]
         if self.metrics is not None and config.globals.metrics is not None:
             self._watch(self.metrics, config.globals.metrics.delivery_stall_seconds)
         self.scheduler = Scheduler(

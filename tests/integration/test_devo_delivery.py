@@ -338,6 +338,36 @@ def test_devo_output_from_the_seed_config_layout(tmp_path: Path, certs: Certs, r
     assert len(relay.wait_for(5)) == 5
 
 
+def test_an_outputs_batch_size_is_the_events_per_delivery_batch(tmp_path: Path, certs: Certs, relay: Rsyslog) -> None:
+    raw = raw_config(
+        tmp_path / "state",
+        qualys=vm_input("http://127.0.0.1:1", {"host_list": {}}),
+        outputs={
+            "devo": {
+                "type": "devo_platform",
+                "batch_size": 4,
+                "config": {
+                    "address": "127.0.0.1",
+                    "port": relay.port,
+                    "chain": str(certs.chain),
+                    "cert": str(certs.client_cert),
+                    "key": str(certs.client_key),
+                },
+            },
+            "file": {"type": "file", "config": {"path": str(tmp_path / "out.jsonl")}},
+        },
+    )
+    collector = Collector(build_config(raw, warnings=[]), jobs=[])
+    fill(collector.outbox, 10)
+    devo, file = collector.drainers
+    assert devo.drain_once() == 4  # one batch: 4 events confirmed, 6 still pending for this output
+    assert collector.outbox.pending("devo") == 6
+    assert file.drain_once() == 10  # the default batch size (1,000) takes them all
+    assert [devo.drain_once() for _ in range(3)] == [4, 2, 0]
+    collector.close()
+    assert len(relay.wait_for(10)) == 10
+
+
 def test_check_command_reports_what_works(make_sim: SimFactory, tmp_path: Path, certs: Certs, relay: Rsyslog) -> None:
     from click.testing import CliRunner
 

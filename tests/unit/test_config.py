@@ -250,6 +250,7 @@ BAD = [
     ),
     ("    id: 12345", "    id: 'a b'", "inputs.qualys.id: id must be 1-32 letters", 10),
     ("      port: 443", "      port: 99999", "outputs.devo_1.config.port", 10),
+    ("    type: devo_platform", "    type: devo_platform\n    batch_size: 0", "outputs.devo_1.batch_size", 10),
 ]
 
 

@@ -17,6 +17,7 @@ from pydantic_core import PydanticUndefined
 from qualys_collector.config import schema
 from qualys_collector.services.catalog import SERVICES
 from qualys_collector.services.options import ObfuscationRule, ServiceOptions, StrictOptions
+from qualys_collector.sinks.base import OutputBlock
 from qualys_collector.sinks.registry import OUTPUT_TYPES
 
 SECTIONS: list[tuple[str, type[BaseModel]]] = [
@@ -24,6 +25,7 @@ SECTIONS: list[tuple[str, type[BaseModel]]] = [
     ("globals.persistence", schema.Persistence),
     ("globals.persistence.config", schema.PersistenceOptions),
     ("globals.metrics", schema.MetricsOptions),
+    ("outputs.<name>", OutputBlock),
     *(
         (f"outputs.<name> with type: {output.name} — config", output.options)
         for output in OUTPUT_TYPES

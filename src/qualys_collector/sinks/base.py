@@ -17,7 +17,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any, Protocol
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from qualys_collector.errors import DeliveryError
 from qualys_collector.model import StoredEvent
@@ -103,10 +103,22 @@ class OutputOptions(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, str_strip_whitespace=True)
 
 
+#: Events per delivery batch unless ``outputs.<name>.batch_size`` says otherwise.
+DEFAULT_BATCH_SIZE = 1000
+
+
 class OutputBlock(OutputOptions):
-    """One ``outputs.<name>`` block: each output type narrows ``type`` to its literal and adds ``config``."""
+    """One ``outputs.<name>`` block: ``type``, its ``config``, and ``batch_size`` (events per delivery batch: the
+    bound on copies re-sent after a batch written but not confirmed).
+
+    Each output type narrows ``type`` to its literal and adds ``config``. ``batch_size`` is the events read from
+    the outbox per delivery batch. A batch is acknowledged whole or not at all, so it is also the duplicate
+    bound: a batch written but not confirmed is re-sent at most once, at most ``batch_size`` copies. Larger
+    batches mean fewer sessions (one TLS handshake each) per event.
+    """
 
     type: str
+    batch_size: int = Field(default=DEFAULT_BATCH_SIZE, ge=1, le=100_000)
 
 
 @dataclass(frozen=True)
