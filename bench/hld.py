@@ -13,6 +13,7 @@
     python bench/hld.py --quick                 # 100k and 200k detections
     python bench/hld.py --parse-processes 2     # answers parsed in two child processes (opt-in)
     python bench/hld.py --baseline main --repeat 2   # A/B: another commit's collector on the same data, alternated
+    python bench/hld.py --output batch_size=5000     # a key of the Devo output block (this side of an A/B only)
 
 The last line is machine-readable: ``detections_per_s=N parse_limit_ratio=R script_ratio=S rss_mb_small=A
 rss_mb_large=B collector_cpu_s_per_million=C parse_cpu_s_per_million=P cpu_vs_parse=V`` (with ``--baseline``
@@ -52,13 +53,17 @@ def count_lines(path: Path, needle: bytes) -> int:
         return sum(1 for line in handle if needle in line)
 
 
-def collector_config(sim: Simulator, workdir: Path, relay: Rsyslog, service: dict[str, Any]) -> Path:
-    """A config file for one collector run against ``sim`` and ``relay``; ``service`` adds HLD options."""
+def collector_config(
+    sim: Simulator, workdir: Path, relay: Rsyslog, service: dict[str, Any], output: dict[str, Any] | None = None
+) -> Path:
+    """A config file for one collector run against ``sim`` and ``relay``; ``service`` adds HLD options, ``output``
+    keys of the Devo output block (``batch_size``)."""
     config = {
         "globals": {"persistence": {"config": {"directory_name": str(workdir / "state")}}},
         "outputs": {
             "devo": {
                 "type": "devo_platform",
+                **(output or {}),
                 "config": {
                     "address": "127.0.0.1",
                     "port": relay.port,
@@ -90,6 +95,7 @@ def end_to_end(
     expected: int,
     service: dict[str, Any],
     *,
+    output: dict[str, Any] | None = None,
     pythonpath: Path | None = None,
 ) -> dict[str, float]:
     """One collector run (``run --once``) into a fresh rsyslog: wall seconds until rsyslog holds every detection,
@@ -98,7 +104,7 @@ def end_to_end(
     relay.start()
     try:
         assert relay.proc is not None
-        path = collector_config(sim, workdir, relay, service)
+        path = collector_config(sim, workdir, relay, service, output)
         env = dict(os.environ)
         if pythonpath is not None:  # another commit's collector (the A/B baseline)
             env["PYTHONPATH"] = os.pathsep.join([str(pythonpath), *filter(None, [env.get("PYTHONPATH")])])
@@ -185,7 +191,15 @@ def baseline_tree(ref: str, root: Path) -> Path:
 
 
 def measure(
-    hosts: int, root: Path, certs: Certs, *, compare: bool, service: dict[str, Any], baseline: Path | None, repeat: int
+    hosts: int,
+    root: Path,
+    certs: Certs,
+    *,
+    compare: bool,
+    service: dict[str, Any],
+    output: dict[str, Any],
+    baseline: Path | None,
+    repeat: int,
 ) -> dict[str, Any]:
     """The collector (and the baseline, alternated) ``repeat`` times against one simulator; the parse floor and
     the plain script on the same data when ``compare``."""
@@ -196,8 +210,17 @@ def measure(
         for n in range(repeat):
             for name in ("new", "baseline") if baseline is not None else ("new",):
                 workdir = root / f"{name}-{hosts}-{n}"
+                old = name != "new"
                 runs[name].append(
-                    end_to_end(sim, workdir, certs, expected, service, pythonpath=baseline if name != "new" else None)
+                    end_to_end(
+                        sim,
+                        workdir,
+                        certs,
+                        expected,
+                        service,
+                        output=None if old else output,
+                        pythonpath=baseline if old else None,
+                    )
                 )
         result: dict[str, Any] = {"detections": expected, "runs": runs, "sim_start_s": sim.start_s}
         if compare:
@@ -236,6 +259,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="100k and 200k detections")
     parser.add_argument("--parse-processes", type=int, default=None, help="the collector's parse_processes")
     parser.add_argument("--option", action="append", default=[], help="another HLD option, KEY=JSON (repeatable)")
+    parser.add_argument("--output", action="append", default=[], help="a Devo output key, KEY=JSON (batch_size)")
     parser.add_argument("--baseline", help="a git ref: its collector runs on the same data, alternated (A/B)")
     parser.add_argument("--repeat", type=int, default=1, help="collector runs per size (and per side of the A/B)")
     parser.add_argument("--hosts", type=int, nargs=2, metavar=("SMALL", "LARGE"), help="hosts of each size (x10)")
@@ -246,17 +270,18 @@ def main() -> None:
     for option in args.option:
         key, _, value = option.partition("=")
         service[key] = json.loads(value)
+    output = {key: json.loads(value) for key, _, value in (o.partition("=") for o in args.output)}
     small, large = args.hosts or ((10_000, 20_000) if args.quick else (10_000, 100_000))
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         certs = Certs.mint(root / "certs")
         baseline = baseline_tree(args.baseline, root) if args.baseline else None
-        common = {"service": service, "baseline": baseline, "repeat": args.repeat}
+        common = {"service": service, "output": output, "baseline": baseline, "repeat": args.repeat}
         results = [
             measure(small, root, certs, compare=False, **common),
             measure(large, root, certs, compare=True, **common),
         ]
-    print(f"collector: default configuration{' + ' + json.dumps(service) if service else ''}")
+    print(f"collector: default configuration + HLD {json.dumps(service)}, output {json.dumps(output)}")
     for r in results:
         n = r["detections"]
         print(f"{n:,} detections (simulator start {r['sim_start_s']:.2f} s, peak RSS {r['sim_rss_mb']:.0f} MB):")
