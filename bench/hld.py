@@ -217,7 +217,7 @@ def measure(
                         workdir,
                         certs,
                         expected,
-                        service,
+                        {} if old else service,
                         output=None if old else output,
                         pythonpath=baseline if old else None,
                     )
@@ -257,8 +257,8 @@ def report(label: str, r: dict[str, float], n: int) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="100k and 200k detections")
-    parser.add_argument("--parse-processes", type=int, default=None, help="the collector's parse_processes")
-    parser.add_argument("--option", action="append", default=[], help="another HLD option, KEY=JSON (repeatable)")
+    parser.add_argument("--parse-processes", type=int, default=None, help="parse_processes (this side only)")
+    parser.add_argument("--option", action="append", default=[], help="an HLD option, KEY=JSON (this side only)")
     parser.add_argument("--output", action="append", default=[], help="a Devo output key, KEY=JSON (batch_size)")
     parser.add_argument("--baseline", help="a git ref: its collector runs on the same data, alternated (A/B)")
     parser.add_argument("--repeat", type=int, default=1, help="collector runs per size (and per side of the A/B)")

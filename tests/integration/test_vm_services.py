@@ -115,6 +115,34 @@ def test_parsing_processes_give_the_same_events_as_parsing_in_the_workers(sim: S
     assert by_key(in_processes) == expected
 
 
+def test_every_parse_path_delivers_byte_identical_events(sim: Simulator, tmp_path: Path) -> None:
+    """Parsing in the workers, one answer at a time, or in parsing processes: the same delivered lines, byte for byte
+    (the clock is frozen, so even ``@devo_pulling_id`` agrees)."""
+    lines: dict[str, list[str]] = {}
+    for name, option in {
+        "threads": {"parse": "threads"},
+        "one_at_a_time": {"parse": "one_at_a_time"},
+        "processes": {"parse_processes": 2},
+    }.items():
+        services = {
+            "host_list_detection": {
+                "start_time_utc": START,
+                "truncation_limit": 7,
+                "batch_size": 9,
+                "results_max_length": 100,
+                "filters": ALL,
+                **option,
+            }
+        }
+        run = Run(sim=sim, url=start_sim(sim), state=tmp_path / name, services=services)
+        assert run.cycle()
+        written = (tmp_path / name / "events.jsonl").read_text(encoding="utf-8").splitlines()
+        lines[name] = sorted(line for line in written if '"tag":"vuln.qualys.hostdetections"' in line)
+    assert len(lines["threads"]) == len(sim.truth("host_list_detection", None, NOW))
+    assert lines["one_at_a_time"] == lines["threads"]
+    assert lines["processes"] == lines["threads"]
+
+
 def test_status_filter_is_sent_to_qualys(sim: Simulator, tmp_path: Path) -> None:
     r = run(sim, tmp_path, {"host_list_detection": {"start_time_utc": START, "filters": {"status": ["Fixed"]}}})
     assert r.cycle()

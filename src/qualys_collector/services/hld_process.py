@@ -20,7 +20,8 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -153,6 +154,30 @@ def spooled_host_pages(
                     yield ("r", Record(data=item[2], key=item[1])) if item[0] == "r" else (item[0], item[1])
 
     return host_pages(client, path, params, token, converter(results_max_length), what, read)
+
+
+def one_at_a_time_host_pages(
+    client: VmClient,
+    lock: threading.Lock,
+    path: str,
+    params: dict[str, str],
+    token: JSON | None,
+    convert: Callable[[dict[str, Any]], list[Record]],
+    what: str,
+) -> Iterator[Page]:
+    """:func:`~qualys_collector.qualys.vm_hosts.host_pages` with the answers fetched side by side and parsed one at a
+    time: each answer is streamed into a spool file (memory stays flat), then parsed and converted while ``lock``
+    is held, so no two threads of the interpreter parse at once (``parse: one_at_a_time``)."""
+
+    def read(request: dict[str, str]) -> Iterator[AnswerItem]:
+        with tempfile.TemporaryFile(prefix="qualys-collector-") as spool:
+            with client.open(path, request) as response:
+                shutil.copyfileobj(client.body(path, response), spool, 1 << 20)
+            spool.seek(0)
+            with lock:
+                yield from answer_items(spool, convert)
+
+    return host_pages(client, path, params, token, convert, what, read)
 
 
 def main() -> None:

@@ -18,6 +18,7 @@ for every window, are what to alarm on.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Iterator, Mapping
 from datetime import datetime, timedelta
@@ -34,7 +35,7 @@ from qualys_collector.qualys.kb import DEFAULT_KB_VERSION
 from qualys_collector.qualys.vm import VmClient
 from qualys_collector.qualys.vm_hosts import host_pages, server_time, window_params
 from qualys_collector.qualys.xml import iter_elements
-from qualys_collector.services.hld_process import ParsePool, spooled_host_pages
+from qualys_collector.services.hld_process import ParsePool, one_at_a_time_host_pages, spooled_host_pages
 from qualys_collector.services.kb_enrich import stages as kb_stages
 from qualys_collector.services.options import Flag, ServiceEntry, ServiceOptions, StrictOptions, flag
 
@@ -85,6 +86,9 @@ class HostListDetectionOptions(ServiceOptions):
     batch_size: int = Field(default=500, ge=1, le=1000)
     max_workers: int | None = Field(default=None, ge=1, le=64)
     parse_processes: int = Field(default=0, ge=0, le=64)
+    #: ``threads``: each batch worker parses its answer as it streams; ``one_at_a_time``: answers are fetched side
+    #: by side into spool files and parsed one at a time (no two threads parse at once).
+    parse: Literal["threads", "one_at_a_time"] = "threads"
     summary_tag: str | None = None
     filters: DetectionFilters = DetectionFilters()
     #: Each detection gets its QID's KnowledgeBase fields under ``KB`` (services/kb_enrich.py).
@@ -145,6 +149,7 @@ class BatchedDetectionSource(HostDetectionSource):
         self.list_path = f"/api/{options.api_version}/fo/asset/host/"
         self.key = "asset/host/vm/detection"
         self._pool: ParsePool | None = None
+        self._parse_lock = threading.Lock()
 
     def parse_pool(self) -> ParsePool | None:
         """The parsing processes (``parse_processes``; started on first use, kept for the next cycles), or
@@ -191,6 +196,10 @@ class BatchedDetectionSource(HostDetectionSource):
         """The pages of one batch, from its last committed ``id_min`` when resuming."""
         start = token if token is None or isinstance(token, dict) else {"id_min": token}  # older state: a bare id
         params = self.batch_params(window, batch)
+        if pool is None and self.options.parse == "one_at_a_time":
+            return one_at_a_time_host_pages(
+                self.client, self._parse_lock, self.path, params, start, self.convert, "host detections"
+            )
         if pool is None:
             return host_pages(self.client, self.path, params, start, self.convert, "host detections")
         return spooled_host_pages(
