@@ -14,6 +14,7 @@
     python bench/hld.py --parse-processes 2     # answers parsed in two child processes (opt-in)
     python bench/hld.py --baseline main --repeat 2   # A/B: another commit's collector on the same data, alternated
     python bench/hld.py --output batch_size=5000     # a key of the Devo output block (this side of an A/B only)
+    python bench/hld.py --ref HEAD --baseline main   # this side from a commit too (edit the tree while it runs)
 
 The last line is machine-readable: ``detections_per_s=N parse_limit_ratio=R script_ratio=S rss_mb_small=A
 rss_mb_large=B collector_cpu_s_per_million=C parse_cpu_s_per_million=P cpu_vs_parse=V`` (with ``--baseline``
@@ -178,10 +179,10 @@ def plain_script(sim: Simulator, out: Path, expected: int) -> float:
     return seconds
 
 
-def baseline_tree(ref: str, root: Path) -> Path:
+def baseline_tree(ref: str, root: Path, name: str = "baseline") -> Path:
     """``src`` of another commit of this repository, extracted beside (its collector runs from there)."""
     repo = Path(__file__).resolve().parents[1]
-    target = root / "baseline"
+    target = root / name
     target.mkdir()
     archive = subprocess.run(
         ["git", "-C", str(repo), "archive", ref, "src/qualys_collector"], check=True, capture_output=True
@@ -200,6 +201,7 @@ def measure(
     output: dict[str, Any],
     baseline: Path | None,
     repeat: int,
+    new: Path | None = None,
 ) -> dict[str, Any]:
     """The collector (and the baseline, alternated) ``repeat`` times against one simulator; the parse floor and
     the plain script on the same data when ``compare``."""
@@ -219,7 +221,7 @@ def measure(
                         expected,
                         {} if old else service,
                         output=None if old else output,
-                        pythonpath=baseline if old else None,
+                        pythonpath=baseline if old else new,
                     )
                 )
         result: dict[str, Any] = {"detections": expected, "runs": runs, "sim_start_s": sim.start_s}
@@ -261,6 +263,7 @@ def main() -> None:
     parser.add_argument("--option", action="append", default=[], help="an HLD option, KEY=JSON (this side only)")
     parser.add_argument("--output", action="append", default=[], help="a Devo output key, KEY=JSON (batch_size)")
     parser.add_argument("--baseline", help="a git ref: its collector runs on the same data, alternated (A/B)")
+    parser.add_argument("--ref", help="run this side from a git ref (default: the working tree)")
     parser.add_argument("--repeat", type=int, default=1, help="collector runs per size (and per side of the A/B)")
     parser.add_argument("--hosts", type=int, nargs=2, metavar=("SMALL", "LARGE"), help="hosts of each size (x10)")
     args = parser.parse_args()
@@ -276,7 +279,8 @@ def main() -> None:
         root = Path(tmp)
         certs = Certs.mint(root / "certs")
         baseline = baseline_tree(args.baseline, root) if args.baseline else None
-        common = {"service": service, "output": output, "baseline": baseline, "repeat": args.repeat}
+        new = baseline_tree(args.ref, root, "new") if args.ref else None
+        common = {"service": service, "output": output, "baseline": baseline, "repeat": args.repeat, "new": new}
         results = [
             measure(small, root, certs, compare=False, **common),
             measure(large, root, certs, compare=True, **common),
