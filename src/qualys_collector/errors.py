@@ -30,6 +30,9 @@ ERROR_TYPES: dict[int, str] = {
     10: "ConfigError",
     11: "ConfigError",
     12: "ConfigError",
+    13: "ConfigError",
+    14: "ConfigError",
+    15: "ConfigError",
     100: "SetupError",
     101: "SetupError",
     102: "SetupError",
@@ -86,7 +89,9 @@ class ConfigError(CollectorError):
     kind = "ConfigError"
 
     def __init__(self, path: str, message: str, *, fix: str | None = None, code: int | None = None) -> None:
-        """10: a key or value, 11: the file itself (missing, unreadable, not YAML/JSON), 12: an alias bomb;
+        """10: a key or value, 11: the file itself (missing, unreadable, not YAML/JSON), 12: an alias bomb,
+        13: a Qualys parameter the service's ``api_version`` does not offer, 14: ``extra_params`` names a
+        parameter the collector sends itself (or a typed option), 15: a combination Qualys refuses;
         1-3: the seeds' InitVariablesError (``start_time_utc``)."""
         super().__init__(f"{path}: {message}" if path else message, code=code or 10, fix=fix or CONFIG_FIX)
         self.path = path

@@ -25,6 +25,7 @@ from qualys_collector.model import SEED_DATETIME_FORMAT, utcnow
 from qualys_collector.redact import is_secret_key, register_secret
 from qualys_collector.services.catalog import options_models
 from qualys_collector.services.options import ServiceOptions
+from qualys_collector.services.vm_params import ERROR_TYPE as COLLECTOR_ERROR
 from qualys_collector.sinks.registry import output_type_names
 
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
@@ -279,17 +280,22 @@ def _read_secret_file(value: Any, path: str, base_dir: Path) -> str:
 
 
 def _config_error(exc: ValidationError, prefix: str) -> ConfigError:
-    lines = []
+    lines: list[str] = []
+    code: int | None = None
+    fix: str | None = None
     for error in exc.errors():
         parts = [str(part) for part in error["loc"] if not str(part).startswith("function-")]
-        loc = ".".join(_drop_output_type(parts))
+        own = error.get("ctx", {}) if error["type"] == COLLECTOR_ERROR else {}
+        loc = ".".join([*_drop_output_type(parts), *([str(own["key"])] if own.get("key") else [])])
         key_path = ".".join(part for part in (prefix, loc) if part)
+        if own and not lines:  # a check of our own carries its number and fix (errors 13-15)
+            code, fix = int(own["code"]), str(own["fix"])
         message = str(error["msg"]).removeprefix("Value error, ")
         value = error.get("input")
         shown = ""
         plain = isinstance(value, str | int | float | bool) or value is None
         secretive = any(is_secret_key(part) or part in ("credentials", "proxy") for part in key_path.split("."))
-        if error["type"] not in ("missing", "extra_forbidden") and not secretive and plain:
+        if error["type"] not in ("missing", "extra_forbidden", COLLECTOR_ERROR) and not secretive and plain:
             shown = f" (got {value!r})"
         if error["type"] == "extra_forbidden":
             message = "unknown key; check its spelling and its place in the file (see README, Configuration)"
@@ -300,7 +306,7 @@ def _config_error(exc: ValidationError, prefix: str) -> ConfigError:
     path, _, message = first.partition(": ")
     if rest:
         message = message + "\n  " + "\n  ".join(rest)
-    return ConfigError(path, message)
+    return ConfigError(path, message, code=code, fix=fix)
 
 
 def _drop_output_type(parts: list[str]) -> list[str]:

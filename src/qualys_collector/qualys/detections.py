@@ -28,6 +28,7 @@ IDENTITY_FIELDS = (
     "CLOUD_RESOURCE_ID",
     "EC2_INSTANCE_ID",
     "TAGS",
+    "METADATA",  # cloud metadata (EC2/AZURE/GOOGLE attributes) with host_metadata
     "CLOUD_PROVIDER_TAGS",
     "ASSET_GROUP_LIST",
     "LAST_SCAN_DATETIME",

@@ -13,7 +13,8 @@ from qualys_collector.model import JSON, Page, Record, Window
 from qualys_collector.qualys.detections import host_key
 from qualys_collector.qualys.vm import VmClient
 from qualys_collector.qualys.vm_hosts import host_pages, window_params
-from qualys_collector.services.options import Flag, ServiceEntry, ServiceOptions, StrictOptions, flag
+from qualys_collector.services.options import Flag, ServiceEntry, flag
+from qualys_collector.services.vm_params import COMMON_OWNED, VERSION_PATTERN, HostListParams, VmOptions
 
 SPEC = ServiceSpec(
     name="host_list",
@@ -24,8 +25,9 @@ SPEC = ServiceSpec(
 )
 
 
-class HostListFilters(StrictOptions):
-    """The seed's host list filters."""
+class HostListFilters(HostListParams):
+    """The seed's host list filters, and the typed Qualys parameters of
+    :class:`~qualys_collector.services.vm_params.HostListParams` (TruRisk, asset criticality, host scope)."""
 
     details: Literal["Basic", "Basic/AGs", "All", "All/AGs"] = "All"
     show_asset_id: Flag = 1
@@ -35,10 +37,14 @@ class HostListFilters(StrictOptions):
     _flags = field_validator("show_asset_id", "show_tags", "show_cloud_tags", mode="before")(flag)
 
 
-class HostListOptions(ServiceOptions):
+class HostListOptions(VmOptions):
     """``host_list``."""
 
-    api_version: str = "5.0"
+    KNOWN_VERSIONS = ("2.0", "3.0", "4.0", "5.0")
+    OWNED = COMMON_OWNED | {"ids"}
+    OWNED_PREFIXES = ("vm_processed_",)
+
+    api_version: str = Field(default="5.0", pattern=VERSION_PATTERN)
     truncation_limit: int = Field(default=1000, ge=1, le=1_000_000)
     filters: HostListFilters = HostListFilters()
 
@@ -58,13 +64,10 @@ class HostListSource:
 
     def params(self, window: Window) -> dict[str, str]:
         """The request for one window."""
-        f = self.options.filters
         return {
             "action": "list",
-            "details": f.details,
-            "show_asset_id": str(f.show_asset_id),
-            "show_tags": str(f.show_tags),
-            "show_cloud_tags": str(f.show_cloud_tags),
+            **self.options.filters.wire(),  # the seed's four, then the typed parameters that are set
+            **self.options.extra_params,
             "truncation_limit": str(self.options.truncation_limit),
             **window_params(window.start, window.end),
         }

@@ -37,7 +37,8 @@ from qualys_collector.qualys.vm_hosts import host_pages, server_time, window_par
 from qualys_collector.qualys.xml import iter_elements
 from qualys_collector.services.hld_process import ParsePool, one_at_a_time_host_pages, spooled_host_pages
 from qualys_collector.services.kb_enrich import stages as kb_stages
-from qualys_collector.services.options import Flag, ServiceEntry, ServiceOptions, StrictOptions, flag
+from qualys_collector.services.options import Flag, ServiceEntry, flag
+from qualys_collector.services.vm_params import COMMON_OWNED, VERSION_PATTERN, DetectionParams, VmOptions
 
 logger = logging.getLogger("qualys_collector.puller")
 #: The service's own counters, kept in the page token beside the engine's batch progress.
@@ -56,8 +57,11 @@ DetectionStatus = Literal["New", "Active", "Fixed", "Re-Opened"]
 ALL_STATUSES: tuple[DetectionStatus, ...] = ("New", "Active", "Fixed", "Re-Opened")
 
 
-class DetectionFilters(StrictOptions):
-    """The seed's host list detection filters (``details`` appears in its example; it is ignored)."""
+class DetectionFilters(DetectionParams):
+    """The seed's host list detection filters (``details`` appears in its example; it is ignored), and the
+    typed Qualys parameters of :class:`~qualys_collector.services.vm_params.DetectionParams`."""
+
+    NOT_SENT = frozenset({"details"})
 
     status: list[DetectionStatus] = Field(default_factory=lambda: list(ALL_STATUSES))
     show_asset_id: Flag = 1
@@ -75,11 +79,15 @@ class DetectionFilters(StrictOptions):
         return value
 
 
-class HostListDetectionOptions(ServiceOptions):
+class HostListDetectionOptions(VmOptions):
     """``host_list_detection``. ``enrich`` (default true) adds each detection's KnowledgeBase fields under ``KB``
     (README, "KnowledgeBase"), fetched on demand with the ``knowledge_base`` service's ``api_version``."""
 
-    api_version: str = "5.0"
+    KNOWN_VERSIONS = ("2.0", "3.0", "4.0", "5.0")
+    OWNED = COMMON_OWNED | {"ids", "suppress_duplicated_data_from_csv"}
+    OWNED_PREFIXES = ("vm_processed_", "detection_updated_")
+
+    api_version: str = Field(default="5.0", pattern=VERSION_PATTERN)
     truncation_limit: int = Field(default=1000, ge=1, le=1_000_000)
     results_max_length: int | None = Field(default=None, ge=64)
     parallel: bool = True
@@ -116,13 +124,10 @@ class HostDetectionSource:
 
     def params(self, window: Window) -> dict[str, str]:
         """The request for one window."""
-        f = self.options.filters
         return {
             "action": "list",
-            "status": ",".join(f.status),
-            "show_asset_id": str(f.show_asset_id),
-            "show_tags": str(f.show_tags),
-            "show_reopened_info": str(f.show_reopened_info),
+            **self.options.filters.wire(),  # the seed's four, then the typed parameters that are set
+            **self.options.extra_params,
             "truncation_limit": str(self.options.truncation_limit),
             **window_params(window.start, window.end),
         }
@@ -169,6 +174,7 @@ class BatchedDetectionSource(HostDetectionSource):
         params = {
             "action": "list",
             "details": "None",
+            **self.options.filters.host_filters(),  # the same hosts as the detection requests ask for
             "truncation_limit": "0",
             **window_params(window.start, window.end),
         }

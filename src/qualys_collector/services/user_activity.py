@@ -19,7 +19,8 @@ from qualys_collector.errors import DataError
 from qualys_collector.model import JSON, Page, Record, Window, content_key, format_seed_datetime, parse_seed_datetime
 from qualys_collector.qualys.paging import guard_progress, url_cursor
 from qualys_collector.qualys.vm import VmClient
-from qualys_collector.services.options import ServiceEntry, ServiceOptions
+from qualys_collector.services.options import ServiceEntry
+from qualys_collector.services.vm_params import COMMON_OWNED, VERSION_PATTERN, VmOptions
 
 SPEC = ServiceSpec(
     name="user_activity",
@@ -30,10 +31,13 @@ SPEC = ServiceSpec(
 )
 
 
-class UserActivityOptions(ServiceOptions):
+class UserActivityOptions(VmOptions):
     """``user_activity``."""
 
-    api_version: str = "2.0"
+    KNOWN_VERSIONS = ("2.0",)
+    OWNED = COMMON_OWNED | {"since_datetime", "until_datetime"}
+
+    api_version: str = Field(default="2.0", pattern=VERSION_PATTERN)
     truncation_limit: int = Field(default=1000, ge=1, le=1_000_000)
 
 
@@ -80,6 +84,7 @@ class ActivitySource:
             "output_format": "CSV",
             "since_datetime": format_seed_datetime(window.start),
             "until_datetime": format_seed_datetime(window.end),
+            **self.options.extra_params,
             "truncation_limit": str(self.options.truncation_limit),
         }
 

@@ -11,11 +11,14 @@ from collections.abc import Iterator
 from datetime import datetime, timedelta
 from typing import Any
 
+from pydantic import Field
+
 from qualys_collector.engine.source import CursorMode, ServiceSpec
 from qualys_collector.model import JSON, Page, Record, Window, format_seed_datetime, parse_seed_datetime
 from qualys_collector.qualys.vm import VmClient
 from qualys_collector.qualys.xml import element_to_value, iter_elements
-from qualys_collector.services.options import ServiceEntry, ServiceOptions
+from qualys_collector.services.options import ServiceEntry
+from qualys_collector.services.vm_params import COMMON_OWNED, VERSION_PATTERN, VmOptions
 
 logger = logging.getLogger("qualys_collector.puller")
 
@@ -28,10 +31,14 @@ SPEC = ServiceSpec(
 )
 
 
-class VmScansOptions(ServiceOptions):
+class VmScansOptions(VmOptions):
     """``vm_scans``."""
 
-    api_version: str = "3.0"
+    KNOWN_VERSIONS = ("2.0", "3.0")
+    #: the window and the fields the state tracking reads (STATUS, OPTION_PROFILE)
+    OWNED = COMMON_OWNED | {"launched_after_datetime", "launched_before_datetime", "show_status", "show_op"}
+
+    api_version: str = Field(default="3.0", pattern=VERSION_PATTERN)
 
 
 FINAL_STATES = frozenset({"Finished", "Error", "Canceled"})
@@ -57,6 +64,7 @@ class ScanSource:
 
     def __init__(self, client: VmClient, options: VmScansOptions) -> None:
         self.client = client
+        self.extra_params = options.extra_params
         self.path = f"/api/{options.api_version}/fo/scan/"
 
     def _list(self, after: datetime, before: datetime) -> list[dict[str, Any]]:
@@ -66,6 +74,7 @@ class ScanSource:
             "launched_before_datetime": format_seed_datetime(before),
             "show_op": "1",
             "show_status": "1",
+            **self.extra_params,
         }
 
         def fetch(_token: JSON | None) -> Iterator[Page]:
