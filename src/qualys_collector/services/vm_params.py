@@ -82,6 +82,8 @@ class WireParams(StrictOptions):
     (``(first, last)``, ``None`` for unbounded); the others are offered by every version."""
 
     VERSIONS: ClassVar[dict[str, tuple[str | None, str | None]]] = {}
+    #: What replaced a parameter in later API versions.
+    SUCCESSORS: ClassVar[dict[str, str]] = {}
     #: Fields accepted but never sent (the seed's ``details`` under host list detection).
     NOT_SENT: ClassVar[frozenset[str]] = frozenset()
 
@@ -102,7 +104,10 @@ class WireParams(StrictOptions):
             if first is not None and have < version(first):
                 return name, f"it needs api_version {first} or later: raise api_version or remove it"
             if last is not None and have > version(last):
-                return name, f"api_version {last} is the last that offers it: remove it, or use its successor"
+                instead = self.SUCCESSORS.get(name)
+                return name, f"api_version {last} is the last that offers it: " + (
+                    f"use {instead} instead, or api_version: {last}" if instead else "remove it"
+                )
         return None
 
 
@@ -235,6 +240,9 @@ class DetectionParams(HostScope):
         "show_arf_data": ("3.0", None),
         "arf_filter_keys": ("3.0", None),
     }
+    SUCCESSORS: ClassVar[dict[str, str]] = dict.fromkeys(
+        ("arf_kernel_filter", "arf_service_filter", "arf_config_filter"), "show_arf_data: 1 with arf_filter_keys"
+    )
 
     show_qds: Flag = 1
     show_qds_factors: Flag = 1

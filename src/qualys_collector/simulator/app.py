@@ -17,6 +17,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from email.utils import formatdate
+from itertools import chain
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -79,6 +80,8 @@ class Simulator:
         self.statuses: Counter[str] = Counter()
         #: every VM API call that passed authentication and the limits: (resource, parameters), in arrival order
         self.vm_calls: list[tuple[str, dict[str, str]]] = []
+        #: the same calls with their method and path (API version included): what reached the wire
+        self.request_log: list[dict[str, Any]] = []
         self.tokens_issued = 0
         self._endpoints: dict[str, _Endpoint] = {}
         self._lock = threading.Lock()
@@ -161,7 +164,7 @@ class Simulator:
         if match:
             if match.group(2) == KB_RESOURCE and match.group(1) not in vm.KB_VERSIONS:
                 return Response("Not Found", status=404, content_type="text/plain")  # no KnowledgeBase 5.0
-            return self._vm(request, match.group(2))
+            return self._vm(request, match.group(2), match.group(1))
         if path == "/auth":
             return self._auth(request)
         if path.startswith("/fim/"):
@@ -184,7 +187,7 @@ class Simulator:
             return False
         return user == self.username and password == self.password
 
-    def _vm(self, request: Request, resource: str) -> Response:
+    def _vm(self, request: Request, resource: str, version: str = "5.0") -> Response:
         now = self.now()
         if self.require_requested_with and not request.headers.get("X-Requested-With"):
             return self._xml(400, vm.simple_return(1903, "Missing required header: X-Requested-With", now))
@@ -220,6 +223,7 @@ class Simulator:
             params = self._params(request)
             with self._lock:
                 self.vm_calls.append((resource, params))
+                self.request_log.append({"method": request.method, "path": request.path, "params": params})
             base_url = f"{request.host_url.rstrip('/')}{request.path}"
             if resource == "scan":
                 chunks: Iterator[str] = vm.scan_list(self.data, now, params)
@@ -228,7 +232,9 @@ class Simulator:
             elif resource == KB_RESOURCE:
                 chunks = vm.kb_list(self.data, now, params)
             else:
-                chunks = vm.host_list(self.data, now, params, base_url, detection=resource.endswith("detection"))
+                chunks = vm.host_list(
+                    self.data, now, params, base_url, detection=resource.endswith("detection"), version=version
+                )
             first = next(chunks)  # parameter errors surface before the status line
         except BaseException:
             self._release(key)
@@ -419,6 +425,25 @@ class Simulator:
         if service == "fim_incidents":
             return {i["id"] for i in self.fim.incidents() if ms(lo) <= i["lastUpdatedBy"]["date"] < ms(hi)}
         raise ValueError(f"unknown service {service!r}")
+
+    def detection_truth(
+        self, start: datetime | None = None, end: datetime | None = None
+    ) -> dict[str, tuple[dict[str, Any], dict[str, Any]]]:
+        """Every detection of hosts processed in ``[start, end)``, by key: ``(host fields, detection)``, including
+        those Qualys shows only when asked (their ``@shown_by`` names the parameter). A detection's ``QDS`` is its
+        score, ``QDS_FACTORS`` the index of its factors in ``QDS_FACTOR_SETS`` (the tests' ground truth)."""
+        lo = start or datetime.min.replace(tzinfo=UTC)
+        hi = end or datetime.max.replace(tzinfo=UTC)
+        out: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {}
+        for host, scan, processed in self.data.hosts_processed(self.now(), None, None):
+            if not lo <= processed < hi:
+                continue
+            fields = self.data.host_fields(host, scan, processed)
+            for d in chain(
+                self.data.detections(host, scan, processed), self.data.hidden_detections(host, scan, processed)
+            ):
+                out[f"{host.id}:{d['UNIQUE_VULN_ID']}"] = (fields, d)
+        return out
 
     # ------------------------------------------------------------------ serving
 

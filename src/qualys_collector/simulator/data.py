@@ -30,6 +30,34 @@ ACTIONS = (
     ("finished", "report", "Report generation finished.(TITLE:,  ID:{n},  FORMAT:PDF)"),
 )
 _REOPENED_AT = tuple(k for k, status in enumerate(STATUS_CYCLE) if status == "Re-Opened")
+#: QDS contributing factors as the Elastic sample shows them (name, value), one set per variant.
+QDS_FACTOR_SETS: tuple[tuple[tuple[str, str], ...], ...] = tuple(
+    (
+        ("CVSS", f"{4 + v * 0.7:.1f}"),
+        ("CVSS_version", "v3.x" if v % 3 else "v2"),
+        ("epss", f"0.{(v * 7919) % 99999:05d}"),
+        ("CVSS_vector", ("AV:N/AC:L/PR:L/UI:N/S:C/C:N/I:N/A:H", "AV:L/AC:L/PR:L/UI:N/S:U/C:H/I:H/A:H")[v % 2]),
+        *((("RTI", "local"), ("exploit_maturity", "weaponized,poc"), ("CISA_vuln", "YES")) if v % 4 == 3 else ()),
+        *((("trending", "02222024,02162024,02262024"), ("mitigation_controls", "18436,18437")) if v % 5 == 4 else ()),
+    )
+    for v in range(8)
+)
+#: Asset groups the simulated hosts belong to (host ``i`` is in group ``i % 4``): ID and title.
+ASSET_GROUPS = ((9000, "Servers"), (9001, "Workstations"), (9002, "Cloud"), (9003, "DMZ hosts"))
+#: The detections the API leaves out unless asked (``show_igs``, ``include_ignored``, ``include_disabled``),
+#: on every fifth host from the second: its extra detection number, what marks it, and its QID.
+HIDDEN_KINDS = {
+    1: ("Info", "show_igs", 45038),
+    2: ("ignored", "include_ignored", 38170),
+    3: ("disabled", "include_disabled", 38739),
+}
+
+
+def qds_severity(score: int) -> str:
+    """The ``severity`` attribute of a QDS: Critical 90-100, High 70-89, Medium 40-69, Low 1-39."""
+    return "CRITICAL" if score >= 90 else "HIGH" if score >= 70 else "MEDIUM" if score >= 40 else "LOW"
+
+
 UNICODE = "Ünïcödé ✓ 漢字 — «quoted» & <angle>"
 
 
@@ -159,6 +187,18 @@ class Dataset:
             "TAGS": [{"TAG_ID": 700 + (i % 3), "NAME": ("Production", "Staging", "DMZ")[i % 3]}],
             "CLOUD_TAGS": [{"NAME": "env", "VALUE": "prod", "LAST_SUCCESS_DATE": iso(processed)}],
             "SCAN_NUMBER": scan,
+            "ASSET_GROUP": ASSET_GROUPS[i % len(ASSET_GROUPS)],
+            "ASSET_CRITICALITY_SCORE": 1 + (r >> 20) % 5,
+            "TRURISK_SCORE": (r >> 24) % 1001,
+            "EC2": (
+                {
+                    "EC2_INSTANCE_ID": f"i-{r & 0xFFFFFFFFFFFFF:013x}",
+                    "region": ("us-east-1", "eu-west-1")[i % 2],
+                    "accountId": f"{205767712438 + i % 7}",
+                }
+                if tracking == "EC2"
+                else None
+            ),
         }
 
     def detections(self, host: Host, scan: int, processed: datetime) -> Iterator[dict[str, Any]]:
@@ -202,7 +242,46 @@ class Dataset:
                 "IS_IGNORED": 0,
                 "IS_DISABLED": 0,
                 "LAST_PROCESSED_DATETIME": at,
+                "QDS": 1 + (r >> 44) % 100,
+                "QDS_FACTORS": (r >> 52) % len(QDS_FACTOR_SETS),  # the variant of QDS_FACTOR_SETS
             }
+
+    def hidden_detections(self, host: Host, scan: int, processed: datetime) -> Iterator[dict[str, Any]]:
+        """The detections Qualys leaves out by default: an information-gathered (``TYPE`` Info, shown with
+        ``show_igs=1``), an ignored (``include_ignored=1``) or a disabled one (``include_disabled=1``), on
+        every fifth host from the second, third and fourth (none on clean hosts). ``@shown_by`` names the
+        parameter that shows it (ground truth only; it is not rendered)."""
+        c = self.config
+        kind = HIDDEN_KINDS.get(host.index % 5)
+        if kind is None or (c.clean_every and host.index % c.clean_every == c.clean_every - 1):
+            return
+        label, shown_by, qid = kind
+        r = _mix(c.seed * 0x9E3779B97F4A7C15 + host.index * 0x100000001B3 + 0xB1D)
+        at = iso(processed)
+        yield {
+            "UNIQUE_VULN_ID": host.id * 1000 + 900 + host.index % 5,
+            "QID": qid,
+            "TYPE": "Info" if label == "Info" else "Confirmed",
+            "SEVERITY": 1 if label == "Info" else 3,
+            "PORT": None,
+            "PROTOCOL": None,
+            "SSL": 0,
+            "RESULTS": self._results(host.index, 0),
+            "STATUS": "Active" if scan else "New",
+            "FIRST_FOUND_DATETIME": iso(host.first_processed),
+            "LAST_FOUND_DATETIME": at,
+            "TIMES_FOUND": scan + 1,
+            "LAST_TEST_DATETIME": at,
+            "LAST_UPDATE_DATETIME": at,
+            "LAST_FIXED_DATETIME": None,
+            "TIMES_REOPENED": 0,
+            "IS_IGNORED": 1 if label == "ignored" else 0,
+            "IS_DISABLED": 1 if label == "disabled" else 0,
+            "LAST_PROCESSED_DATETIME": at,
+            "QDS": 1 + (r >> 44) % 100,
+            "QDS_FACTORS": (r >> 52) % len(QDS_FACTOR_SETS),
+            "@shown_by": shown_by,
+        }
 
     def _results(self, i: int, j: int) -> str:
         key = (j, (i + j) % 17 == 0, (i + j) % 11 == 0)

@@ -8,14 +8,32 @@ from __future__ import annotations
 
 import csv
 import io
+import re
 from collections.abc import Iterator, Mapping
 from datetime import UTC, datetime, timedelta
+from itertools import chain
 from typing import Any
 from urllib.parse import urlencode
 
-from qualys_collector.simulator.data import STATUS_CYCLE, Dataset, iso
+from qualys_collector.simulator.data import QDS_FACTOR_SETS, STATUS_CYCLE, Dataset, iso, qds_severity
 
 DEFAULT_STATUSES = ("New", "Active", "Re-Opened")
+#: Host selection and cloud fields, on the host list and host list detection alike.
+HOST_SCOPE_PARAMS = {
+    "ag_ids",
+    "ag_titles",
+    "os_pattern",
+    "network_ids",
+    "use_tags",
+    "tag_set_by",
+    "tag_include_selector",
+    "tag_exclude_selector",
+    "tag_set_include",
+    "tag_set_exclude",
+    "host_metadata",
+    "host_metadata_fields",
+    "cloud_tag_fields",
+}
 HOST_LIST_PARAMS = {
     "action",
     "details",
@@ -29,14 +47,59 @@ HOST_LIST_PARAMS = {
     "ids",
     "truncation_limit",
     "echo_request",
+    "show_trurisk",
+    "show_trurisk_factors",
+    "trurisk_min",
+    "trurisk_max",
+} | HOST_SCOPE_PARAMS
+#: ``arf_*_filter`` exist in API 2.0 only; later versions take ``show_arf_data`` and ``arf_filter_keys``.
+ARF_V2 = {"arf_kernel_filter", "arf_service_filter", "arf_config_filter"}
+ARF_V3 = {"show_arf_data", "arf_filter_keys"}
+#: Real host list detection parameters (API.md §10) the simulator accepts without modelling their effect.
+HLD_UNMODELLED = {
+    "ips",
+    "ipv6",
+    "network_name",
+    "compliance_enabled",
+    "vm_scan_since",
+    "no_vm_scan_since",
+    "max_days_since_last_vm_scan",
+    "vm_scan_date_after",
+    "vm_scan_date_before",
+    "vm_auth_scan_date_after",
+    "vm_auth_scan_date_before",
+    "detection_processed_after",
+    "detection_processed_before",
+    "detection_last_tested_since",
+    "detection_last_tested_before",
+    "detection_last_tested_since_days",
+    "detection_last_tested_before_days",
+    "max_days_since_detection_updated",
+    "include_search_list_titles",
+    "exclude_search_list_titles",
+    "include_search_list_ids",
+    "exclude_search_list_ids",
 }
-HLD_PARAMS = HOST_LIST_PARAMS - {"details"} | {
+HLD_PARAMS = HOST_LIST_PARAMS - {"details", "show_trurisk", "show_trurisk_factors", "trurisk_min", "trurisk_max"} | {
+    *HLD_UNMODELLED,
     "status",
     "show_reopened_info",
     "detection_updated_since",
     "show_results",
     "show_igs",
     "output_format",
+    "show_qds",
+    "show_qds_factors",
+    "qds_min",
+    "qds_max",
+    "severities",
+    "qids",
+    "include_vuln_type",
+    "include_ignored",
+    "include_disabled",
+    "filter_superseded_qids",
+    *ARF_V2,
+    *ARF_V3,
 }
 SCAN_PARAMS = {
     "action",
@@ -168,6 +231,142 @@ def id_filter(params: Mapping[str, str]) -> tuple[int, int | None, list[tuple[in
     return id_min, id_max, ranges
 
 
+def number_ranges(
+    params: Mapping[str, str], name: str, low: int = 0, high: int = 10**12
+) -> list[tuple[int, int]] | None:
+    """A comma list of numbers and ``low-high`` ranges (``ids``, ``qids``, ``severities``, ``ag_ids``...)."""
+    if name not in params:
+        return None
+    out = []
+    for part in params[name].split(","):
+        lo, dash, hi = part.strip().partition("-")
+        if not lo.isdigit() or (dash and not hi.isdigit()) or not low <= int(lo) <= int(hi or lo) <= high:
+            raise ApiError(400, 1905, f"parameter {name} has invalid value: {part.strip()}")
+        out.append((int(lo), int(hi or lo)))
+    return out
+
+
+def _in(value: int, ranges: list[tuple[int, int]] | None) -> bool:
+    return ranges is None or any(lo <= value <= hi for lo, hi in ranges)
+
+
+def choice(params: Mapping[str, str], name: str, allowed: tuple[str, ...], default: str | None = None) -> str | None:
+    """One of ``allowed`` (case-insensitive), 1905 otherwise."""
+    if name not in params:
+        return default
+    value = params[name].strip().lower()
+    if value not in allowed:
+        raise ApiError(400, 1905, f"parameter {name} has invalid value: {params[name]}")
+    return value
+
+
+def names(params: Mapping[str, str], name: str) -> set[str] | None:
+    """A comma list of names (``ag_titles``, ``tag_set_include``...)."""
+    if name not in params:
+        return None
+    return {part.strip() for part in params[name].split(",") if part.strip()}
+
+
+class HostFilter:
+    """The host selection parameters: asset groups, OS pattern, networks, asset tags."""
+
+    def __init__(self, params: Mapping[str, str]) -> None:
+        if "ag_ids" in params and "ag_titles" in params:
+            raise ApiError(400, 1904, "Please specify only one of these parameters: ag_ids, ag_titles")
+        self.ag_ids = number_ranges(params, "ag_ids")
+        self.ag_titles = names(params, "ag_titles")
+        self.network_ids = number_ranges(params, "network_ids")
+        self.os_pattern: re.Pattern[str] | None = None
+        if "os_pattern" in params:
+            try:
+                self.os_pattern = re.compile(params["os_pattern"])
+            except re.error:
+                raise ApiError(400, 1905, f"parameter os_pattern has invalid value: {params['os_pattern']}") from None
+        self.tags = flag(params, "use_tags") == 1
+        self.by = choice(params, "tag_set_by", ("id", "name"), "id")
+        self.include_all = choice(params, "tag_include_selector", ("any", "all"), "any") == "all"
+        self.exclude_all = choice(params, "tag_exclude_selector", ("any", "all"), "any") == "all"
+        self.include = names(params, "tag_set_include")
+        self.exclude = names(params, "tag_set_exclude")
+        if self.tags and self.by == "id":
+            for wanted in (self.include or set()) | (self.exclude or set()):
+                if not wanted.isdigit():
+                    raise ApiError(400, 1905, f"parameter tag_set_include has invalid value: {wanted} (not a tag ID)")
+        choice(params, "host_metadata", ("all", "ec2", "azure", "google"))
+
+    def __call__(self, fields: dict[str, Any]) -> bool:
+        """Whether the host is selected."""
+        group_id, group_title = fields["ASSET_GROUP"]
+        if not _in(group_id, self.ag_ids) or (self.ag_titles is not None and group_title not in self.ag_titles):
+            return False
+        if not _in(fields["NETWORK_ID"], self.network_ids):
+            return False
+        if self.os_pattern is not None and not self.os_pattern.search(fields["OS"]):
+            return False
+        if not self.tags:
+            return True
+        have = {str(t["TAG_ID"] if self.by == "id" else t["NAME"]) for t in fields["TAGS"]}
+        if self.include is not None and not (self.include <= have if self.include_all else self.include & have):
+            return False
+        return self.exclude is None or not (self.exclude <= have if self.exclude_all else self.exclude & have)
+
+
+class DetectionFilter:
+    """The detection parameters: statuses, update time, severities, QIDs, type, hidden kinds, QDS range."""
+
+    def __init__(self, params: Mapping[str, str], updated_since: datetime | None) -> None:
+        self.statuses = statuses(params)
+        self.updated_since = iso(updated_since) if updated_since is not None else None
+        self.severities = number_ranges(params, "severities", 1, 5)
+        self.qids = number_ranges(params, "qids")
+        self.vuln_type = choice(params, "include_vuln_type", ("confirmed", "potential"))
+        self.shown = {name: flag(params, name) for name in ("show_igs", "include_ignored", "include_disabled")}
+        self.qds_min = int_param(params, "qds_min", 1, 1, 100)
+        self.qds_max = int_param(params, "qds_max", 100, 1, 100)
+        for name in ("filter_superseded_qids", "show_arf_data"):
+            flag(params, name)
+        for name in ARF_V2 & set(params):
+            int_param(params, name, 0, 0, 4)
+
+    def __call__(self, d: dict[str, Any]) -> bool:
+        """Whether the detection is in the answer."""
+        shown_by = d.get("@shown_by")
+        if shown_by is not None and not self.shown[shown_by]:
+            return False
+        if d["STATUS"] not in self.statuses:
+            return False
+        if self.updated_since is not None and d["LAST_UPDATE_DATETIME"] < self.updated_since:
+            return False
+        if not _in(d["SEVERITY"], self.severities) or not _in(d["QID"], self.qids):
+            return False
+        if self.vuln_type is not None and d["TYPE"] != "Info" and d["TYPE"].lower() != self.vuln_type:
+            return False
+        score: int = d["QDS"]
+        return self.qds_min <= score <= self.qds_max
+
+
+_QDS_CACHE: dict[tuple[int, int, bool], str] = {}
+
+
+def _qds_xml(score: int, variant: int, factors: bool) -> str:
+    """``QDS`` with its ``severity`` attribute and, when asked, ``QDS_FACTORS`` (one string per distinct value)."""
+    key = (score, variant, factors)
+    found = _QDS_CACHE.get(key)
+    if found is None:
+        found = f'            <QDS severity="{qds_severity(score)}">{score}</QDS>\n'
+        if factors:
+            found += (
+                "            <QDS_FACTORS>\n"
+                + "".join(
+                    f'              <QDS_FACTOR name="{name}">{cdata(value)}</QDS_FACTOR>\n'
+                    for name, value in QDS_FACTOR_SETS[variant]
+                )
+                + "            </QDS_FACTORS>\n"
+            )
+        _QDS_CACHE[key] = found
+    return found
+
+
 def _id_ok(host_id: int, id_max: int | None, ranges: list[tuple[int, int]] | None) -> bool:
     if id_max is not None and host_id > id_max:
         return False
@@ -194,9 +393,15 @@ def _host_xml(fields: dict[str, Any], params: Mapping[str, str], *, detailed: bo
     out = [f"        <ID>{fields['ID']}</ID>\n"]
     if flag(params, "show_asset_id"):
         out.append(f"        <ASSET_ID>{fields['ASSET_ID']}</ASSET_ID>\n")
-    out.append(
-        f"        <IP>{fields['IP']}</IP>\n        <TRACKING_METHOD>{fields['TRACKING_METHOD']}</TRACKING_METHOD>\n"
-    )
+    out.append(f"        <IP>{fields['IP']}</IP>\n")
+    if not detection and flag(params, "show_trurisk"):
+        out.append(
+            f"        <TRURISK_SCORE>{fields['TRURISK_SCORE']}</TRURISK_SCORE>\n"
+            f"        <ASSET_CRITICALITY_SCORE>{fields['ASSET_CRITICALITY_SCORE']}</ASSET_CRITICALITY_SCORE>\n"
+        )
+        if flag(params, "show_trurisk_factors"):
+            out.append(_trurisk_factors(fields))
+    out.append(f"        <TRACKING_METHOD>{fields['TRACKING_METHOD']}</TRACKING_METHOD>\n")
     out.append(f"        <NETWORK_ID>{fields['NETWORK_ID']}</NETWORK_ID>\n")
     dns = fields["DNS_DATA"]
     os_line = f"        <OS>{cdata(fields['OS'])}</OS>\n"
@@ -207,11 +412,23 @@ def _host_xml(fields: dict[str, Any], params: Mapping[str, str], *, detailed: bo
         "        </DNS_DATA>\n"
     )
     netbios = f"        <NETBIOS>{cdata(fields['NETBIOS'])}</NETBIOS>\n"
+    ec2 = (
+        fields["EC2"] if choice(params, "host_metadata", ("all", "ec2", "azure", "google")) in ("all", "ec2") else None
+    )
+    cloud = (
+        "        <CLOUD_PROVIDER>AWS</CLOUD_PROVIDER>\n        <CLOUD_SERVICE>VM</CLOUD_SERVICE>\n"
+        f"        <CLOUD_RESOURCE_ID>{cdata(ec2['EC2_INSTANCE_ID'])}</CLOUD_RESOURCE_ID>\n"
+        f"        <EC2_INSTANCE_ID>{cdata(ec2['EC2_INSTANCE_ID'])}</EC2_INSTANCE_ID>\n"
+        if ec2
+        else ""
+    )
     if detection:
-        out += [os_line, dns_line, dns_data, netbios, f"        <QG_HOSTID>{cdata(fields['QG_HOSTID'])}</QG_HOSTID>\n"]
+        out += [os_line, dns_line, dns_data, cloud, netbios]
+        out.append(f"        <QG_HOSTID>{cdata(fields['QG_HOSTID'])}</QG_HOSTID>\n")
         out.append(f"        <LAST_SCAN_DATETIME>{fields['LAST_SCAN_DATETIME']}</LAST_SCAN_DATETIME>\n")
     else:
-        out += [dns_line, dns_data, netbios, os_line, f"        <QG_HOSTID>{cdata(fields['QG_HOSTID'])}</QG_HOSTID>\n"]
+        out += [dns_line, dns_data, cloud, netbios, os_line]
+        out.append(f"        <QG_HOSTID>{cdata(fields['QG_HOSTID'])}</QG_HOSTID>\n")
     if flag(params, "show_tags"):
         out.append(
             "        <TAGS>\n"
@@ -223,6 +440,8 @@ def _host_xml(fields: dict[str, Any], params: Mapping[str, str], *, detailed: bo
             )
             + "        </TAGS>\n"
         )
+    if ec2:
+        out.append(_metadata_xml(ec2, fields["LAST_SCAN_DATETIME"]))
     if flag(params, "show_cloud_tags"):
         out.append(
             "        <CLOUD_PROVIDER_TAGS>\n"
@@ -244,6 +463,42 @@ def _host_xml(fields: dict[str, Any], params: Mapping[str, str], *, detailed: bo
     return out
 
 
+def _trurisk_factors(fields: dict[str, Any]) -> str:
+    """``TRURISK_SCORE_FACTORS``: the formula and the vulnerability counts by QDS severity behind the score."""
+    counts = "".join(
+        f'          <VULN_COUNT qds_severity="{band}">{(fields["TRURISK_SCORE"] >> k) % 7}</VULN_COUNT>\n'
+        for k, band in enumerate(("CRITICAL", "HIGH", "MEDIUM", "LOW"))
+    )
+    return (
+        "        <TRURISK_SCORE_FACTORS>\n"
+        "          <TRURISK_SCORE_FORMULA>"
+        + cdata("ACS * (wc * Rc * Count(C)^(1/100) + wh * Rh * Count(H)^(1/100) + wm * Rm * Count(M)^(1/100))")
+        + "</TRURISK_SCORE_FORMULA>\n"
+        + counts
+        + "        </TRURISK_SCORE_FACTORS>\n"
+    )
+
+
+def _metadata_xml(ec2: dict[str, str], at: str) -> str:
+    """``METADATA/EC2/ATTRIBUTE`` as the Qualys sample has them (``host_metadata=all|ec2``)."""
+    attributes = "".join(
+        "            <ATTRIBUTE>\n"
+        f"              <NAME>{cdata('latest/dynamic/instance-identity/document/' + name)}</NAME>\n"
+        "              <LAST_STATUS>Success</LAST_STATUS>\n"
+        f"              <VALUE>{cdata(value)}</VALUE>\n"
+        f"              <LAST_SUCCESS_DATE>{at}</LAST_SUCCESS_DATE>\n"
+        "              <LAST_ERROR_DATE></LAST_ERROR_DATE>\n"
+        f"              <LAST_ERROR>{cdata('')}</LAST_ERROR>\n"
+        "            </ATTRIBUTE>\n"
+        for name, value in (
+            ("region", ec2["region"]),
+            ("instanceId", ec2["EC2_INSTANCE_ID"]),
+            ("accountId", ec2["accountId"]),
+        )
+    )
+    return f"        <METADATA>\n          <EC2>\n{attributes}          </EC2>\n        </METADATA>\n"
+
+
 _CDATA_CACHE: dict[str, str] = {}
 
 
@@ -257,7 +512,9 @@ def _cached_cdata(text: str) -> str:
     return found
 
 
-def _detection_xml(d: dict[str, Any], *, results: bool, reopened: bool) -> str:
+def _detection_xml(
+    d: dict[str, Any], *, results: bool, reopened: bool, qds: bool = False, factors: bool = False
+) -> str:
     """One DETECTION element: a single format per detection (the benchmark serves a million)."""
     port = (
         f"            <PORT>{d['PORT']}</PORT>\n            <PROTOCOL>{d['PROTOCOL']}</PROTOCOL>\n"
@@ -281,6 +538,7 @@ def _detection_xml(d: dict[str, Any], *, results: bool, reopened: bool) -> str:
         f"            <STATUS>{d['STATUS']}</STATUS>\n"
         f"            <FIRST_FOUND_DATETIME>{d['FIRST_FOUND_DATETIME']}</FIRST_FOUND_DATETIME>\n"
         f"            <LAST_FOUND_DATETIME>{d['LAST_FOUND_DATETIME']}</LAST_FOUND_DATETIME>\n"
+        f"{_qds_xml(d['QDS'], d['QDS_FACTORS'], factors) if qds else ''}"
         f"            <TIMES_FOUND>{d['TIMES_FOUND']}</TIMES_FOUND>\n"
         f"            <LAST_TEST_DATETIME>{d['LAST_TEST_DATETIME']}</LAST_TEST_DATETIME>\n"
         f"            <LAST_UPDATE_DATETIME>{d['LAST_UPDATE_DATETIME']}</LAST_UPDATE_DATETIME>\n"
@@ -306,10 +564,11 @@ def statuses(params: Mapping[str, str]) -> set[str]:
 
 
 def host_list(
-    data: Dataset, now: datetime, params: Mapping[str, str], base_url: str, *, detection: bool
+    data: Dataset, now: datetime, params: Mapping[str, str], base_url: str, *, detection: bool, version: str = "5.0"
 ) -> Iterator[str]:
     """Host list (``detection=False``) or host list detection, streamed host by host."""
-    check_params(params, HLD_PARAMS if detection else HOST_LIST_PARAMS)
+    allowed = HLD_PARAMS if detection else HOST_LIST_PARAMS
+    check_params(params, allowed - (ARF_V3 if version == "2.0" else ARF_V2))
     after = parse_date("vm_processed_after", params["vm_processed_after"]) if "vm_processed_after" in params else None
     before = (
         parse_date("vm_processed_before", params["vm_processed_before"]) if "vm_processed_before" in params else None
@@ -324,10 +583,13 @@ def host_list(
     details = params.get("details", "Basic")
     if not detection and details not in ("Basic", "Basic/AGs", "All", "All/AGs", "None"):
         raise ApiError(400, 1905, f"parameter details has invalid value: {details}")
-    wanted = statuses(params) if detection else set()
+    selected = HostFilter(params)
+    wanted = DetectionFilter(params, updated_since) if detection else None
     results, reopened = flag(params, "show_results", 1) if detection else 0, flag(params, "show_reopened_info")
-    for name in ("show_asset_id", "show_tags", "show_cloud_tags"):
+    qds, factors = flag(params, "show_qds"), flag(params, "show_qds_factors")
+    for name in ("show_asset_id", "show_tags", "show_cloud_tags", "show_trurisk", "show_trurisk_factors"):
         flag(params, name)
+    trurisk = (int_param(params, "trurisk_min", 0, 0, 1000), int_param(params, "trurisk_max", 1000, 0, 1000))
     root, dtd = (
         ("HOST_LIST_VM_DETECTION_OUTPUT", "asset/host/vm/detection/dtd/output.dtd")
         if detection
@@ -353,6 +615,10 @@ def host_list(
             if not _id_ok(host.id, id_max, ranges):
                 continue
             fields = data.host_fields(host, scan, processed)
+            if not selected(fields):
+                continue
+            if not detection and not trurisk[0] <= fields["TRURISK_SCORE"] <= trurisk[1]:
+                continue
             if not detection:
                 if details == "None":
                     yield f"        <ID>{host.id}</ID>\n"
@@ -363,10 +629,11 @@ def host_list(
                         + "      </HOST>\n"
                     )
                 continue
+            assert wanted is not None
             dets = [
                 d
-                for d in data.detections(host, scan, processed)
-                if d["STATUS"] in wanted and (updated_since is None or d["LAST_UPDATE_DATETIME"] >= iso(updated_since))
+                for d in chain(data.detections(host, scan, processed), data.hidden_detections(host, scan, processed))
+                if wanted(d)
             ]
             if not dets:
                 continue
@@ -374,7 +641,12 @@ def host_list(
                 "      <HOST>\n"
                 + "".join(_host_xml(fields, params, detailed=True, detection=True))
                 + "        <DETECTION_LIST>\n"
-                + "".join(_detection_xml(d, results=bool(results), reopened=bool(reopened)) for d in dets)
+                + "".join(
+                    _detection_xml(
+                        d, results=bool(results), reopened=bool(reopened), qds=bool(qds), factors=bool(factors)
+                    )
+                    for d in dets
+                )
                 + "        </DETECTION_LIST>\n      </HOST>\n"
             )
 
