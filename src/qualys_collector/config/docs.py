@@ -17,6 +17,7 @@ from pydantic_core import PydanticUndefined
 from qualys_collector.config import schema
 from qualys_collector.services.catalog import SERVICES
 from qualys_collector.services.options import ObfuscationRule, ServiceOptions, StrictOptions
+from qualys_collector.services.vm_params import VmOptions, WireParams
 from qualys_collector.sinks.base import OutputBlock
 from qualys_collector.sinks.registry import OUTPUT_TYPES
 
@@ -71,6 +72,39 @@ def _default(field: Any) -> str:
     return f"`{value!r}`".replace("|", "\\|")
 
 
+def parameter_sections() -> list[str]:
+    """The VM services' Qualys parameters: which API versions offer each typed one, what ``extra_params`` refuses."""
+    vm = [(entry.name, entry.options) for entry in SERVICES if issubclass(entry.options, VmOptions)]
+    out = [
+        "## Qualys request parameters (`filters` and `extra_params` of the VM services)",
+        "",
+        "Each `filters` key below is the Qualys parameter of the same name, sent as written (lists comma-separated,",
+        "flags 0/1) and only when set, except the defaults shown. A key the service's `api_version` does not offer",
+        "is ConfigError 13; `extra_params` (any other Qualys parameter, passed through) refuses the parameters the",
+        "collector sends itself and the typed keys (ConfigError 14); a combination Qualys refuses is ConfigError 15.",
+        "Sources for every parameter: docs/qualys_parameters.md.",
+        "",
+        "| service | `api_version` offered | typed keys offered only by some versions | `extra_params` may not name |",
+        "|---|---|---|---|",
+    ]
+    for name, model in vm:
+        assert issubclass(model, VmOptions)
+        filters = model.model_fields.get("filters")
+        kind = filters.annotation if filters is not None else None
+        gated = []
+        if isinstance(kind, type) and issubclass(kind, WireParams):
+            for key, (first, last) in kind.VERSIONS.items():
+                gated.append(f"`{key}` ({first or model.KNOWN_VERSIONS[0]}–{last or model.KNOWN_VERSIONS[-1]})")
+        owned = sorted(model.OWNED) + [f"{prefix}*" for prefix in model.OWNED_PREFIXES]
+        out.append(
+            f"| `{name}` | {', '.join(model.KNOWN_VERSIONS)} | {', '.join(gated) or '–'} | "
+            + ", ".join(f"`{key}`" for key in owned)
+            + " |"
+        )
+    out.append("")
+    return out
+
+
 def render() -> str:
     """The whole reference as Markdown."""
     out = [
@@ -92,6 +126,7 @@ def render() -> str:
                 continue
             out.append(f"| `{name}` | {_type(field.annotation)} | {_default(field)} |")
         out.append("")
+    out += parameter_sections()
     return "\n".join(out)
 
 

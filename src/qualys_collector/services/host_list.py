@@ -26,8 +26,9 @@ SPEC = ServiceSpec(
 
 
 class HostListFilters(HostListParams):
-    """The seed's host list filters, and the typed Qualys parameters of
-    :class:`~qualys_collector.services.vm_params.HostListParams` (TruRisk, asset criticality, host scope)."""
+    """The seed's host list filters, then typed Qualys parameters (TruRisk, asset criticality, host scope).
+
+    The typed parameters are :class:`~qualys_collector.services.vm_params.HostListParams`."""
 
     details: Literal["Basic", "Basic/AGs", "All", "All/AGs"] = "All"
     show_asset_id: Flag = 1

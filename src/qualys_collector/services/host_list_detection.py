@@ -58,8 +58,9 @@ ALL_STATUSES: tuple[DetectionStatus, ...] = ("New", "Active", "Fixed", "Re-Opene
 
 
 class DetectionFilters(DetectionParams):
-    """The seed's host list detection filters (``details`` appears in its example; it is ignored), and the
-    typed Qualys parameters of :class:`~qualys_collector.services.vm_params.DetectionParams`."""
+    """The seed's host list detection filters (its example's ``details`` is ignored), then typed Qualys parameters.
+
+    The typed parameters are :class:`~qualys_collector.services.vm_params.DetectionParams`."""
 
     NOT_SENT = frozenset({"details"})
 
