@@ -25,7 +25,14 @@ from qualys_collector.relay import free_port
 CLI = [sys.executable, "-m", "qualys_collector"]
 DETECTIONS_PER_HOST = 10
 PATH = "/api/5.0/fo/asset/host/vm/detection/"
-PARAMS = {"action": "list", "status": "New,Active,Fixed,Re-Opened", "show_asset_id": "0", "show_tags": "0"}
+PARAMS = {
+    "action": "list",
+    "status": "New,Active,Fixed,Re-Opened",
+    "show_asset_id": "0",
+    "show_tags": "0",
+    "show_qds": "1",  # the collector asks for QDS and its factors by default: the same bytes are parsed
+    "show_qds_factors": "1",
+}
 _TICK = os.sysconf("SC_CLK_TCK")
 
 

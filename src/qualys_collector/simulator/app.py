@@ -3,6 +3,9 @@
 Admin (tests and the demo): ``GET /__sim/stats``, ``POST /__sim/faults`` (JSON list of fault specs,
 ``[]`` clears), ``POST /__sim/clock`` (``{"advance": seconds}`` or ``{"offset": seconds}``),
 ``GET /__sim/truth?service=...&start=...&end=...`` (the keys that exist for a window).
+In process, tests read ``Simulator.request_log`` (every VM call that reached the API: method, path with its
+version, parameters as sent) and ``Simulator.detection_truth()`` (every detection with its QDS and factors,
+including those Qualys shows only when asked).
 """
 
 from __future__ import annotations
