@@ -287,3 +287,15 @@ def test_a_wrong_filter_stops_the_command_before_any_request(sim: Simulator, tmp
     assert "[ConfigError 14] inputs.qualys.services.host_list_detection.extra_params.truncation_limit" in result.output
     assert sim.request_log == []
     assert not sim.requests
+
+
+def test_an_extra_param_qualys_does_not_know_is_its_error_1901_named(
+    sim: Simulator, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    services = {"host_list_detection": {"start_time_utc": START, "extra_params": {"show_everything": 1}}}
+    r = run(sim, tmp_path, services)
+    assert not r.cycle()
+    assert "[PullError 300]" in caplog.text
+    assert "1901" in caplog.text
+    assert "show_everything" in caplog.text  # Qualys' TEXT names the parameter
+    assert not detections(r)
