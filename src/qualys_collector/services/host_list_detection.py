@@ -127,7 +127,7 @@ class HostDetectionSource:
         """The request for one window."""
         return {
             "action": "list",
-            **self.options.filters.wire(),  # the seed's four, then the typed parameters that are set
+            **self.options.filters.wire(),  # the seed's four and every typed parameter that is set
             **self.options.extra_params,
             "truncation_limit": str(self.options.truncation_limit),
             **window_params(window.start, window.end),
