@@ -81,6 +81,9 @@ class Page:
     horizon: datetime | None = None
     writes: Sequence[TableWrite | TablePrune] = ()
     counters: Mapping[str, Any] | None = None
+    #: Set when the page belongs to a full re-read of the source (a snapshot): its generation, an integer
+    #: that grows with every snapshot (a change filter marks the page's events and confirms their keys).
+    snapshot: int | None = None
 
 
 class TableReader(Protocol):

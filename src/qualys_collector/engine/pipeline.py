@@ -29,6 +29,8 @@ class PageWork:
     records: list[Record]
     events: list[Event] = field(default_factory=list)
     counts: Counter[str] = field(default_factory=Counter)
+    #: The cycle's event builder, for a stage that makes events of its own (a change filter's ``removed``).
+    builder: EventBuilder | None = None
 
 
 class Stage(Protocol):
@@ -119,8 +121,9 @@ class CountCommitted:
 class Pipeline:
     """The ordered stages of one cycle of one service."""
 
-    def __init__(self, stages: Sequence[Stage]) -> None:
+    def __init__(self, stages: Sequence[Stage], builder: EventBuilder | None = None) -> None:
         self.stages = tuple(stages)
+        self.builder = builder
 
     @classmethod
     def standard(
@@ -132,7 +135,7 @@ class Pipeline:
         change_filter: Sequence[Stage] = (),
     ) -> Pipeline:
         """Boundary dedup, obfuscation, the enrichment slot, the change-filter slot, counters."""
-        return cls([BoundaryDedup(cursor), BuildEvents(builder), *enrich, *change_filter, CountCommitted()])
+        return cls([BoundaryDedup(cursor), BuildEvents(builder), *enrich, *change_filter, CountCommitted()], builder)
 
     @property
     def tables(self) -> tuple[str, ...]:
@@ -141,7 +144,7 @@ class Pipeline:
 
     def run(self, page: Page, tx: Transaction) -> PageWork:
         """Every stage over ``page``, in order, inside ``tx``; an exception leaves nothing of the page."""
-        work = PageWork(page=page, records=list(page.records))
+        work = PageWork(page=page, records=list(page.records), builder=self.builder)
         work.counts["received"] = len(page.records)
         for stage in self.stages:
             stage.run(work, tx)

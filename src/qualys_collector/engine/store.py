@@ -154,6 +154,30 @@ class TableView:
         )
         return [str(row[0]) for row in rows]
 
+    def with_prefix(self, prefix: str) -> list[tuple[str, Any]]:
+        """Every ``(key, value)`` whose key starts with ``prefix`` (a range of the primary key, not a scan)."""
+        rows = (
+            self._conn()
+            .execute(
+                f"SELECT key, value FROM {self._table} WHERE scope = ? AND key >= ? AND key < ? ORDER BY key",  # noqa: S608
+                (self.scope, prefix, prefix + "\U0010ffff"),
+            )
+            .fetchall()
+        )
+        return [(key, _loads(value, Path(DB_NAME), f"row {key!r} of keyed table {self.name!r}")) for key, value in rows]
+
+    def stamped_below(self, below: int, limit: int) -> list[tuple[str, Any]]:
+        """At most ``limit`` ``(key, value)`` rows whose stamp is below ``below`` (through the stamp index)."""
+        rows = (
+            self._conn()
+            .execute(
+                f"SELECT key, value FROM {self._table} WHERE scope = ? AND stamp < ? ORDER BY stamp, key LIMIT ?",  # noqa: S608
+                (self.scope, below, limit),
+            )
+            .fetchall()
+        )
+        return [(key, _loads(value, Path(DB_NAME), f"row {key!r} of keyed table {self.name!r}")) for key, value in rows]
+
     def __contains__(self, key: object) -> bool:
         return isinstance(key, str) and self.get(key) is not None
 
