@@ -4,7 +4,10 @@ XML parser and the model (see :mod:`~qualys_collector.services.hld_process`)."""
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any
+
+import orjson
 
 from qualys_collector.errors import DataError
 from qualys_collector.model import Record
@@ -79,3 +82,71 @@ def converter(results_max_length: int | None) -> Any:
         return records
 
     return to_records
+
+
+#: The fields that define a detection's state, with the short code each is stored under; the status first.
+TRACKED_FIELDS = (
+    ("STATUS", "s"),
+    ("SEVERITY", "v"),
+    ("QDS", "q"),
+    ("TYPE", "t"),
+    ("IS_IGNORED", "i"),
+    ("IS_DISABLED", "d"),
+    ("LAST_FIXED_DATETIME", "f"),
+    ("LAST_REOPENED_DATETIME", "r"),
+)
+#: Fields that move at every scan without the detection changing (or move only with a tracked field):
+#: left out of the hash of "the rest". RESULTS is left out too: its evidence text often carries scan-time
+#: values (uptime, process lists, timestamps), so hashing it would report most detections at every scan.
+VOLATILE_FIELDS = frozenset(
+    {
+        "LAST_FOUND_DATETIME",
+        "TIMES_FOUND",
+        "LAST_TEST_DATETIME",
+        "LAST_UPDATE_DATETIME",
+        "LAST_PROCESSED_DATETIME",
+        "TIMES_REOPENED",
+        "FIRST_REOPENED_DATETIME",
+        "QDS_FACTORS",
+        "RESULTS",
+    }
+)
+_TRACKED_NAMES = frozenset(name for name, _code in TRACKED_FIELDS)
+
+
+def _scalar(value: Any) -> Any:
+    """``QDS`` arrives as ``{"@severity": "LOW", "#text": "35"}``: its score is what is compared."""
+    if isinstance(value, dict) and "#text" in value:
+        return value["#text"]
+    return value
+
+
+def detection_state(body: dict[str, Any]) -> dict[str, Any]:
+    """The stored state of one detection event: tracked fields by code, the QID, a hash of the rest."""
+    detection = body.get("DETECTION")
+    if not isinstance(detection, dict):
+        detection = {}
+    state: dict[str, Any] = {}
+    for name, code in TRACKED_FIELDS:
+        value = _scalar(detection.get(name))
+        if value is not None and value != "":
+            state[code] = value
+    rest = {k: v for k, v in detection.items() if k not in _TRACKED_NAMES and k not in VOLATILE_FIELDS}
+    state["h"] = hashlib.sha256(orjson.dumps(rest, option=orjson.OPT_SORT_KEYS)).hexdigest()[:12]
+    if detection.get("QID") is not None:
+        state["Q"] = detection["QID"]
+    return state
+
+
+def detection_group(key: str) -> str | None:
+    """The prefix shared by the keys of one host's detections (``"<host ID>:"``)."""
+    host, sep, _rest = key.partition(":")
+    return f"{host}:" if sep else None
+
+
+def removed_detection(key: str, state: dict[str, Any]) -> dict[str, Any]:
+    """The body of a ``removed`` change: the host ID, the QID and last known state, and the key."""
+    host, _sep, _rest = key.partition(":")
+    detection: dict[str, Any] = {"QID": state["Q"]} if "Q" in state else {}
+    detection.update({name: state[code] for name, code in TRACKED_FIELDS if code in state})
+    return {"HOST": {"ID": host}, "DETECTION": detection, "@detection_key": key}
