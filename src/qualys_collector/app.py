@@ -155,9 +155,10 @@ def build_jobs(
             salt = block.obfuscation_salt.get_secret_value() if block.obfuscation_salt else None
             source = entry.build(client, options)
             enrich = entry.enrich(client, options, block.services) if entry.enrich is not None else ()
-            jobs.append(
-                make_job(input_name, block.id, block.environment, options, entry.spec, source, salt=salt, enrich=enrich)
-            )
+            environment = block.environment
+            job = make_job(input_name, block.id, environment, options, entry.spec, source, salt=salt, enrich=enrich)
+            job.change_filter = entry.change_filter(options) if entry.change_filter is not None else ()
+            jobs.append(job)
     return jobs
 
 

@@ -21,16 +21,25 @@ import logging
 import threading
 import time
 from collections.abc import Iterator, Mapping
+from dataclasses import replace
 from datetime import datetime, timedelta
 from functools import partial
 from typing import Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from qualys_collector.engine.batches import Batches, BatchProgress, pull_batches
+from qualys_collector.engine.changes import ChangeFilter, ChangeModel
+from qualys_collector.engine.pipeline import Stage
 from qualys_collector.engine.source import CursorMode, ServiceSpec
 from qualys_collector.model import JSON, Page, Window, format_seed_datetime, parse_seed_datetime
-from qualys_collector.qualys.detections import converter
+from qualys_collector.qualys.detections import (
+    TRACKED_FIELDS,
+    converter,
+    detection_group,
+    detection_state,
+    removed_detection,
+)
 from qualys_collector.qualys.kb import DEFAULT_KB_VERSION
 from qualys_collector.qualys.vm import VmClient
 from qualys_collector.qualys.vm_hosts import host_pages, server_time, window_params
@@ -52,6 +61,11 @@ SPEC = ServiceSpec(
     default_lookback=timedelta(days=1),
 )
 
+
+#: Days between two snapshots in ``changes`` mode when ``snapshot_every_days`` is not set.
+DEFAULT_SNAPSHOT_DAYS = 7
+#: The keyed table of the detection states that ``emit: changes`` keeps.
+CHANGE_TABLE = "hld_detection_state"
 
 DetectionStatus = Literal["New", "Active", "Fixed", "Re-Opened"]
 ALL_STATUSES: tuple[DetectionStatus, ...] = ("New", "Active", "Fixed", "Re-Opened")
@@ -82,7 +96,12 @@ class DetectionFilters(DetectionParams):
 
 class HostListDetectionOptions(VmOptions):
     """``host_list_detection``. ``enrich`` (default true) adds each detection's KnowledgeBase fields under ``KB``
-    (README, "KnowledgeBase"), fetched on demand with the ``knowledge_base`` service's ``api_version``."""
+    (README, "KnowledgeBase"), fetched on demand with the ``knowledge_base`` service's ``api_version``.
+
+    ``emit: changes`` sends a detection only when it is new, its status changed or a tracked field changed
+    (each event with ``@change``), a full ``snapshot`` every ``snapshot_every_days`` (default 7), and
+    ``removed`` for detections that disappear (README, "Change-only detection stream").
+    """
 
     KNOWN_VERSIONS = ("2.0", "3.0", "4.0", "5.0")
     OWNED = COMMON_OWNED | {"ids", "suppress_duplicated_data_from_csv"}
@@ -102,6 +121,20 @@ class HostListDetectionOptions(VmOptions):
     filters: DetectionFilters = DetectionFilters()
     #: Each detection gets its QID's KnowledgeBase fields under ``KB`` (services/kb_enrich.py).
     enrich: bool = True
+    # ``emit: changes`` (issue 19): what is emitted, and how often a full snapshot is taken
+    emit: Literal["all", "changes"] = "all"
+    snapshot_every_days: int | None = Field(default=None, ge=1, le=365)
+
+    @model_validator(mode="after")
+    def _snapshots(self) -> HostListDetectionOptions:
+        if self.snapshot_every_days is not None and self.emit != "changes":
+            raise ValueError("snapshot_every_days applies only with emit: changes; remove it or set emit: changes")
+        return self
+
+    @property
+    def snapshot_days(self) -> int:
+        """Days between two snapshots in ``changes`` mode (7 unless set)."""
+        return self.snapshot_every_days or DEFAULT_SNAPSHOT_DAYS
 
     @classmethod
     def config_warnings(cls, block: dict[str, Any], path: str) -> list[str]:
@@ -123,19 +156,40 @@ class HostDetectionSource:
         self.path = f"/api/{options.api_version}/fo/asset/host/vm/detection/"
         self.convert = converter(options.results_max_length)
 
-    def params(self, window: Window) -> dict[str, str]:
-        """The request for one window."""
+    def params(self, window: Window, *, full: bool = False) -> dict[str, str]:
+        """The request for one window (``full``: every host processed before its end, for a snapshot)."""
         return {
             "action": "list",
             **self.options.filters.wire(),  # the seed's four and every typed parameter that is set
             **self.options.extra_params,
             "truncation_limit": str(self.options.truncation_limit),
-            **window_params(window.start, window.end),
+            **_window_params(window, full=full),
         }
+
+    def snapshot_of(self, window: Window, token: JSON | None, extra: JSON) -> int | None:
+        """The snapshot generation this window pulls, or ``None`` (an incremental window).
+
+        With ``emit: changes``, a window is a snapshot when none was taken yet or the last one (the
+        checkpoint's ``last_snapshot``) is ``snapshot_every_days`` old at the window's end; a resumed window
+        keeps what its first page decided (the ``snapshot`` of its token). The generation is the window's
+        end in epoch seconds: it grows with every snapshot.
+        """
+        if self.options.emit != "changes":
+            return None
+        if token is not None:
+            value = token.get("snapshot")
+            return int(value) if value is not None else None
+        last = extra.get("last_snapshot")
+        if last and window.end - parse_seed_datetime(str(last)) < timedelta(days=self.options.snapshot_days):
+            return None
+        return int(window.end.timestamp())
 
     def pages(self, window: Window, token: JSON | None, extra: JSON) -> Iterator[Page]:
         """The window's detections, resumable at any host boundary."""
-        return host_pages(self.client, self.path, self.params(window), token, self.convert, "host detections")
+        snapshot = self.snapshot_of(window, token, extra)
+        params = self.params(window, full=snapshot is not None)
+        pages = host_pages(self.client, self.path, params, token, self.convert, "host detections")
+        return (_marked(page, snapshot, window, extra) for page in pages)
 
 
 def cut(ids: list[int], size: int) -> list[list[int]]:
@@ -170,14 +224,14 @@ class BatchedDetectionSource(HostDetectionSource):
             self._pool.close()
             self._pool = None
 
-    def host_ids(self, window: Window) -> tuple[list[int], datetime | None]:
+    def host_ids(self, window: Window, *, full: bool = False) -> tuple[list[int], datetime | None]:
         """The IDs of hosts processed in the window (one call, IDs only), and Qualys' time of that answer."""
         params = {
             "action": "list",
             "details": "None",
             **self.options.filters.host_filters(),  # the same hosts as the detection requests ask for
             "truncation_limit": "0",
-            **window_params(window.start, window.end),
+            **_window_params(window, full=full),
         }
         ids: list[int] = []
         horizon: datetime | None = None
@@ -195,14 +249,16 @@ class BatchedDetectionSource(HostDetectionSource):
                     ids.extend(range(low, high + 1))
         return sorted(set(ids)), horizon
 
-    def batch_params(self, window: Window, batch: list[int]) -> dict[str, str]:
+    def batch_params(self, window: Window, batch: list[int], *, full: bool = False) -> dict[str, str]:
         """The detection request of one batch: the window's request narrowed to an ID range."""
-        return {**self.params(window), "ids": f"{batch[0]}-{batch[1]}"}
+        return {**self.params(window, full=full), "ids": f"{batch[0]}-{batch[1]}"}
 
-    def pull(self, window: Window, pool: ParsePool | None, batch: list[int], token: Any) -> Iterator[Page]:
+    def pull(
+        self, window: Window, pool: ParsePool | None, batch: list[int], token: Any, *, full: bool = False
+    ) -> Iterator[Page]:
         """The pages of one batch, from its last committed ``id_min`` when resuming."""
         start = token if token is None or isinstance(token, dict) else {"id_min": token}  # older state: a bare id
-        params = self.batch_params(window, batch)
+        params = self.batch_params(window, batch, full=full)
         if pool is None and self.options.parse == "one_at_a_time":
             return one_at_a_time_host_pages(
                 self.client, self._parse_lock, self.path, params, start, self.convert, "host detections"
@@ -217,11 +273,13 @@ class BatchedDetectionSource(HostDetectionSource):
         """Pages from all batches as they arrive; each token is the whole plan's progress."""
         started = time.monotonic()
         before = self.client.total_requests
+        snapshot = self.snapshot_of(window, token, extra)
+        full = snapshot is not None
         if token and "plan" in token:
             progress = BatchProgress.from_json(token)
             counts: dict[str, Any] = {k: token.get(k) for k in COUNTERS}
         else:
-            ids, listed_at = self.host_ids(window)
+            ids, listed_at = self.host_ids(window, full=full)
             progress = BatchProgress(plan=cut(ids, self.options.batch_size))
             counts = {
                 "expected": len(ids),
@@ -238,23 +296,25 @@ class BatchedDetectionSource(HostDetectionSource):
             )
         listed = parse_seed_datetime(counts["listed_at"]) if counts.get("listed_at") else None
         batches = Batches(
-            pull=partial(self.pull, window, self.parse_pool()),  # the pool is started here, not in a worker
+            pull=partial(self.pull, window, self.parse_pool(), full=full),  # the pool is started here, not in a worker
             remaining=_remaining,
             workers=self.options.max_workers or max(1, self.client.budget.limit(self.key)),
             what="host IDs",
         )
         for item in pull_batches(batches, progress, self.client.stop):
+            mark = {"snapshot": snapshot} if full else {}
             if item.page is None:  # stop requested: commit the progress so far, the window stays open
-                yield Page([], token={**item.progress, **counts}, requests=0)
+                yield Page([], token={**item.progress, **counts, **mark}, requests=0, snapshot=snapshot)
                 continue
             page = item.page
             counts["received"] += len({r.data["HOST"]["ID"] for r in page.records})
             counts["detections"] += len(page.records)
             yield Page(
                 page.records,
-                token={**item.progress, **counts},
+                token={**item.progress, **counts, **mark},
                 requests=0,
                 horizon=_earliest(listed, page.horizon),
+                snapshot=snapshot,
             )
         counts["calls"] += self.client.total_requests - before
         answered = len(progress.done) - progress.splits  # batches whose answers were read to their end
@@ -279,7 +339,35 @@ class BatchedDetectionSource(HostDetectionSource):
             counts["received"],
             clean,
         )
-        yield Page([], token=None, requests=self.client.total_requests - before, horizon=listed, counters=counters)
+        if full:
+            counters["snapshot"] = snapshot
+        yield _marked(
+            Page([], token=None, requests=self.client.total_requests - before, horizon=listed, counters=counters),
+            snapshot,
+            window,
+            extra,
+        )
+
+
+def _window_params(window: Window, *, full: bool) -> dict[str, str]:
+    """``vm_processed_after/_before`` of the window; only ``_before`` for a full pull (a snapshot)."""
+    params = window_params(window.start, window.end)
+    if full:
+        del params["vm_processed_after"]
+    return params
+
+
+def _marked(page: Page, snapshot: int | None, window: Window, extra: JSON) -> Page:
+    """A page of snapshot ``snapshot`` (unchanged when ``None``): its generation on the page and in its token
+    (a resumed window stays a snapshot), and on the page that ends the window the checkpoint's
+    ``last_snapshot``, committed with it."""
+    if snapshot is None:
+        return page
+    if page.token is None:
+        return replace(
+            page, snapshot=snapshot, extra={**dict(extra), "last_snapshot": format_seed_datetime(window.end)}
+        )
+    return replace(page, snapshot=snapshot, token={**page.token, "snapshot": snapshot})
 
 
 def _remaining(batch: list[int], token: Any) -> list[int]:
@@ -306,4 +394,12 @@ def enrichment(client: VmClient, options: HostListDetectionOptions, services: Ma
     return kb_stages(client, options.enrich, version)
 
 
-SERVICE = ServiceEntry(SPEC, "qualys", HostListDetectionOptions, build, enrich=enrichment)
+def change_filter(options: HostListDetectionOptions) -> tuple[Stage, ...]:
+    """``emit: changes``: the change filter over the detection states (``emit: all``: none)."""
+    if options.emit != "changes":
+        return ()
+    model = ChangeModel(TRACKED_FIELDS, detection_state, detection_group, removed_detection)
+    return (ChangeFilter(CHANGE_TABLE, model),)
+
+
+SERVICE = ServiceEntry(SPEC, "qualys", HostListDetectionOptions, build, enrich=enrichment, change_filter=change_filter)

@@ -93,6 +93,8 @@ class ServiceEntry:
     #: ``enrich(client, options, services)`` -> the service's enrichment stages (the page pipeline's slot);
     #: ``services`` are the validated options of every service of the same input.
     enrich: Callable[[Any, Any, Mapping[str, Any]], tuple[Stage, ...]] | None = None
+    #: ``change_filter(options)`` -> the stages of the pipeline's change-filter slot.
+    change_filter: Callable[[Any], tuple[Stage, ...]] | None = None
 
     @property
     def name(self) -> str:
