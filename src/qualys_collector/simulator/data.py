@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
+from qualys_collector.simulator.lifecycle import ABSENT, Lifecycle, detection_fields, diff, late_start, purge_after
+
 STATUS_CYCLE = ("New", "Active", "Active", "Fixed", "Re-Opened", "Active", "Fixed")
 OSES = ("Windows 2016/2019/10", "Ubuntu Linux 22.04", "Red Hat Enterprise Linux 8.6", "Amazon Linux 2", "macOS 14")
 TRACKING = ("IP", "DNS", "NETBIOS", "Cloud Agent", "EC2")
@@ -115,6 +117,12 @@ class SimConfig:
     clean_every: int = 0
     #: QIDs detections carry that the KnowledgeBase does not know (a brand-new QID, a retired one).
     kb_missing: tuple[int, ...] = ()
+    #: Detections with a lifecycle over simulated time (:mod:`~qualys_collector.simulator.lifecycle`): new,
+    #: fixed, re-opened, severity and QDS changes, hosts first processed later, and purged hosts.
+    lifecycle: bool = False
+    #: With ``lifecycle``: the share of hosts purged at some time within ``lifecycle_days`` of ``base``.
+    purged_fraction: float = 0.0
+    lifecycle_days: int = 30
 
 
 @dataclass(frozen=True)
@@ -125,10 +133,12 @@ class Host:
     id: int
     first_processed: datetime
     interval: timedelta
+    #: When the host was purged (``None``: never): from then on Qualys returns nothing of it.
+    purged: datetime | None = None
 
     def processed_at(self, now: datetime) -> tuple[int, datetime] | None:
-        """(scan number, time) of the latest processing at ``now``; ``None`` before the first."""
-        if now < self.first_processed:
+        """(scan number, time) of the latest processing at ``now``; ``None`` before the first or once purged."""
+        if now < self.first_processed or (self.purged is not None and now >= self.purged):
             return None
         k = int((now - self.first_processed) / self.interval)
         return k, self.first_processed + k * self.interval
@@ -148,6 +158,18 @@ class Dataset:
         self._first = [
             c.base + timedelta(minutes=rng.randrange(max(1, min(span_s, interval_s) // 60))) for _ in range(c.hosts)
         ]
+        self._purged: list[datetime | None] = [None] * c.hosts
+        self.life: Lifecycle | None = None
+        if c.lifecycle:
+            self.life = Lifecycle(c.seed, c.detections_per_host)
+            for i in range(c.hosts):
+                late = late_start(c.seed, i, c.lifecycle_days)
+                if late is not None:
+                    self._first[i] += late
+                purge = purge_after(c.seed, i, c.purged_fraction, c.lifecycle_days)
+                if purge is not None:  # an hour before a processing that then never happens (a stale host)
+                    scans = max(1, -(-(c.base + purge - self._first[i]) // c.host_interval))
+                    self._purged[i] = self._first[i] + scans * c.host_interval - timedelta(hours=1)
         self._activity = self._activity_times()
         self._results_cache: dict[tuple[int, bool, bool], str] = {}
         self._day_cache: dict[int, str] = {}
@@ -158,7 +180,7 @@ class Dataset:
 
     def host(self, index: int) -> Host:
         """Host number ``index`` (0-based)."""
-        return Host(index, self.host_ids[index], self._first[index], self.config.host_interval)
+        return Host(index, self.host_ids[index], self._first[index], self.config.host_interval, self._purged[index])
 
     def host_index_from(self, id_min: int) -> int:
         """Index of the first host whose ID is >= ``id_min``."""
@@ -210,6 +232,9 @@ class Dataset:
         c = self.config
         if c.clean_every and host.index % c.clean_every == c.clean_every - 1:
             return
+        if self.life is not None:
+            yield from self._life_detections(host, scan, processed)
+            return
         at, before = iso(processed), iso(processed - c.host_interval)  # once per host: strftime is slow
         first_day, first_clock = host.first_processed.toordinal(), iso(host.first_processed)[10:]
         cycle = len(STATUS_CYCLE)
@@ -255,6 +280,8 @@ class Dataset:
         kind = HIDDEN_KINDS.get(host.index % 5)
         if kind is None or (c.clean_every and host.index % c.clean_every == c.clean_every - 1):
             return
+        if self.life is not None:  # the lifecycle's ground truth covers the detections it draws, only those
+            return
         label, shown_by, qid = kind
         r = _mix(c.seed * 0x9E3779B97F4A7C15 + host.index * 0x100000001B3 + 0xB1D)
         at = iso(processed)
@@ -282,6 +309,72 @@ class Dataset:
             "QDS_FACTORS": (r >> 52) % len(QDS_FACTOR_SETS),
             "@shown_by": shown_by,
         }
+
+    def _life_detections(self, host: Host, scan: int, processed: datetime) -> Iterator[dict[str, Any]]:
+        """The host's detections at its processing ``scan``, as the lifecycle left them."""
+        assert self.life is not None
+        c = self.config
+        at = iso(processed)
+        for j, slot in enumerate(self.life.states(host.index, scan)):
+            if slot.status is None:
+                continue
+            life = detection_fields(slot, processed, host.first_processed, c.host_interval)
+            fixed, reopened = life["LAST_FIXED"], life["LAST_REOPENED"]
+            yield {
+                "UNIQUE_VULN_ID": host.id * 1000 + j,
+                "QID": 10_000 + j * 37 + host.index % 30,
+                "TYPE": "Confirmed" if (host.index + j) % 10 < 7 else "Potential",
+                "SEVERITY": life["SEVERITY"],
+                "QDS": life["QDS"],
+                "QDS_FACTORS": (host.index + j) % len(QDS_FACTOR_SETS),
+                "PORT": (22, 80, 443, 3389, 8080)[j % 5] if j % 10 < 8 else None,
+                "PROTOCOL": ("tcp" if j % 4 else "udp") if j % 10 < 8 else None,
+                "SSL": 1 if j % 5 == 2 else 0,
+                "RESULTS": self._results(host.index, j),
+                "STATUS": life["STATUS"],
+                "FIRST_FOUND_DATETIME": iso(life["FIRST_FOUND"]),
+                "LAST_FOUND_DATETIME": at if slot.status != "Fixed" else iso(fixed),
+                "TIMES_FOUND": scan + 1 - slot.found,
+                "LAST_TEST_DATETIME": at,
+                "LAST_UPDATE_DATETIME": at,
+                "LAST_FIXED_DATETIME": iso(fixed) if fixed is not None else None,
+                "LAST_REOPENED_DATETIME": iso(reopened) if reopened is not None else None,
+                "TIMES_REOPENED": slot.times_reopened,
+                "IS_IGNORED": 0,
+                "IS_DISABLED": 0,
+                "LAST_PROCESSED_DATETIME": at,
+            }
+
+    def transitions(self, now: datetime, since: datetime | None = None) -> list[tuple[datetime, str, str, str | None]]:
+        """Ground truth of the lifecycle: ``(time, detection key, kind, status after)`` of every change at or
+        after ``since`` and strictly before ``now`` (as windows ``[since, now)`` see them), in time order
+        (``kind``: ``new``, ``status``, ``updated``, ``removed``); an observer that saw every processing sees
+        exactly these."""
+        assert self.life is not None, "transitions need SimConfig(lifecycle=True)"
+        c = self.config
+        out: list[tuple[datetime, str, str, str | None]] = []
+        for index in range(c.hosts):
+            host = self.host(index)
+            bound = min(now, host.purged) if host.purged is not None else now
+            last = host.processed_at(bound - timedelta(microseconds=1))  # processings strictly before `bound`
+            if last is None:
+                continue
+            before = (ABSENT,) * c.detections_per_host
+            for k in range(last[0] + 1):
+                at = host.first_processed + k * host.interval
+                after = self.life.states(index, k)
+                if since is None or at >= since:
+                    for j, (old, new) in enumerate(zip(before, after, strict=True)):
+                        kind = diff(old, new)
+                        if kind is not None:
+                            out.append((at, f"{host.id}:{host.id * 1000 + j}", kind, new.status))
+                before = after
+            if host.purged is not None and host.purged < now and (since is None or host.purged >= since):
+                for j, old in enumerate(before):
+                    if old.status is not None:
+                        out.append((host.purged, f"{host.id}:{host.id * 1000 + j}", "removed", None))
+        out.sort()
+        return out
 
     def _results(self, i: int, j: int) -> str:
         key = (j, (i + j) % 17 == 0, (i + j) % 11 == 0)

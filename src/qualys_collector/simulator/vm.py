@@ -529,6 +529,9 @@ def _detection_xml(
         if reopened and d["TIMES_REOPENED"]
         else ""
     )
+    if reopened and d.get("LAST_REOPENED_DATETIME"):  # the lifecycle dataset knows when
+        last = d["LAST_REOPENED_DATETIME"]
+        reopened_line = f"            <LAST_REOPENED_DATETIME>{last}</LAST_REOPENED_DATETIME>\n{reopened_line}"
     return (
         "          <DETECTION>\n"
         f"            <UNIQUE_VULN_ID>{d['UNIQUE_VULN_ID']}</UNIQUE_VULN_ID>\n"
