@@ -154,3 +154,18 @@ def test_a_detection_no_longer_returned_for_a_returned_host_is_removed_at_once(
     assert gone
     assert gone <= fixed
     assert len(gone) >= 0.8 * len(fixed)  # the rest: hosts left with nothing matching (reported by the next snapshot)
+
+
+def test_the_single_stream_path_emits_the_same_transitions(make_sim: SimFactory, tmp_path: Path) -> None:
+    sim = lifecycle_sim(make_sim, hosts=40)
+    run = changes_run(sim, tmp_path, parallel=False, truncation_limit=7, snapshot_every_days=3)
+    assert run.cycle()
+    seeded = sim.now()
+    for _ in range(6 * 24 // STEP_HOURS):
+        advance(sim, STEP_HOURS)
+        assert run.cycle()
+    events = detection_events(run)
+    truth = Counter((k, kind, s) for _at, k, kind, s in sim.data.transitions(sim.now(), since=seeded))
+    assert sum(truth.values()) > 30
+    assert emitted_changes(events) == truth
+    assert len({e["@change"]["snapshot"] for e in events if "snapshot" in e["@change"]}) == 3
