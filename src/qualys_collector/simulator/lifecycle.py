@@ -26,11 +26,14 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-NEW_RATE = 0.02
-FIX_RATE = 0.06
-SEVERITY_RATE = 0.02
-QDS_RATE = 0.04
-REOPEN_RATE = 0.12
+#: Chances per processing (once a day by default): a finding appears on a free slot, an active one is fixed
+#: (about two months to remediate), changes severity (a KnowledgeBase update), changes QDS (threat
+#: intelligence), a fixed one is found again.
+NEW_RATE = 0.01
+FIX_RATE = 0.02
+SEVERITY_RATE = 0.002
+QDS_RATE = 0.01
+REOPEN_RATE = 0.02
 #: Share of hosts first processed during the simulated period instead of before it.
 LATE_HOSTS = 0.05
 
