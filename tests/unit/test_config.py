@@ -251,6 +251,18 @@ BAD = [
     ("    id: 12345", "    id: 'a b'", "inputs.qualys.id: id must be 1-32 letters", 10),
     ("      port: 443", "      port: 99999", "outputs.devo_1.config.port", 10),
     ("    type: devo_platform", "    type: devo_platform\n    batch_size: 0", "outputs.devo_1.batch_size", 10),
+    (
+        "      host_list_detection::\n",
+        "      host_list_detection::\n        emit: changed\n",
+        "host_list_detection.emit",
+        10,
+    ),
+    (
+        "      host_list_detection::\n",
+        "      host_list_detection::\n        snapshot_every_days: 3\n",
+        "snapshot_every_days applies only with emit: changes; remove it or set emit: changes",
+        10,
+    ),
 ]
 
 
