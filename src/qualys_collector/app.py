@@ -281,7 +281,13 @@ class Collector:
         if self.metrics is not None and config.globals.metrics is not None:
             self._watch(self.metrics, config.globals.metrics.delivery_stall_seconds)
         self.scheduler = Scheduler(
-            self.jobs, self.outbox, stop=self.stop, clock=clock, paused=self.outbox_full, observer=self.observer
+            self.jobs,
+            self.outbox,
+            stop=self.stop,
+            clock=clock,
+            paused=self.outbox_full,
+            observer=self.observer,
+            outbox_limit=config.globals.outbox_max_bytes,
         )
 
     def _watch(self, metrics: Metrics, stall: float) -> None:
@@ -317,27 +323,36 @@ class Collector:
         commits, then deliver the rest. True if all succeeded."""
         self.probe_outputs()
         delivered_before = self.drain()
-        pulled_all = threading.Event()
-        senders = [
-            threading.Thread(target=d.run, args=(pulled_all,), name=f"Sender({d.sink.name})", daemon=True)
-            for d in self.drainers
-        ]
-        for thread in senders:
-            thread.start()
-        try:
-            pulled = self.scheduler.run_once()
-        finally:
-            pulled_all.set()
-            self.join(senders)
-        if self.stop.is_set():
-            # Deliver what the pull committed, but only within the stop's grace: a relay that holds its
-            # confirmation must not hold the exit (the batch stays in the outbox and is sent again).
-            final = threading.Thread(target=self.drain, name="Sender(final)", daemon=True)
-            final.start()
-            self.join([final])
-            logger.warning("Stopped: %d events stay in the outbox for the next run", self.outbox.pending())
-            return False
-        delivered = self.drain()
+        jobs: list[Job] | None = None
+        while True:
+            pulled_all = threading.Event()
+            senders = [
+                threading.Thread(target=d.run, args=(pulled_all,), name=f"Sender({d.sink.name})", daemon=True)
+                for d in self.drainers
+            ]
+            for thread in senders:
+                thread.start()
+            try:
+                pulled = self.scheduler.run_once(jobs)
+            finally:
+                pulled_all.set()
+                self.join(senders)
+            if self.stop.is_set():
+                # Deliver what the pull committed, but only within the stop's grace: a relay that holds its
+                # confirmation must not hold the exit (the batch stays in the outbox and is sent again).
+                final = threading.Thread(target=self.drain, name="Sender(final)", daemon=True)
+                final.start()
+                self.join([final])
+                logger.warning("Stopped: %d events stay in the outbox for the next run", self.outbox.pending())
+                return False
+            delivered = self.drain()
+            jobs = self.scheduler.stopped_for_room()
+            if not jobs or not delivered or self.outbox_full():
+                break  # a window that stopped at the outbox limit resumes in this run only once delivery made room
+            logger.info("The outputs delivered the outbox: resuming %d window(s) stopped at its limit", len(jobs))
+        pulled = all(s is not None and s.completed for s in self.scheduler.results.values()) and len(
+            self.scheduler.results
+        ) == len(self.jobs)
         for drainer in self.drainers:
             logger.info("%s", drainer.statistics_line())
         return delivered_before and pulled and delivered

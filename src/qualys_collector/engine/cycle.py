@@ -84,6 +84,8 @@ class CycleStats:
     #: Summary events committed (one when the cycle completed its window); not in the seed's line.
     summaries: int = 0
     completed: bool = False
+    #: The cycle stopped at a committed page because the outbox went over its size limit (the window stays open).
+    outbox_full: bool = False
     started: float = field(default_factory=time.monotonic)
 
     @property
@@ -186,8 +188,15 @@ def run_cycle(
     clock: Callable[[], datetime] = utcnow,
     stop: threading.Event | None = None,
     on_page: Callable[[Job, CycleStats], None] | None = None,
+    outbox_limit: int | None = None,
 ) -> CycleStats:
-    """Pull one window (or the rest of an interrupted one). Raises the source's errors unchanged."""
+    """Pull one window (or the rest of an interrupted one). Raises the source's errors unchanged.
+
+    With ``outbox_limit`` (``globals.outbox_max_bytes``) the outbox is measured after every committed page: once
+    it is over the limit the cycle stops there, the window stays open at that page (``stats.outbox_full``), and
+    the next cycle resumes after the page once delivery has made room. So the outbox exceeds its limit by at
+    most one page, however large the window.
+    """
     now = clock()
     stats = CycleStats(pulling_id=epoch_ms(now))
     checkpoint = load_checkpoint(job, outbox, now)
@@ -251,6 +260,19 @@ def run_cycle(
             break
         if stop is not None and stop.is_set():
             logger.warning("Stop requested: the window stays open and resumes after page %d", progress.pages)
+            return stats
+        if outbox_limit is not None and (size := outbox.size_bytes()) > outbox_limit:
+            logger.warning(
+                "The outbox holds %d bytes, over globals.outbox_max_bytes (%d bytes): the window stops after page "
+                "%d and resumes there once the outputs have delivered (nothing is dropped)",
+                size,
+                outbox_limit,
+                progress.pages,
+            )
+            stats.outbox_full = True
+            close = getattr(pages, "close", None)  # a generator's answer and batch workers end here, not in the GC
+            if close is not None:
+                close()
             return stats
     if not completed:
         new = _complete(job.spec, checkpoint, window, cursor, progress.horizon)

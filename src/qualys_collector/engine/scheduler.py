@@ -43,6 +43,7 @@ class Scheduler:
         clock: Callable[[], datetime] = utcnow,
         paused: Callable[[], bool] | None = None,
         observer: CycleObserver | None = None,
+        outbox_limit: int | None = None,
     ) -> None:
         self.jobs = jobs
         self.outbox = outbox
@@ -50,6 +51,8 @@ class Scheduler:
         self.clock = clock
         self.paused = paused or (lambda: False)
         self.observer = observer
+        #: ``globals.outbox_max_bytes``: a cycle stops at the page that takes the outbox over it
+        self.outbox_limit = outbox_limit
         self.results: dict[str, CycleStats | None] = {}
         #: the state error that stopped the collector, if one did
         self.fatal: StateError | None = None
@@ -59,7 +62,9 @@ class Scheduler:
         stats: CycleStats | None = None
         on_page = self.observer.page if self.observer is not None else None
         try:
-            stats = run_cycle(job, self.outbox, clock=self.clock, stop=self.stop, on_page=on_page)
+            stats = run_cycle(
+                job, self.outbox, clock=self.clock, stop=self.stop, on_page=on_page, outbox_limit=self.outbox_limit
+            )
         except StopRequested as exc:
             logger.warning("%s", exc.message)
             logger.warning("The window stays open: the checkpoint stays at the last committed page")
@@ -85,11 +90,11 @@ class Scheduler:
             self.observer.cycle(job, stats)
         return stats
 
-    def run_once(self) -> bool:
-        """One cycle of every job, concurrently. True when every cycle completed."""
+    def run_once(self, jobs: list[Job] | None = None) -> bool:
+        """One cycle of every job (or of ``jobs``), concurrently. True when every job's last cycle completed."""
         threads = [
             threading.Thread(target=self._once, args=(job,), name=f"Puller({job.label})", daemon=True)
-            for job in self.jobs
+            for job in (self.jobs if jobs is None else jobs)
         ]
         for thread in threads:
             thread.start()
@@ -99,6 +104,10 @@ class Scheduler:
 
     def _once(self, job: Job) -> None:
         self.results[job.label] = self.cycle(job)
+
+    def stopped_for_room(self) -> list[Job]:
+        """The jobs whose last cycle stopped at the outbox limit (their windows resume once there is room)."""
+        return [job for job in self.jobs if (s := self.results.get(job.label)) is not None and s.outbox_full]
 
     def start(self) -> list[threading.Thread]:
         """Start one looping thread per job; they end when ``stop`` is set."""
