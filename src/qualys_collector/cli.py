@@ -21,6 +21,7 @@ from qualys_collector import __version__
 from qualys_collector.config import load_config
 from qualys_collector.config.schema import CollectorConfig
 from qualys_collector.errors import CollectorError, ConfigError
+from qualys_collector.observability.heap import return_large_blocks
 from qualys_collector.observability.logging import setup_logging
 from qualys_collector.redact import scrub
 
@@ -63,6 +64,7 @@ def main() -> None:
 @click.option("--once", is_flag=True, help="One cycle of every enabled service, then exit (0 only if all succeeded).")
 def run(config_path: Path, state_dir: Path | None, log_format: str, once: bool) -> None:
     """Run the collector."""
+    return_large_blocks()  # memory stays bounded by the page and batch byte bounds, not by freed event strings
     setup_logging(fmt=log_format)
     config = _load(config_path)
     setup_logging(fmt=log_format, debug=config.globals.debug)

@@ -41,8 +41,13 @@ class Outbox(StateStore):
                 conn.execute("DELETE FROM positions WHERE output = ?", (name,))
             self._purge(conn)
 
-    def read(self, output: str, limit: int) -> list[StoredEvent]:
-        """Up to ``limit`` events not yet acknowledged by ``output``, oldest first."""
+    def read(self, output: str, limit: int, max_bytes: int | None = None) -> list[StoredEvent]:
+        """Up to ``limit`` events not yet acknowledged by ``output``, oldest first.
+
+        With ``max_bytes``, the batch also ends before the first event that would take its bodies (UTF-8) past
+        that many bytes; it always holds at least one event (which may alone be larger). Rows are read one at a
+        time, so only the batch (and the one row that ended it) is in memory.
+        """
         conn = self._conn()
         pos = conn.execute("SELECT seq FROM positions WHERE output = ?", (output,)).fetchone()
         if pos is None:
@@ -50,9 +55,18 @@ class Outbox(StateStore):
                 f"output {output!r} has no outbox position", code=505, fix="this is a bug; please report it"
             )
         rows = conn.execute(
-            "SELECT seq, tag, body FROM events WHERE seq > ? ORDER BY seq LIMIT ?", (pos[0], limit)
-        ).fetchall()
-        return [StoredEvent(seq=r[0], tag=r[1], body=r[2]) for r in rows]
+            "SELECT seq, tag, body, LENGTH(CAST(body AS BLOB)) FROM events WHERE seq > ? ORDER BY seq LIMIT ?",
+            (pos[0], limit),
+        )
+        batch: list[StoredEvent] = []
+        size = 0
+        for seq, tag, body, length in rows:
+            if batch and max_bytes is not None and size + int(length) > max_bytes:
+                break
+            batch.append(StoredEvent(seq=seq, tag=tag, body=body))
+            size += int(length)
+        rows.close()
+        return batch
 
     def ack(self, output: str, upto_seq: int) -> None:
         """Record that ``output`` delivered everything up to ``upto_seq``; delete rows all outputs have."""

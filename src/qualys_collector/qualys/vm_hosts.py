@@ -16,6 +16,10 @@ if TYPE_CHECKING:  # the parsing processes import this module: no HTTP client fo
 
 #: Hosts per page handed to the engine (one transaction each) within a larger response.
 HOSTS_PER_BATCH = 200
+#: Answer bytes per page: a page also ends at the first host boundary after this much XML, so a page's memory
+#: (its records, their events and JSON) follows this bound, not ``HOSTS_PER_BATCH`` times the size of a host
+#: (hosts with megabytes of RESULTS each made 200-host pages of gigabytes).
+PAGE_BYTES = 4 << 20
 
 
 def window_params(start: datetime, end: datetime) -> dict[str, str]:
@@ -35,10 +39,19 @@ AnswerItem = tuple[str, Any]
 
 
 def answer_items(
-    source: Any, convert: Callable[[dict[str, Any]], list[Record]], hosts_per_page: int = HOSTS_PER_BATCH
+    source: Any,
+    convert: Callable[[dict[str, Any]], list[Record]],
+    hosts_per_page: int = HOSTS_PER_BATCH,
+    page_bytes: int = PAGE_BYTES,
 ) -> Iterator[AnswerItem]:
-    """The items of one host-paged XML answer (a binary stream), parsed and converted as they stream."""
+    """The items of one host-paged XML answer (a binary stream), parsed and converted as they stream.
+
+    A page may end (``"p"``) after every ``hosts_per_page`` hosts, and after the first host that ends at least
+    ``page_bytes`` of the answer after the previous page boundary (bytes the parser has read from ``source``).
+    """
     hosts = 0
+    position = _reader_position(source)
+    boundary = position()
     for tag, element in iter_elements(source, {"HOST", "URL", "DATETIME"}):
         if tag == "DATETIME" or tag == "URL":
             yield ("d" if tag == "DATETIME" else "u"), element.text or ""
@@ -47,8 +60,20 @@ def answer_items(
         for record in convert(host):
             yield "r", record
         hosts += 1
-        if hosts % hosts_per_page == 0 and str(host.get("ID", "")).isdigit():
+        read = position()
+        if (hosts % hosts_per_page == 0 or read - boundary >= page_bytes) and str(host.get("ID", "")).isdigit():
+            hosts, boundary = 0, read
             yield "p", int(host["ID"])
+
+
+def _reader_position(source: Any) -> Callable[[], int]:
+    """How many bytes of ``source`` have been read: a :class:`~qualys_collector.qualys.xml.ByteStream` counts
+    them, a file knows its offset; anything else counts as nothing (pages then end by host count only)."""
+    if hasattr(source, "bytes_read"):
+        return lambda: int(source.bytes_read)
+    if hasattr(source, "tell"):
+        return lambda: int(source.tell())
+    return lambda: 0
 
 
 def host_pages(

@@ -29,6 +29,7 @@ import orjson
 
 from qualys_collector.errors import DataError
 from qualys_collector.model import JSON, Page, Record
+from qualys_collector.observability.heap import return_large_blocks
 from qualys_collector.qualys.detections import converter
 from qualys_collector.qualys.vm_hosts import HOSTS_PER_BATCH, AnswerItem, answer_items, host_pages
 
@@ -182,6 +183,7 @@ def one_at_a_time_host_pages(
 
 def main() -> None:
     """The parsing process: one JSON line of arguments per answer; one JSON line back."""
+    return_large_blocks()
     for line in sys.stdin.buffer:
         xml_path, out_path, results_max_length, hosts_per_page = orjson.loads(line)
         error = parse_answer(xml_path, out_path, results_max_length, hosts_per_page)

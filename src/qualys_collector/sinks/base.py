@@ -84,8 +84,9 @@ class Sink(Protocol):
 class OutboxReader(Protocol):
     """What a drain needs from the outbox."""
 
-    def read(self, output: str, limit: int) -> list[StoredEvent]:
-        """Events not yet acknowledged by ``output``, oldest first."""
+    def read(self, output: str, limit: int, max_bytes: int | None = None) -> list[StoredEvent]:
+        """Events not yet acknowledged by ``output``, oldest first: at most ``limit``, and (with ``max_bytes``)
+        no more bytes of JSON than that unless one event alone is larger."""
         ...
 
     def ack(self, output: str, upto_seq: int) -> None:

@@ -31,6 +31,9 @@ UNEXPECTED_FIX = "nothing was lost: the events stay in the outbox and are sent a
 
 #: The output stopped re-sending a batch the relay would not confirm.
 ERR_HALTED = 408
+#: A batch also ends before the event that would take its events' JSON past this many bytes (it holds at least
+#: one event), so a batch's memory (bodies, framed lines, an HTTP body) follows this bound, not 1,000 events.
+BATCH_BYTES = 4 << 20
 
 
 class DeliveryObserver(Protocol):
@@ -62,6 +65,7 @@ class Drainer:
         sink: Sink,
         *,
         batch_size: int = 1000,
+        batch_bytes: int = BATCH_BYTES,
         max_backoff: float = 60.0,
         observer: DeliveryObserver | None = None,
         resend_limit: int = 1,
@@ -70,6 +74,7 @@ class Drainer:
         self.outbox = outbox
         self.sink = sink
         self.batch_size = batch_size
+        self.batch_bytes = batch_bytes
         self.max_backoff = max_backoff
         self.stats = DrainStats()
         self.last_error: DeliveryError | None = None
@@ -87,7 +92,7 @@ class Drainer:
         A sink that confirmed a prefix has that prefix acknowledged, then its reason for the rest is
         raised; a sink that confirmed nothing of a non-empty batch without saying why is a failure too.
         """
-        batch = self.outbox.read(self.sink.name, self.batch_size)
+        batch = self.outbox.read(self.sink.name, self.batch_size, self.batch_bytes)
         if not batch:
             return 0
         try:
