@@ -212,6 +212,13 @@ def state_reset(config_path: Path, state_dir: Path | None, service: str, input_n
     help="How often each host is re-processed (its detections change state each time).",
 )
 @click.option("--fault", "faults", multiple=True, help="KIND[:key=value,...], e.g. 409:code=1965,times=2")
+@click.option(
+    "--shape",
+    "shapes",
+    multiple=True,
+    help="Write answers in this odd shape of real payloads (comments, cdata, bom, warning...; see "
+    "simulator/shapes.py); the default data's shapes when none is given, 'clean' for none.",
+)
 def simulate(
     host: str,
     port: int,
@@ -229,6 +236,7 @@ def simulate(
     rate_window: int,
     host_interval_minutes: int,
     faults: tuple[str, ...],
+    shapes: tuple[str, ...],
 ) -> None:
     """Serve a simulated Qualys subscription (VM API and FIM gateway) on one port."""
     setup_logging()
@@ -248,12 +256,16 @@ def simulate(
         fim_incidents=fim_incidents,
         host_interval=timedelta(minutes=host_interval_minutes),
     )
-    sim = Simulator(
-        config,
-        username=username,
-        password=password,
-        vm_limits=Limits(rate=rate_limit, window=rate_window, concurrency=concurrency_limit),
-    )
+    try:
+        sim = Simulator(
+            config,
+            username=username,
+            password=password,
+            vm_limits=Limits(rate=rate_limit, window=rate_window, concurrency=concurrency_limit),
+            shapes=[s for s in shapes if s != "clean"] if shapes else None,
+        )
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--shape") from None
     for spec in faults:
         try:
             sim.faults.arm(parse_fault(spec))

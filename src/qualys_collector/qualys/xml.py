@@ -2,8 +2,8 @@
 
 Elements are turned into plain dicts losslessly: attributes become ``@name`` keys, CDATA text is
 unescaped and stripped of the whitespace Qualys wraps around it, and the children of known list
-containers (``TAGS``, ``DETECTION_LIST``, ``QDS_FACTORS``...) are always lists, so a field has one type
-whatever the count. Parsed elements are cleared as soon as they are converted: memory stays flat.
+containers (``TAGS``, ``DETECTION_LIST``, ``QDS_FACTORS``...) are always lists, an empty one included, so a
+field has one type whatever the count. Parsed elements are cleared as soon as they are converted: memory stays flat.
 """
 
 from __future__ import annotations
@@ -132,7 +132,7 @@ def element_to_value(element: Any) -> Any:
     """
     if not len(element):
         text = element.text
-        text = text.strip() if text else ""
+        text = text.strip() if text else _empty(element.tag)
         if element.keys():
             attrs = {f"@{k}": v for k, v in element.items()}
             return {**attrs, "#text": text} if text else attrs
@@ -147,7 +147,7 @@ def element_to_value(element: Any) -> Any:
                 items.append(element_to_value(child))
             else:
                 text = child.text
-                items.append(text.strip() if text else "")
+                items.append(text.strip() if text else _empty(child.tag))
         return items
     result: dict[str, Any] = {f"@{k}": v for k, v in element.items()} if keys else {}
     for child in element:
@@ -158,13 +158,19 @@ def element_to_value(element: Any) -> Any:
             value = element_to_value(child)
         else:
             text = child.text
-            value = text.strip() if text else ""
+            value = text.strip() if text else _empty(tag)
         if tag in result:
             existing = result[tag]
             result[tag] = [*existing, value] if isinstance(existing, list) else [existing, value]
         else:
             result[tag] = value
     return result
+
+
+def _empty(tag: Any) -> str | list[Any]:
+    """The value of an element without text or children: ``[]`` for a list container (``<ASSET_GROUP_LIST />``,
+    as Qualys' guide prints it), so the field is a list however many items it has; ``""`` otherwise."""
+    return [] if tag in LIST_CONTAINERS else ""
 
 
 def iter_elements(stream: io.RawIOBase, tags: set[str]) -> Iterator[tuple[str, Any]]:

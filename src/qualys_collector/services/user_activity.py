@@ -95,9 +95,9 @@ class ActivitySource:
                 request = dict(params) if id_max is None else {**params, "id_max": str(id_max)}
                 records: list[Record] = []
                 following: int | None = None
-                with self.client.open(self.path, request) as response:
+                with self.client.open(self.path, request) as response:  # utf-8-sig: a byte-order mark is no data
                     text = io.TextIOWrapper(
-                        io.BufferedReader(self.client.body(self.path, response)), encoding="utf-8", newline=""
+                        io.BufferedReader(self.client.body(self.path, response)), encoding="utf-8-sig", newline=""
                     )
                     for item in parse_activity_csv(text):
                         if isinstance(item, int):

@@ -1,7 +1,8 @@
 """The simulator's WSGI application: auth, limits, faults, routing, and the admin endpoints.
 
 Admin (tests and the demo): ``GET /__sim/stats``, ``POST /__sim/faults`` (JSON list of fault specs,
-``[]`` clears), ``POST /__sim/clock`` (``{"advance": seconds}`` or ``{"offset": seconds}``),
+``[]`` clears), ``POST /__sim/shapes`` (JSON list of shape names, see :mod:`.shapes`; ``[]``: the clean form),
+``POST /__sim/clock`` (``{"advance": seconds}`` or ``{"offset": seconds}``),
 ``GET /__sim/truth?service=...&start=...&end=...`` (the keys that exist for a window).
 In process, tests read ``Simulator.request_log`` (every VM call that reached the API: method, path with its
 version, parameters as sent) and ``Simulator.detection_truth()`` (every detection with its QDS and factors,
@@ -28,6 +29,7 @@ from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler, make_server
 from werkzeug.wrappers import Request, Response
 
 from qualys_collector.simulator import fim as fimapi
+from qualys_collector.simulator import shapes as shaping
 from qualys_collector.simulator import vm
 from qualys_collector.simulator.data import Dataset, SimConfig, iso, ms
 from qualys_collector.simulator.faults import Fault, FaultBook, parse_fault
@@ -67,8 +69,13 @@ class Simulator:
         fim_limits: Limits | None = None,
         token_ttl: int = 14400,
         require_requested_with: bool = True,
+        shapes: Iterable[str] | None = None,
     ) -> None:
         self.config = config or SimConfig()
+        #: how answers are written (:mod:`.shapes`); the default data's shapes unless a list is given
+        self.shapes = frozenset(shaping.DEFAULT_SHAPES if shapes is None else shapes)
+        if shaping.unknown(self.shapes):
+            raise ValueError(f"unknown shapes {shaping.unknown(self.shapes)}; use some of {sorted(shaping.SHAPES)}")
         self.data = Dataset(self.config)
         self.username, self.password = username, password
         self.vm_limits = vm_limits or Limits()
@@ -238,6 +245,8 @@ class Simulator:
                 chunks = vm.host_list(
                     self.data, now, params, base_url, detection=resource.endswith("detection"), version=version
                 )
+            if self.shapes:
+                chunks = shaping.vm_answer(chunks, self.shapes, resource)
             first = next(chunks)  # parameter errors surface before the status line
         except BaseException:
             self._release(key)
@@ -331,7 +340,7 @@ class Simulator:
             result = self.fim.route(request.path, payload)
             if self.faults.take(request.path, {"empty_sort"}) is not None and isinstance(result, list):
                 result = [{**hit, "sortValues": []} for hit in result]
-            text = json.dumps(result, ensure_ascii=False)
+            text = shaping.fim_answer(result, self.shapes)
         finally:
             self._release("fim")
         body = _Body(self, None, text, iter(()), request.path)
@@ -365,6 +374,12 @@ class Simulator:
             for spec in specs:
                 self.faults.arm(parse_fault(spec))
             return Response("{}", content_type="application/json")
+        if path == "/__sim/shapes" and request.method == "POST":
+            names = json.loads(request.get_data(as_text=True) or "[]")
+            if shaping.unknown(names):
+                return Response(json.dumps({"unknown": shaping.unknown(names)}), status=400)
+            self.shapes = frozenset(names)
+            return Response(json.dumps(sorted(self.shapes)), content_type="application/json")
         if path == "/__sim/clock" and request.method == "POST":
             body = json.loads(request.get_data(as_text=True) or "{}")
             if "advance" in body:
