@@ -158,6 +158,7 @@ def build_jobs(
             environment = block.environment
             job = make_job(input_name, block.id, environment, options, entry.spec, source, salt=salt, enrich=enrich)
             job.change_filter = entry.change_filter(options) if entry.change_filter is not None else ()
+            job.max_event_bytes = config.globals.event_max_bytes
             jobs.append(job)
     return jobs
 

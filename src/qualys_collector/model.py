@@ -125,6 +125,8 @@ class Event:
     body: JSON
     key: str | None = None
     time: datetime | None = None
+    #: The body's JSON once a pipeline stage has made it (and checked its size); :meth:`to_json` returns it.
+    text: str | None = None
 
     def to_json(self) -> str:
         """Compact one-line JSON of the body (newlines inside values are escaped by JSON).
@@ -132,6 +134,8 @@ class Event:
         orjson is ten times faster than ``json`` here (it serialises every event); what it refuses
         (a lone surrogate from a JSON API, an integer beyond 64 bits) goes through ``json`` instead.
         """
+        if self.text is not None:
+            return self.text
         try:
             return orjson.dumps(self.body, default=str, option=_ORJSON_OPTIONS).decode()
         except orjson.JSONEncodeError:

@@ -150,3 +150,33 @@ def test_run_once_stops_at_the_limit_while_delivery_fails_and_resumes_the_window
     got = Counter(_key(e) for e in relay.events if e.tag == "vuln.qualys.hostdetections")
     assert set(got) == truth
     assert max(got.values()) == 1
+
+
+def test_an_event_over_event_max_bytes_is_shortened_before_the_outbox_and_says_what_was_cut(
+    make_sim: SimFactory, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The outbox's own bound on one event: ``globals.event_max_bytes`` (16 MiB by default; 64 KiB here)."""
+    sim = make_sim(seed=2, hosts=6, detections_per_host=2, results_bytes=300_000, base=NOW - timedelta(days=1))
+    services = {"host_list_detection": {"start_time_utc": START, "filters": {"status": ["New", "Active", "Fixed"]}}}
+    r = Run(sim=sim, url=start_sim(sim), state=tmp_path / "state", services=services)
+    base = r.config()
+    config = base.model_copy(update={"globals": base.globals.model_copy(update={"event_max_bytes": 64 << 10})})
+    relay = MemorySink(name="relay")
+    collector = r.collector(config, sinks=[relay])
+    try:
+        with caplog.at_level(logging.WARNING):
+            assert collector.run_once()
+    finally:
+        collector.close()
+    detections = [e for e in relay.events if e.tag == "vuln.qualys.hostdetections"]
+    assert {_key(e) for e in detections} == sim.truth("host_list_detection", None, NOW)
+    for event in detections:
+        assert len(event.body.encode()) <= 64 << 10
+        body = json.loads(event.body)
+        cut = body["@truncated_fields"]
+        assert list(cut) == ["DETECTION.RESULTS"]
+        assert 299_000 < cut["DETECTION.RESULTS"] <= 300_000  # its length as parsed (surrounding whitespace trimmed)
+        assert body["DETECTION"]["RESULTS"].startswith("Package\tInstalled Version")
+    assert f"over globals.event_max_bytes ({64 << 10}): shortened DETECTION.RESULTS" in caplog.text
+    summary = json.loads(next(e.body for e in relay.events if e.tag == "vuln.qualys.collector.summary"))
+    assert summary["events_shortened"] == len(detections)

@@ -144,7 +144,7 @@ def build_config(raw: dict[str, Any], *, warnings: list[str], base_dir: Path | N
     globals_block = data.get("globals") or {}
     if not isinstance(globals_block, dict):
         raise ConfigError("globals", "must be a mapping", fix="see README, Configuration")
-    known = {"debug", "id", "name", "persistence", "outbox_max_bytes", "metrics"}
+    known = {"debug", "id", "name", "persistence", "outbox_max_bytes", "event_max_bytes", "metrics"}
     for key in list(globals_block):
         if key not in known:
             warnings.append(f"[WARNING] Illegal global setting has been ignored -> {key}: {globals_block[key]!r}")

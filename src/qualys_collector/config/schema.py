@@ -86,6 +86,7 @@ class Globals(BaseModel):
     name: str = Field(default="qualys-collector", min_length=1)
     persistence: Persistence = Persistence()
     outbox_max_bytes: int = Field(default=1 << 30, ge=1 << 20)
+    event_max_bytes: int = Field(default=16 << 20, ge=64 << 10, le=1 << 30)
     metrics: MetricsOptions | None = None
 
 

@@ -63,6 +63,8 @@ class Job:
     enrich: tuple[Stage, ...] = ()
     change_filter: tuple[Stage, ...] = ()
     summary_tag: str = SUMMARY_TAG
+    #: ``globals.event_max_bytes``: larger events are shortened before the outbox (``None``: no bound)
+    max_event_bytes: int | None = None
 
     @property
     def label(self) -> str:
@@ -225,7 +227,14 @@ def run_cycle(
     cursor = BoundaryCursor(checkpoint.value, floor_ids, window.end, max_value=progress.max_value, max_ids=max_ids)
     cursor.take_fresh()
     builder = EventBuilder(job.tag, stats.pulling_id, job.environment, job.obfuscation)
-    pipeline = Pipeline.standard(cursor, builder, enrich=job.enrich, change_filter=job.change_filter)
+    pipeline = Pipeline.standard(
+        cursor,
+        builder,
+        enrich=job.enrich,
+        change_filter=job.change_filter,
+        max_event_bytes=job.max_event_bytes,
+        service=job.spec.name,
+    )
     tables = {t.name: outbox.table(job.input_id, t.name) for t in job.spec.tables}
     pages = job.source.pages(window, token, SourceState(checkpoint.extra, tables))
     completed = False

@@ -3,12 +3,14 @@
 Event building is plain data: :class:`EventBuilder` (tag, pulling id, environment, obfuscation rules) is a
 frozen dataclass that pickles, so it can be sent to a child process and build the same events there.
 The engine runs an ordered list of stages over each page inside the page's transaction — boundary
-dedup, obfuscation (event building), a slot for enrichment, a slot for a change filter, counters — so
+dedup, obfuscation (event building), a slot for enrichment, a slot for a change filter, the event size bound,
+counters — so
 whatever a stage writes to a keyed table commits with the page's events and checkpoint, or not at all.
 """
 
 from __future__ import annotations
 
+import logging
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -17,7 +19,10 @@ from typing import Protocol
 from qualys_collector.engine.cursor import BoundaryCursor, Verdict
 from qualys_collector.engine.obfuscate import Obfuscation
 from qualys_collector.engine.store import Transaction
+from qualys_collector.fit import shorten
 from qualys_collector.model import Event, Page, Record
+
+logger = logging.getLogger("qualys_collector.puller")
 
 
 @dataclass
@@ -107,6 +112,39 @@ class BuildEvents:
         work.records = []
 
 
+class FitEvents:
+    """Events whose JSON is over ``max_bytes`` (``globals.event_max_bytes``) get their largest string fields
+    shortened, with ``@truncated_fields``, before they enter the outbox: one event of hundreds of megabytes
+    would otherwise cost that much (several times over) in every batch and output that carries it, and no
+    Devo output could take it whole anyway. Each event's JSON is made here, once, and kept for the outbox."""
+
+    name = "fit"
+    tables: tuple[str, ...] = ()
+
+    def __init__(self, max_bytes: int, service: str = "") -> None:
+        self.max_bytes = max_bytes
+        self.service = service
+
+    def run(self, work: PageWork, tx: Transaction) -> None:
+        """Every event's JSON, shortened where it is too large."""
+        limit = self.max_bytes
+        for event in work.events:
+            text = event.to_json()
+            if len(text) * 4 > limit and len(size := text.encode()) > limit:  # 4: the most bytes per character
+                text, cut = shorten(text, limit)
+                work.counts["events_shortened"] += 1
+                logger.warning(
+                    "Event %s of %s was %d bytes, over globals.event_max_bytes (%d): shortened %s (original "
+                    "lengths in @truncated_fields)",
+                    event.key,
+                    self.service,
+                    len(size),
+                    limit,
+                    ", ".join(sorted(cut)),
+                )
+            event.text = text
+
+
 class CountCommitted:
     """The last stage: counts what the page commits."""
 
@@ -133,9 +171,13 @@ class Pipeline:
         *,
         enrich: Sequence[Stage] = (),
         change_filter: Sequence[Stage] = (),
+        max_event_bytes: int | None = None,
+        service: str = "",
     ) -> Pipeline:
-        """Boundary dedup, obfuscation, the enrichment slot, the change-filter slot, counters."""
-        return cls([BoundaryDedup(cursor), BuildEvents(builder), *enrich, *change_filter, CountCommitted()], builder)
+        """Boundary dedup, obfuscation, the enrichment slot, the change-filter slot, the event size bound (with
+        ``max_event_bytes``), counters."""
+        fit: list[Stage] = [FitEvents(max_event_bytes, service)] if max_event_bytes else []
+        return cls([BoundaryDedup(cursor), BuildEvents(builder), *enrich, *change_filter, *fit, CountCommitted()], builder)
 
     @property
     def tables(self) -> tuple[str, ...]:

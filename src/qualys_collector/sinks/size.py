@@ -3,63 +3,16 @@
 A receiver cuts a message longer than its limit into fragments (rsyslog's and syslog-ng's
 ``maxMessageSize``/``log-msg-size``), none of which is valid JSON. So an event whose message would
 exceed the output's limit has its largest string fields shortened until the message fits, stays one
-valid JSON object, and says what was cut: ``"@truncated_fields": {"<field path>": <original length>}``.
+valid JSON object, and says what was cut: ``"@truncated_fields": {"<field path>": <original length>}``
+(:mod:`qualys_collector.fit`, which the outbox's ``globals.event_max_bytes`` uses too).
 """
 
 from __future__ import annotations
 
-import json
-from typing import Any
+from qualys_collector.fit import TRUNCATED, shorten
 
 #: The default for syslog outputs: what the receivers in the test matrix accept (rsyslog ``maxMessageSize``
 #: 256k, syslog-ng ``log-msg-size(262144)``).
 SYSLOG_MAX_EVENT_BYTES = 256 * 1024
-TRUNCATED = "@truncated_fields"
 
-
-def _dump(document: Any) -> str:
-    return json.dumps(document, separators=(",", ":"), ensure_ascii=False)
-
-
-def _strings(node: Any, path: str = "") -> list[tuple[int, str, Any, Any]]:
-    """Every string leaf as (encoded size, dotted path, container, key)."""
-    found: list[tuple[int, str, Any, Any]] = []
-    items = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else ()
-    for key, value in items:
-        if key == TRUNCATED and not path:
-            continue
-        here = f"{path}.{key}" if path else str(key)
-        if isinstance(value, str):
-            found.append((len(value.encode("utf-8")), here, node, key))
-        elif isinstance(value, dict | list):
-            found.extend(_strings(value, here))
-    return found
-
-
-def shorten(body: str, limit: int) -> tuple[str, dict[str, int]]:
-    """``body`` (a JSON object) within ``limit`` bytes, and the fields cut with their original lengths.
-
-    Returns ``body`` unchanged when it fits. Raises ``ValueError`` when even empty strings do not fit.
-    """
-    if len(body.encode("utf-8")) <= limit:
-        return body, {}
-    document = json.loads(body)
-    if not isinstance(document, dict):
-        raise ValueError("the event is not a JSON object")  # noqa: TRY004 (the caller handles ValueError)
-    originals: dict[str, int] = {}
-    while True:
-        if originals:
-            document[TRUNCATED] = originals
-        text = _dump(document)
-        excess = len(text.encode("utf-8")) - limit
-        if excess <= 0:
-            return text, originals
-        leaves = [leaf for leaf in _strings(document) if leaf[0] > 0]
-        if not leaves:
-            raise ValueError(f"the event does not fit in {limit} bytes even with every string emptied")
-        _, path, container, key = max(leaves, key=lambda leaf: leaf[0])
-        value: str = container[key]
-        originals.setdefault(path, len(value))
-        # each character cut removes at least one byte of the encoded line; cut a little more for the note
-        keep = max(0, len(value) - excess - 64)
-        container[key] = value[:keep]
+__all__ = ["SYSLOG_MAX_EVENT_BYTES", "TRUNCATED", "shorten"]
