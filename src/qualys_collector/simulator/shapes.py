@@ -97,8 +97,10 @@ def _split_cdata(match: re.Match[str]) -> str:
     return f"<![CDATA[{text[:half]}]]><![CDATA[{text[half:]}]]>"
 
 
-def _xml_chunk(text: str, shapes: frozenset[str]) -> str:
-    """One chunk of a VM XML answer (the simulator writes whole hosts, lines and blocks per chunk)."""
+def _xml_chunk(text: str, shapes: frozenset[str], first: bool) -> str:
+    """One chunk of a VM XML answer (the simulator writes whole hosts, lines and blocks per chunk; the root's
+    start tag is in the first, its end tag ends the last)."""
+    last = text.endswith("_OUTPUT>\n")  # O(1): the default shape must not cost the benchmark's million hosts
     if "sparse" in shapes:
         text = _SPARSE.sub("", text)
     if "empty" in shapes:
@@ -115,16 +117,19 @@ def _xml_chunk(text: str, shapes: frozenset[str]) -> str:
         text = text.replace("</ID>\n", "</ID><!-- id -->\n")
         text = text.replace("<RESULTS><![CDATA[", "<RESULTS><!-- results --><![CDATA[")
         text = _QID.sub(r"<QID>\1<!-- split -->\2</QID>", text)
-        text = _ROOT_CLOSE.sub(lambda m: f"{m.group(0)}<!-- Incident signature: 0123456789abcdef //-->\n", text)
+        if last:
+            text = _ROOT_CLOSE.sub(lambda m: f"{m.group(0)}<!-- Incident signature: 0123456789abcdef //-->\n", text)
     if "cdata" in shapes:
         text = _LEAF.sub(lambda m: f"<{m.group(1)}><![CDATA[{_unesc(m.group(2))}]]></{m.group(1)}>", text)
         text = _CDATA.sub(_split_cdata, text)
     elif "plain" in shapes:
         text = _CDATA.sub(lambda m: _esc(m.group(1)), text)
     if "eval_comments" in shapes:
-        text = _ROOT_OPEN.sub(lambda m: f"{_EVAL}{m.group(0)}", text, count=1)
-        text = _ROOT_CLOSE.sub(lambda m: f"{m.group(0)}{_CONFIDENTIAL}", text)
-    if "no_decl" in shapes:
+        if first:
+            text = _ROOT_OPEN.sub(lambda m: f"{_EVAL}{m.group(0)}", text, count=1)
+        if last:
+            text = _ROOT_CLOSE.sub(lambda m: f"{m.group(0)}{_CONFIDENTIAL}", text)
+    if "no_decl" in shapes and first:
         text = _DECL.sub("", text)
     if "whitespace" in shapes:
         text = _loosen(text)
@@ -160,7 +165,7 @@ def vm_answer(chunks: Iterator[str], shapes: frozenset[str], resource: str) -> I
     active = shapes & (CSV_SHAPES if csv else XML_SHAPES)
     first = True
     for chunk in chunks:
-        text = _csv_chunk(chunk, active) if csv else _xml_chunk(chunk, active)
+        text = _csv_chunk(chunk, active) if csv else _xml_chunk(chunk, active, first)
         if first and "bom" in active:
             text = "\ufeff" + text
         first = False
