@@ -298,6 +298,15 @@ class Collector:
         metrics.readiness.pending = self.outbox.pending
         metrics.readiness.outbox_full = self.outbox_full
         metrics.watch_outbox(lambda: {s.name: self.outbox.pending(s.name) for s in self.sinks}, self.outbox.size_bytes)
+        drainers = {drainer.sink.name: drainer for drainer in self.drainers}
+
+        def last_error(output: str) -> str | None:
+            error = drainers[output].last_error if output in drainers else None
+            return error.headline() if error is not None else None
+
+        metrics.readiness.last_error = last_error
+        for sink in self.sinks:  # 0 until an output stops (error 408): a scrape sees every output's gauge
+            metrics.halted.labels(sink.name).set(0)
 
     def probe_outputs(self) -> bool:
         """Try each output once at start-up (an empty, confirmed batch); log a numbered error, never exit."""

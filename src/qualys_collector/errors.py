@@ -77,10 +77,14 @@ class CollectorError(Exception):
         self.code = code
         self.fix = fix
 
-    def __str__(self) -> str:
+    def headline(self) -> str:
+        """The numbered message without its fix: a one-line reason (``/readyz``)."""
         head = f"[{ERROR_TYPES.get(self.code, self.kind)} {self.code}] " if self.code is not None else f"[{self.kind}] "
+        return f"{head}{self.message}"
+
+    def __str__(self) -> str:
         tail = f" Fix: {self.fix}" if self.fix else ""
-        return f"{head}{self.message}{tail}"
+        return f"{self.headline()}{tail}"
 
 
 class ConfigError(CollectorError):

@@ -90,6 +90,7 @@ def test_metrics_match_deliveries_and_readiness_follows_the_relay(make_sim: SimF
         assert metric(text, "qualys_collector_events_pulled_total") == delivered
         assert metric(text, "qualys_collector_api_calls_total", api="asset/host/vm/detection", status="200") >= 1
         assert metric(text, "qualys_collector_outbox_pending_events", output="devo") == 0
+        assert re.search(r'^qualys_collector_output_halted\{output="devo"\} 0\.0$', text, re.MULTILINE)  # before a halt
         assert (
             metric(text, "qualys_collector_last_successful_cycle_timestamp_seconds", service="host_list_detection") > 0
         )
@@ -101,6 +102,9 @@ def test_metrics_match_deliveries_and_readiness_follows_the_relay(make_sim: SimF
         body = httpx.get(f"{url}/readyz").json()
         assert body["ready"] is False
         assert any("output devo: nothing delivered" in p for p in body["problems"])
+        stalled = [p for p in body["problems"] if p.startswith("output devo: nothing delivered")]
+        assert re.search(r"with events pending \(last: \[DeliveryError 40\d\] output devo: ", stalled[0]), stalled
+        assert "Fix:" not in stalled[0]  # the reason is one line: the error's number and message
         relay.start()
         wait(lambda: httpx.get(f"{url}/readyz").status_code == 200, timeout=30)
         assert httpx.get(f"{url}/readyz").json() == {"ready": True, "problems": []}

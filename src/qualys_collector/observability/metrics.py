@@ -40,6 +40,8 @@ class Readiness:
     pending: Callable[[str], int] = lambda _output: 0
     outbox_full: Callable[[], bool] = lambda: False
     halted: dict[str, str] = field(default_factory=dict)
+    #: The last error of an output that failed (its numbered message, no fix), named in a stall's reason.
+    last_error: Callable[[str], str | None] = lambda _output: None
 
     def problems(self, now: float | None = None) -> list[str]:
         """Why the collector is not ready (empty when it is)."""
@@ -51,7 +53,9 @@ class Readiness:
                 found.append(f"{service}: no completed cycle for {now - last:.0f} s (period {period:.0f} s)")
         for output, last_ok in self.last_delivery_ok.items():
             if now - last_ok > self.delivery_stall_seconds and self.pending(output) > 0:
-                found.append(f"output {output}: nothing delivered for {now - last_ok:.0f} s with events pending")
+                error = self.last_error(output)
+                cause = f" (last: {error})" if error else ""
+                found.append(f"output {output}: nothing delivered for {now - last_ok:.0f} s with events pending{cause}")
         for output, reason in self.halted.items():
             found.append(f"output {output}: delivery stopped ({reason}); events stay in the outbox, restart to resume")
         if self.outbox_full():
