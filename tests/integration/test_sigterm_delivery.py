@@ -70,9 +70,9 @@ class HoldingReceiver:
 
 
 @pytest.fixture
-def sim() -> Iterator[str]:
+def simulator() -> Iterator[Simulator]:
     simulator = Simulator(SimConfig(seed=8, hosts=400, detections_per_host=1))
-    yield simulator.start()
+    yield simulator
     simulator.stop()
 
 
@@ -104,7 +104,8 @@ def config(tmp_path: Path, url: str, port: int, certs: Certs) -> Path:
     return path
 
 
-def test_sigterm_while_a_batch_waits_for_confirmation_exits_within_5_s(tmp_path: Path, sim: str) -> None:
+def test_sigterm_while_a_batch_waits_for_confirmation_exits_within_5_s(tmp_path: Path, simulator: Simulator) -> None:
+    sim = simulator.start()
     certs = Certs.mint(tmp_path / "certs")
     holder = HoldingReceiver(certs)
     try:
@@ -140,4 +141,5 @@ def test_sigterm_while_a_batch_waits_for_confirmation_exits_within_5_s(tmp_path:
     finally:
         relay.stop()
     assert len(hosts) == 400
+    assert set(hosts) == simulator.truth("host_list"), "not the simulator's ground truth"
     assert set(hosts.values()) == {1}, "an event was delivered twice"
