@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -432,3 +434,38 @@ def test_an_unreachable_relay_is_reported_at_start_and_pulling_goes_on(
     # ...pulling did not: the hosts and the window's summary event
     assert collector.outbox.pending("devo") == len(sim.truth("host_list", None, NOW)) + 1
     collector.close()
+
+
+def test_a_certificate_file_the_collector_cannot_read_is_a_numbered_error_naming_the_fix(
+    tmp_path: Path, certs: Certs
+) -> None:
+    """A key another user copied with mode 0600 (the container's uid 10001 cannot read it): error 400 naming the
+    file and the chown, not a traceback. As root the child gives up the capabilities that read anything."""
+    for path in (certs.chain, certs.client_cert, certs.client_key):
+        shutil.copyfile(path, tmp_path / path.name)
+    key = tmp_path / certs.client_key.name
+    key.chmod(0o600)
+    prefix: list[str] = []
+    if os.geteuid() == 0:
+        os.chown(key, 65534, 65534)  # another user's file
+        caps = "-dac_override,-dac_read_search"
+        prefix = ["setpriv", f"--inh-caps={caps}", f"--bounding-set={caps}", "--"]
+    else:
+        key.chmod(0o000)
+    probe = (
+        "import sys\n"
+        "from pathlib import Path\n"
+        "from qualys_collector.errors import DeliveryError\n"
+        "from qualys_collector.sinks.devo import DevoSink\n"
+        "d = Path(sys.argv[1])\n"
+        "try:\n"
+        "    DevoSink('devo', '127.0.0.1', 1, chain=d / 'chain.crt', cert=d / 'client.crt', key=d / 'client.key')\n"
+        "except DeliveryError as exc:\n"
+        "    print(exc.code, exc)\n"
+    )
+    done = subprocess.run(
+        [*prefix, sys.executable, "-c", probe, str(tmp_path)], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr[-2000:]  # no traceback: a numbered error
+    assert done.stdout.startswith(f"400 [DeliveryError 400] output devo: the key file {key} cannot be read"), done
+    assert "chown 10001" in done.stdout  # the fix names the container's user

@@ -14,6 +14,7 @@ This is the one module that imports ``devo`` (lazily: loading the configuration 
 from __future__ import annotations
 
 import logging
+import os
 import socket
 import ssl
 from pathlib import Path
@@ -186,6 +187,16 @@ def check_files(name: str, chain: Path, cert: Path, key: Path) -> None:
                 fix="download the certificate, key and chain from Devo (Administration > Credentials > "
                 "X.509 Certificates) into the certs/ directory",
             )
+        try:
+            path.open("rb").close()
+        except OSError as exc:
+            raise DeliveryError(
+                f"output {name}: the {label} file {path} cannot be read by the collector (uid {os.getuid()}): "
+                f"{exc.strerror}",
+                code=ERR_CERT_FILE,
+                fix="make it readable by the collector's user; for the container (uid 10001), on the host in the "
+                "directory that holds certs/: sudo chown 10001 certs/* && sudo chmod 600 certs/*",
+            ) from None
     context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
     try:
         context.load_cert_chain(certfile=str(cert), keyfile=str(key))
