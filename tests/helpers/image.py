@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shlex
 import shutil
 import subprocess
@@ -84,14 +85,14 @@ def base() -> str:
     return STANDIN
 
 
-def build(repo: Path) -> str:
+def build(repo: Path, tag: str = IMAGE) -> str:
     """Build the project's Dockerfile (layers cached between runs); returns the image name."""
     _buildah(
         "bud", "--isolation", "chroot", "--layers", "--build-arg", f"BASE={base()}",
-        "-t", IMAGE, "-f", str(repo / "Dockerfile"), str(repo),
+        "-t", tag, "-f", str(repo / "Dockerfile"), str(repo),
         timeout=1200,
     )  # fmt: skip
-    return IMAGE
+    return tag
 
 
 def size(image: str) -> str:
@@ -157,3 +158,52 @@ def rootfs(image: str) -> Iterator[Rootfs]:
             _buildah("umount", container)
         with contextlib.suppress(RuntimeError):
             _buildah("rm", container)
+
+
+def _interpolate(value: str, env: dict[str, str]) -> str:
+    """Compose's ``${VAR}`` and ``${VAR:-default}`` in ``value``."""
+    return re.sub(r"\$\{(\w+)(?::-([^}]*))?\}", lambda m: env.get(m[1]) or (m[2] if m[2] is not None else ""), value)
+
+
+@dataclass
+class ComposeService:
+    """What ``docker compose up`` would give one service of a compose file: its image, mounts and environment."""
+
+    image: str
+    mounts: dict[Path, str]
+    env: dict[str, str]
+
+
+def compose_service(directory: Path, name: str, host_env: dict[str, str] | None = None) -> ComposeService:
+    """Read ``directory/docker-compose.yml`` as compose does for service ``name``: its bind mounts (``./x:/y``),
+    its secrets (``file:`` mounted at ``/run/secrets/<name>``), ``environment`` and ``env_file`` (optional ones
+    skipped when absent), with ``${VAR:-default}`` interpolated from ``host_env``."""
+    import yaml
+
+    host = host_env or {}
+    compose = yaml.safe_load((directory / "docker-compose.yml").read_text())
+    service = compose["services"][name]
+    mounts: dict[Path, str] = {}
+    for volume in service.get("volumes", []):
+        source, target = _interpolate(volume, host).split(":")[:2]
+        mounts[(directory / source).resolve()] = target
+    for secret in service.get("secrets", []):
+        secret_name = secret if isinstance(secret, str) else secret["source"]
+        mounts[(directory / compose["secrets"][secret_name]["file"]).resolve()] = f"/run/secrets/{secret_name}"
+    env: dict[str, str] = {}
+    for entry in service.get("env_file", []):
+        path, required = (entry, True) if isinstance(entry, str) else (entry["path"], entry.get("required", True))
+        file = directory / path
+        if not file.exists():
+            if required:
+                raise FileNotFoundError(f"env_file {file} is required by the compose file")
+            continue
+        for line in file.read_text().splitlines():
+            if line.strip() and not line.lstrip().startswith("#"):
+                key, _, value = line.partition("=")
+                env[key.strip()] = value
+    for item in service.get("environment", []):
+        key, _, value = item.partition("=")
+        env[key] = _interpolate(value.split(" #")[0].strip(), host)
+    image = _interpolate(service["image"], host)
+    return ComposeService(image if "/" in image else f"localhost/{image}", mounts, env)

@@ -25,6 +25,7 @@ import yaml
 from qualys_collector.simulator import SimConfig, Simulator
 from tests.conftest import REPO
 from tests.helpers import image
+from tests.helpers.rsyslog import Certs, Rsyslog
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -168,3 +169,85 @@ def test_sigterm_mid_pull_exits_within_5_s_and_a_restart_delivers_the_rest(
     ids = delivered(root)
     assert sorted(set(ids)) == sorted(simulator.truth("host_list"))
     assert len(ids) == len(set(ids)), "a host was delivered twice"
+
+
+def readme_container_steps() -> list[str]:
+    """The command block of the README's container section, line by line (comments left to the shell)."""
+    section = (REPO / "README.md").read_text().split("**Container.**", 1)[1]
+    return section.split("```bash\n", 1)[1].split("```", 1)[0].strip().splitlines()
+
+
+def test_the_readme_container_section_word_for_word_gives_a_collector_delivering_to_devo(tmp_path: Path) -> None:
+    """A fresh directory, the README's commands as written (``<this repository>`` is this clone; ``sudo``, and
+    ``$EDITOR`` writing a configuration for the simulator and a local relay, are the only stand-ins), and
+    ``docker compose up -d --build`` done as an engine would from the compose file: the collector pulls the
+    simulator's ground truth and delivers it over mutual TLS to the relay."""
+    simulator = Simulator(SimConfig(seed=23, hosts=300, detections_per_host=1), password="the-qualys-password")
+    url = simulator.start()
+    home, bin_dir, work = tmp_path / "home", tmp_path / "bin", tmp_path / "fresh"
+    for directory in (home, bin_dir, work):
+        directory.mkdir()
+    certs = Certs.mint(tmp_path / "devo")  # Devo's files for the domain, as a user downloads them
+    for name, path in {
+        "chain.crt": certs.chain,
+        "client.crt": certs.client_cert,
+        "client.key": certs.client_key,
+    }.items():
+        (home / name).write_bytes(path.read_bytes())
+        (home / name).chmod(0o600)  # as a careful user keeps them
+    relay = Rsyslog(tmp_path / "relay", certs)
+    config = {
+        "globals": {"persistence": {"type": "filesystem", "config": {"directory_name": "state"}}},
+        "outputs": {
+            "devo_1": {
+                "type": "devo_platform",
+                "config": {"address": "127.0.0.1", "port": relay.port, "type": "SSL", "chain": "chain.crt",
+                           "cert": "client.crt", "key": "client.key"},
+            }
+        },
+        "inputs": {
+            "qualys": {
+                "id": 12345,
+                "credentials": {"base_url": url, "username": "demo", "password_file": "/run/secrets/qualys_password"},
+                "services": {"host_list": {"start_time_utc": "2020-01-01T00:00:00Z"}},
+            }
+        },
+    }  # fmt: skip
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
+    editor = bin_dir / "editor"
+    editor.write_text(f'#!/bin/sh\ncat {tmp_path / "config.yaml"} > "$1"\n')
+    sudo = bin_dir / "sudo"
+    sudo.write_text('#!/bin/sh\nexec "$@"\n')  # the tests run as root
+    for script in (editor, sudo):
+        script.chmod(0o755)
+    *shell, up = readme_container_steps()
+    assert up == "docker compose up -d --build && docker compose logs -f"
+    script = "\n".join(["set -eu", *shell]).replace("<this repository>", str(REPO))
+    env = {**os.environ, "HOME": str(home), "EDITOR": str(editor), "PATH": f"{bin_dir}:{os.environ['PATH']}"}
+    steps = subprocess.run(["bash", "-c", script], cwd=work, env=env, capture_output=True, text=True, timeout=300)
+    assert steps.returncode == 0, steps.stderr
+    checkout = work / "devo-collectors" / "qualys"
+    service = image.compose_service(checkout, "collector-qualys", host_env={})
+    relay.start()
+    try:
+        name = image.build(checkout, tag=service.image)  # `--build`, from the fresh clone's own context
+        with image.rootfs(name) as root:
+            command = root.command([], service.mounts, service.env)
+            with subprocess.Popen(command, stderr=subprocess.PIPE, text=True) as process:
+                truth = simulator.truth("host_list")
+                lines = relay.wait_for(len(truth), timeout=120)
+                alive = process.poll() is None
+                process.send_signal(signal.SIGTERM)
+                try:
+                    _out, log = process.communicate(timeout=30)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+                    _out, log = process.communicate()
+    finally:
+        relay.stop()
+        simulator.stop()
+    assert alive, f"the collector exited:\n{log[-3000:]}"
+    hosts = [json.loads(line["message"])["ID"] for line in lines if line["tag"] == "vuln.qualys.hosts"]
+    assert sorted(hosts) == sorted(truth), log[-3000:]
+    assert " ERROR " not in log, log[-3000:]
+    assert process.returncode == 0, log[-3000:]
