@@ -25,7 +25,7 @@ import threading
 import time
 from pathlib import Path
 
-from qualys_collector.relay import LINE, READY_TAG, Certs, Rsyslog, _listening, free_port
+from qualys_collector.relay import LINE, READY_TAG, Certs, Rsyslog, _listening, free_port, stop_process
 
 SYSLOG_NG_ROOT = Path(
     os.environ.get("SYSLOG_NG_ROOT", Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "syslog-ng-root")
@@ -43,6 +43,13 @@ class Receiver:
 
     def command(self) -> list[str]:
         raise NotImplementedError
+
+    def __enter__(self) -> Receiver:
+        self.start()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.stop()
 
     def environment(self) -> dict[str, str] | None:
         return None
@@ -63,13 +70,7 @@ class Receiver:
         raise RuntimeError(f"{self.name} did not listen on {self.port} within 15 s")
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        stop_process(self.proc)
         self.proc = None
 
     def kill(self) -> None:
@@ -129,9 +130,8 @@ template(name="raw" type="string" string="%rawmsg%\\n")
 *.* action(type="omfile" file="{self.out}" template="raw" flushOnTXEnd="on" asyncWriting="off")
 """)
 
-    start = Rsyslog.start
-    stop = Rsyslog.stop
-    wait_for = Receiver.wait_for
+    start = Rsyslog.start  # waits for its own ready line, not only the port
+    wait_for = Receiver.wait_for  # event bodies, as every receiver's (Rsyslog's returns parsed lines)
 
 
 class SyslogNg(Receiver):

@@ -58,6 +58,13 @@ class Topology:
         for process in reversed(self.processes):
             process.stop()
 
+    def __enter__(self) -> Topology:
+        self.start()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.stop()
+
 
 def rsyslog(driver: str) -> Callable[[Path, Certs], Topology]:
     def build(directory: Path, certs: Certs) -> Topology:
@@ -167,6 +174,11 @@ def stored(receiver: Receiver, torn: list[str] | None = None) -> Counter[str]:
     return bodies
 
 
+def run_once(cfg: Path) -> subprocess.CompletedProcess[bytes]:
+    """The real command line, one cycle of every service."""
+    return subprocess.run([*CLI, "run", "--once", "-c", str(cfg)], cwd=REPO, capture_output=True, timeout=300)
+
+
 def pending(tmp_path: Path, output: str) -> int:
     outbox = Outbox(tmp_path / "state")
     try:
@@ -178,17 +190,12 @@ def pending(tmp_path: Path, output: str) -> int:
 @pytest.mark.parametrize("name", sorted(RIGHT))
 def test_right_certificate_every_event_stored_once(tmp_path: Path, url: str, name: str) -> None:
     certs = Certs.mint(tmp_path / "certs")
-    topology = RIGHT[name](tmp_path, certs)
-    topology.start()
-    try:
+    with RIGHT[name](tmp_path, certs) as topology:
         client = (certs.client_cert, certs.client_key)
-        cfg = config(tmp_path, url, topology.front.port, certs.chain, client, **OPTIONS.get(name, {}))
-        done = subprocess.run([*CLI, "run", "--once", "-c", str(cfg)], cwd=REPO, capture_output=True, timeout=300)
+        done = run_once(config(tmp_path, url, topology.front.port, certs.chain, client, **OPTIONS.get(name, {})))
         assert done.returncode == 0, done.stderr.decode()[-3000:]
         want = pulled(tmp_path)
         got = stored(topology.store)
-    finally:
-        topology.stop()
     assert len(want) > 2500
     record_reliability(compared=len(want), lost=len(want - got), duplicated=sum((got - want).values()))
     assert set(got) == set(want), f"{len(want - got)} pulled events not stored, {len(got - want)} stored not pulled"
@@ -202,15 +209,12 @@ def test_stranger_certificate_nothing_acknowledged(tmp_path: Path, url: str, nam
     stranger = Certs.mint(tmp_path / "stranger")  # the same names, issued by another CA
     chain = tmp_path / "both.crt"  # we trust the receiver; the receiver does not trust our issuer
     chain.write_bytes(certs.chain.read_bytes() + stranger.chain.read_bytes())
-    topology = STRANGER[name](tmp_path, certs)
-    topology.start()
-    try:
+    with STRANGER[name](tmp_path, certs) as topology:
         tls = {"tls_max_version": "1.3"} if name.endswith("-tls13") else {}
-        cfg = config(tmp_path, url, topology.front.port, chain, (stranger.client_cert, stranger.client_key), **tls)
-        done = subprocess.run([*CLI, "run", "--once", "-c", str(cfg)], cwd=REPO, capture_output=True, timeout=300)
+        done = run_once(
+            config(tmp_path, url, topology.front.port, chain, (stranger.client_cert, stranger.client_key), **tls)
+        )
         got = stored(topology.store)
-    finally:
-        topology.stop()
     log = done.stderr.decode() + done.stdout.decode()
     assert done.returncode != 0, "a refused certificate must not end a run as a success"
     assert re.search(r"\[DeliveryError 40[34]\]", log), "the refusal must be a numbered delivery error"
@@ -223,9 +227,7 @@ def test_stranger_certificate_nothing_acknowledged(tmp_path: Path, url: str, nam
 @pytest.mark.parametrize("name", sorted(KILLED))
 def test_receiver_killed_mid_drain_and_restarted_loses_nothing(tmp_path: Path, url: str, name: str) -> None:
     certs = Certs.mint(tmp_path / "certs")
-    topology = KILLED[name](tmp_path, certs)
-    topology.start()
-    try:
+    with KILLED[name](tmp_path, certs) as topology:
         client = (certs.client_cert, certs.client_key)
         cfg = config(tmp_path, url, topology.front.port, certs.chain, client, **OPTIONS.get(name, {}))
         child = subprocess.Popen([*CLI, "run", "--once", "-c", str(cfg)], cwd=REPO, stderr=subprocess.PIPE)
@@ -240,8 +242,6 @@ def test_receiver_killed_mid_drain_and_restarted_loses_nothing(tmp_path: Path, u
         want = pulled(tmp_path)
         torn: list[str] = []  # HAProxy killed mid-line: its plain-TCP backend stores the line's first part
         got = stored(topology.store, torn)
-    finally:
-        topology.stop()
     record_reliability(compared=len(want), lost=len(want - got), duplicated=sum((got - want).values()))
     assert set(got) == set(want), f"{len(want - got)} pulled events lost"
     assert sum((got - want).values()) <= 1000, "more than one batch of extra copies"
@@ -296,20 +296,16 @@ def test_a_relay_holding_connections_open_costs_at_most_one_batch_then_the_outpu
 
 def test_plain_tcp_to_an_in_house_relay_stores_every_event_once_and_warns_on_start(tmp_path: Path, url: str) -> None:
     """``type: TCP`` (a Devo In-House Relay on the customer's network): plain rsyslog, no certificates."""
-    relay = RsyslogReceiver(tmp_path / "in-house", Certs.mint(tmp_path / "certs"), driver=None)
-    relay.start()
-    try:
+    with RsyslogReceiver(tmp_path / "in-house", Certs.mint(tmp_path / "certs"), driver=None) as relay:
         cfg = config(tmp_path, url, relay.port, Path("unused"), (Path("unused"), Path("unused")), type="TCP")
         raw = yaml.safe_load(cfg.read_text())
         for key in ("chain", "cert", "key"):
             del raw["outputs"]["devo"]["config"][key]
         cfg.write_text(yaml.safe_dump(raw))
-        done = subprocess.run([*CLI, "run", "--once", "-c", str(cfg)], cwd=REPO, capture_output=True, timeout=300)
+        done = run_once(cfg)
         assert done.returncode == 0, done.stderr.decode()[-3000:]
         want = pulled(tmp_path)
         got = stored(relay)
-    finally:
-        relay.stop()
     assert "Output devo: type TCP sends events UNENCRYPTED" in done.stderr.decode()
     assert len(want) > 2500
     assert got == want
@@ -322,19 +318,17 @@ def test_an_event_of_400_kb_reaches_every_receiver_as_one_valid_json_line(tmp_pa
     simulator = Simulator(SimConfig(seed=9, hosts=4, detections_per_host=2, results_bytes=400_000))
     big_url = simulator.start()
     certs = Certs.mint(tmp_path / "certs")
-    topology = RIGHT[name](tmp_path, certs)
-    topology.start()
     try:
-        client = (certs.client_cert, certs.client_key)
-        cfg = config(tmp_path, big_url, topology.front.port, certs.chain, client, **OPTIONS.get(name, {}))
-        raw = yaml.safe_load(cfg.read_text())
-        raw["inputs"]["qualys"]["services"] = {"host_list_detection": {"start_time_utc": "2020-01-01T00:00:00Z"}}
-        cfg.write_text(yaml.safe_dump(raw))
-        done = subprocess.run([*CLI, "run", "--once", "-c", str(cfg)], cwd=REPO, capture_output=True, timeout=300)
-        assert done.returncode == 0, done.stderr.decode()[-3000:]
-        lines = topology.store.messages()
+        with RIGHT[name](tmp_path, certs) as topology:
+            client = (certs.client_cert, certs.client_key)
+            cfg = config(tmp_path, big_url, topology.front.port, certs.chain, client, **OPTIONS.get(name, {}))
+            raw = yaml.safe_load(cfg.read_text())
+            raw["inputs"]["qualys"]["services"] = {"host_list_detection": {"start_time_utc": "2020-01-01T00:00:00Z"}}
+            cfg.write_text(yaml.safe_dump(raw))
+            done = run_once(cfg)
+            assert done.returncode == 0, done.stderr.decode()[-3000:]
+            lines = topology.store.messages()
     finally:
-        topology.stop()
         simulator.stop()
     want = [json.loads(x)["event"] for x in (tmp_path / "pulled.jsonl").read_text().splitlines()]
     big = [event for event in want if len(json.dumps(event)) > 400_000]
