@@ -144,3 +144,8 @@ def envelope(event: StoredEvent) -> str:
     """One JSON Lines record: ``{"tag": "<devo tag>", "event": {...}}`` (the body is already JSON)."""
     tag = event.tag.replace("\\", "\\\\").replace('"', '\\"')
     return f'{{"tag":"{tag}","event":{event.body}}}\n'
+
+
+def json_lines(batch: Sequence[StoredEvent]) -> str:
+    """A batch as the JSON Lines the file and stdout outputs write: one :func:`envelope` per event."""
+    return "".join(envelope(event) for event in batch)

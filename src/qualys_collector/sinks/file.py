@@ -18,7 +18,7 @@ from qualys_collector.sinks.base import (
     OutputBlock,
     OutputOptions,
     OutputType,
-    envelope,
+    json_lines,
 )
 
 logger = logging.getLogger("qualys_collector.sender")
@@ -109,7 +109,7 @@ class FileSink:
         try:
             handle = self._open()
             start = handle.seek(0, os.SEEK_END)
-            handle.write("".join(envelope(e) for e in batch).encode("utf-8"))
+            handle.write(json_lines(batch).encode("utf-8"))
             handle.flush()
             os.fsync(handle.fileno())
         except OSError as exc:

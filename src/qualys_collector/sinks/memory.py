@@ -44,11 +44,6 @@ class MemorySink:
         self.events += [event for event in batch if ack.covers(event)]
         return ack
 
-    @property
-    def seqs(self) -> list[int]:
-        """The confirmed events' sequence numbers, in delivery order."""
-        return [event.seq for event in self.events]
-
     def close(self) -> None:
         """Mark closed (the events stay readable)."""
         self.closed = True

@@ -15,7 +15,7 @@ from qualys_collector.sinks.base import (
     OutputBlock,
     OutputOptions,
     OutputType,
-    envelope,
+    json_lines,
 )
 
 
@@ -43,7 +43,7 @@ class StdoutSink:
         """Write and flush; a closed pipe is a delivery failure."""
         stream = self._stream or sys.stdout
         try:
-            stream.write("".join(envelope(e) for e in batch))
+            stream.write(json_lines(batch))
             stream.flush()
         except (OSError, ValueError) as exc:
             raise DeliveryError(
