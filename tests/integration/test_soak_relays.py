@@ -1,10 +1,10 @@
-"""The soak of ``bench/soak_relays.py`` shortened to 45 s: the real ``run`` against each misbehaving relay, all
+"""The soak of ``bench/soak_relays.py`` shortened to 60 s: the real ``run`` against each misbehaving relay, all
 side by side, with the same expectations (``tests/helpers/soak.py``): at most one batch of extra copies, nothing
 acknowledged that the relay did not confirm, the output reported not ready with its reason (or, for the relay
 that only omits ``close_notify``, every event stored once), and SIGTERM ending the run within 5 s.
 
 Shortened by tuning only: a 5 s request period, ``confirm_timeout_seconds: 1`` (the halt after five unconfirmed
-probes with doubling backoff comes at about 40 s) and ``delivery_stall_seconds: 10``.
+probes with doubling backoff comes at about 40 s, later under load) and ``delivery_stall_seconds: 10``.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ def results(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Soak
     try:
         with ThreadPoolExecutor(len(RELAYS)) as pool:
             futures = {
-                name: pool.submit(soak, name, root / name, url, 45.0, period=5, stall=10.0, confirm_timeout=1.0)
+                name: pool.submit(soak, name, root / name, url, 60.0, period=5, stall=10.0, confirm_timeout=1.0)
                 for name in RELAYS
             }
             yield {name: future.result() for name, future in futures.items()}
