@@ -235,15 +235,19 @@ def soak(name: str, directory: Path, url: str, seconds: float, **tune: Any) -> S
         receiver.stop()
     text = log.read_text(encoding="utf-8", errors="replace")
     pulled_path = directory / "pulled.jsonl"
-    want = _compact(
+    pulled_lines = (
         [json.loads(x)["event"] for x in pulled_path.read_text().splitlines()] if pulled_path.exists() else []
     )
     got = _compact([json.loads(body) for body in receiver.messages()])
     outbox = Outbox(directory / "state")
     try:
         pending = outbox.pending("devo")
+        # The pulled set is what the pull committed: the file output's lines plus what it had not written yet
+        # when SIGTERM came (the two outputs drain side by side; the file may lag by a page at the stop).
+        unwritten = [json.loads(e.body) for e in outbox.read("pulled", outbox.pending("pulled") + 1)]
     finally:
         outbox.close()
+    want = _compact(pulled_lines + unwritten)
     gauge = re.search(r'^qualys_collector_output_halted\{output="devo"\} (\S+)$', metrics, re.MULTILINE)
     return SoakResult(
         relay=name,
