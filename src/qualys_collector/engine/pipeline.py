@@ -177,7 +177,9 @@ class Pipeline:
         """Boundary dedup, obfuscation, the enrichment slot, the change-filter slot, the event size bound (with
         ``max_event_bytes``), counters."""
         fit: list[Stage] = [FitEvents(max_event_bytes, service)] if max_event_bytes else []
-        return cls([BoundaryDedup(cursor), BuildEvents(builder), *enrich, *change_filter, *fit, CountCommitted()], builder)
+        return cls(
+            [BoundaryDedup(cursor), BuildEvents(builder), *enrich, *change_filter, *fit, CountCommitted()], builder
+        )
 
     @property
     def tables(self) -> tuple[str, ...]:
