@@ -12,6 +12,8 @@
     │       └── PullTimeoutError    301: Qualys did not answer in time; a smaller request may succeed
     ├── DataError                   a payload we cannot parse (malformed XML/JSON/CSV) -> PullError 301 upstream
     ├── StateError                  500-505: the state directory is unusable (read-only, full, corrupt, in use)
+    ├── BackfillError               600-605: a backfill's arguments (600-603, exit 2 before any network call),
+    │                               another range under way (604), a range left unfinished (605)
     ├── StopRequested               SIGTERM/SIGINT ended a wait: not a failure; the checkpoint stays put
     └── DeliveryError               a sink could not confirm delivery; the outbox keeps the rows
 
@@ -59,6 +61,12 @@ ERROR_TYPES: dict[int, str] = {
     503: "StateError",
     504: "StateError",
     505: "StateError",
+    600: "BackfillError",
+    601: "BackfillError",
+    602: "BackfillError",
+    603: "BackfillError",
+    604: "BackfillError",
+    605: "BackfillError",
     900: "CollectorError",
 }
 
@@ -162,6 +170,23 @@ class StateError(CollectorError):
     def fatal(self) -> bool:
         """Whether the state must be repaired before anything can run again."""
         return self.code in self.FATAL
+
+
+class BackfillError(CollectorError):
+    """A backfill cannot start or did not finish.
+
+    600 ``--to`` is not after ``--from``, 601 ``--to`` is not yet settled (later than now minus the service's
+    settle lag), 602 the service is unknown, not configured or not pulled by time window, 603 a date is not
+    ``YYYY-MM-DDTHH:MM:SSZ``: all before any network call. 604 another range of the service is under way.
+    605 the range was left unfinished (a cycle failed, or a stop): running the same command again resumes it.
+    """
+
+    kind = "BackfillError"
+    #: Codes raised on the command's arguments, before any network call (the CLI exits 2 for them).
+    USAGE = frozenset({600, 601, 602, 603, 604})
+
+    def __init__(self, message: str, *, code: int, fix: str) -> None:
+        super().__init__(message, code=code, fix=fix)
 
 
 class StopRequested(CollectorError):

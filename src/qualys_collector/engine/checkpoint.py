@@ -3,6 +3,8 @@
 ``value`` is the low-water mark: everything with a cursor below it was delivered, and so were the
 records at exactly ``value`` whose keys are in ``ids``. ``window`` is set while a window is under way,
 so that a crash resumes inside it (same frozen end, same page token) instead of starting over.
+``until`` is set on a backfill's checkpoint only: the end of its range ``[start_time, until)``; the
+backfill is complete once ``value`` reached it with no window under way.
 """
 
 from __future__ import annotations
@@ -43,11 +45,20 @@ class Checkpoint:
     ids: tuple[str, ...] = ()
     window: WindowProgress | None = None
     extra: JSON = field(default_factory=dict)
+    until: datetime | None = None
 
     @classmethod
-    def initial(cls, start_time: datetime | None, default_start: datetime) -> Checkpoint:
-        """A fresh checkpoint at the configured start (or the service's default look-back)."""
-        return cls(start_time=start_time, value=start_time or default_start)
+    def initial(
+        cls, start_time: datetime | None, default_start: datetime, *, until: datetime | None = None
+    ) -> Checkpoint:
+        """A fresh checkpoint at the configured start (or the service's default look-back); ``until`` ends
+        a backfill's range."""
+        return cls(start_time=start_time, value=start_time or default_start, until=until)
+
+    @property
+    def complete(self) -> bool:
+        """A backfill's checkpoint that reached the end of its range (always False for a live service)."""
+        return self.until is not None and self.window is None and self.value is not None and self.value >= self.until
 
     def with_window(self, window: WindowProgress | None) -> Checkpoint:
         """A copy with ``window`` replaced."""
@@ -77,6 +88,8 @@ class Checkpoint:
             }
         if self.extra:
             data["extra"] = self.extra
+        if self.until is not None:
+            data["until_str"] = _fmt(self.until)
         return data
 
     @classmethod
@@ -103,6 +116,7 @@ class Checkpoint:
             ids=tuple(data.get("last_ids") or ()),
             window=window,
             extra=dict(data.get("extra") or {}),
+            until=_parse(data.get("until_str")),
         )
 
 

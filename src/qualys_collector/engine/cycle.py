@@ -5,6 +5,11 @@ transaction of the state store, which commits the page's events, its keyed-table
 checkpoint that follows them together. The checkpoint never runs ahead of what was committed; a
 failure leaves it at the last committed page, and the next cycle resumes inside the same window. The
 page that completes a window also commits the window's summary event.
+
+A backfill is a job with ``until`` set: it pulls ``[start_time, until)`` under its own state scope
+(:func:`backfill_scope`: its own checkpoint and keyed-table rows, so the live checkpoint never moves), its
+windows end at ``until`` at the latest and move the checkpoint to their end (what was asked was all of the
+past range), and its events carry ``@backfill: true``.
 """
 
 from __future__ import annotations
@@ -40,6 +45,16 @@ def boundary_table(service: str) -> str:
     return f"boundary_{service}"
 
 
+#: What a backfill's state scope adds to its input id (``7@backfill``): checkpoints and keyed-table rows of
+#: a backfill live beside the live service's, never in them.
+BACKFILL_SUFFIX = "@backfill"
+
+
+def backfill_scope(input_id: str) -> str:
+    """The state scope of an input's backfills."""
+    return f"{input_id}{BACKFILL_SUFFIX}"
+
+
 def _stamp(value: datetime) -> int:
     return (value - _EPOCH) // timedelta(microseconds=1)
 
@@ -65,11 +80,23 @@ class Job:
     summary_tag: str = SUMMARY_TAG
     #: ``globals.event_max_bytes``: larger events are shortened before the outbox (``None``: no bound)
     max_event_bytes: int | None = None
+    #: The end of a backfill's range ``[start_time, until)``; ``None`` for the live service.
+    until: datetime | None = None
 
     @property
     def label(self) -> str:
-        """The seed's puller label: ``(input,id,service,predefined)``."""
-        return f"{self.input_name},{self.input_id},{self.spec.name},predefined"
+        """The seed's puller label: ``(input,id,service,predefined)`` (``backfill`` for a backfill)."""
+        return f"{self.input_name},{self.input_id},{self.spec.name},{'backfill' if self.backfill else 'predefined'}"
+
+    @property
+    def backfill(self) -> bool:
+        """Whether this job pulls a past range beside the live service."""
+        return self.until is not None
+
+    @property
+    def scope(self) -> str:
+        """Where the job's checkpoint and keyed-table rows live: the input id, or its backfill scope."""
+        return backfill_scope(self.input_id) if self.backfill else self.input_id
 
 
 @dataclass
@@ -88,6 +115,10 @@ class CycleStats:
     completed: bool = False
     #: The cycle stopped at a committed page because the outbox went over its size limit (the window stays open).
     outbox_full: bool = False
+    #: The cycle completed a capped window to its end: the next window is due at once (the service is behind).
+    behind: bool = False
+    #: Nothing is left to pull now: the service is up to date, or a backfill reached the end of its range.
+    done: bool = False
     started: float = field(default_factory=time.monotonic)
 
     @property
@@ -131,22 +162,22 @@ def load_checkpoint(job: Job, outbox: Outbox, now: datetime) -> Checkpoint:
     for name in (*(t.name for t in job.spec.tables), boundary_table(job.spec.name), *stage_tables):
         outbox.declare(name, job.spec.name)
     configured = job.start_time
-    stored = outbox.load_checkpoint(job.input_id, job.spec.name)
-    fresh = Checkpoint.initial(configured, now - job.spec.default_lookback)
+    stored = outbox.load_checkpoint(job.scope, job.spec.name)
+    fresh = Checkpoint.initial(configured, now - job.spec.default_lookback, until=job.until)
     if stored is None:
         logger.info("No persisted data found; starting from %s", fresh.value)
-        outbox.commit(job.input_id, job.spec.name, [], fresh.to_json())
+        outbox.commit(job.scope, job.spec.name, [], fresh.to_json())
         return fresh
     logger.info("Data retrieved from the persistence: %s", _shown(stored))
     checkpoint = Checkpoint.from_json(stored)
-    if checkpoint.start_time != configured:
+    if checkpoint.start_time != configured or checkpoint.until != job.until:
         logger.warning(
             "Some changes have been detected and the persistence needs to be updated. "
             "Previous content: %s. New content: %s",
             _shown(stored),
             fresh.to_json(),
         )
-        with outbox.transaction(job.input_id) as tx:
+        with outbox.transaction(job.scope) as tx:
             for table in job.spec.tables:
                 tx.table(table.name).clear()
             tx.table(boundary_table(job.spec.name)).clear()
@@ -171,7 +202,7 @@ def _migrate_extra(job: Job, outbox: Outbox, checkpoint: Checkpoint) -> Checkpoi
     if not legacy:
         return checkpoint
     extra = dict(checkpoint.extra)
-    with outbox.transaction(job.input_id) as tx:
+    with outbox.transaction(job.scope) as tx:
         for spec in legacy:
             table = tx.table(spec.name)
             rows = extra.pop(str(spec.legacy_extra_key)) or {}
@@ -210,10 +241,14 @@ def run_cycle(
     else:
         if checkpoint.value is None:  # pragma: no cover - initial() always sets a value
             raise ValueError("checkpoint without a start value")
-        planned = plan_window(checkpoint.value, now, settle_lag=job.settle_lag, max_span=job.max_span)
+        if job.until is not None:  # a backfill: its windows end at the end of its range at the latest
+            planned = plan_window(checkpoint.value, min(now - job.settle_lag, job.until), max_span=job.max_span)
+        else:
+            planned = plan_window(checkpoint.value, now, settle_lag=job.settle_lag, max_span=job.max_span)
         if planned is None:
-            logger.info("The data is up to date!")
+            logger.info("The backfill is complete" if checkpoint.complete else "The data is up to date!")
             stats.completed = True
+            stats.done = job.until is None or checkpoint.complete
             return stats
         window, token = planned, None
         progress = WindowProgress(start=window.start, end=window.end, capped=window.capped)
@@ -221,12 +256,12 @@ def run_cycle(
     logger.info("Pull Started")
     logger.info("Fetching data From : %s  To : %s", window.start, window.end)
     checkpoint, progress = _boundary_to_table(job, outbox, checkpoint, progress)
-    boundary = outbox.table(job.input_id, boundary_table(job.spec.name))
+    boundary = outbox.table(job.scope, boundary_table(job.spec.name))
     floor_ids = boundary.keys_at(_stamp(checkpoint.value)) if checkpoint.value is not None else []
     max_ids = boundary.keys_at(_stamp(progress.max_value)) if progress.max_value is not None else []
     cursor = BoundaryCursor(checkpoint.value, floor_ids, window.end, max_value=progress.max_value, max_ids=max_ids)
     cursor.take_fresh()
-    builder = EventBuilder(job.tag, stats.pulling_id, job.environment, job.obfuscation)
+    builder = EventBuilder(job.tag, stats.pulling_id, job.environment, job.obfuscation, backfill=job.backfill)
     pipeline = Pipeline.standard(
         cursor,
         builder,
@@ -235,11 +270,11 @@ def run_cycle(
         max_event_bytes=job.max_event_bytes,
         service=job.spec.name,
     )
-    tables = {t.name: outbox.table(job.input_id, t.name) for t in job.spec.tables}
+    tables = {t.name: outbox.table(job.scope, t.name) for t in job.spec.tables}
     pages = job.source.pages(window, token, SourceState(checkpoint.extra, tables))
     completed = False
     for page in pages:
-        with outbox.transaction(job.input_id) as tx:
+        with outbox.transaction(job.scope) as tx:
             work = pipeline.run(page, tx)
             apply_writes(tx, page)
             counts = {"pages": 1, "requests": page.requests, **work.counts}
@@ -248,14 +283,12 @@ def run_cycle(
                 checkpoint = replace(checkpoint, extra=page.extra)
             events = work.events
             if page.token is None:
-                new = _complete(job.spec, checkpoint, window, cursor, progress.horizon)
+                new = _complete(job, checkpoint, window, cursor, progress.horizon)
                 events = [*events, _summary(job, window, progress, stats.pulling_id)]
                 stats.summaries += 1
                 completed = True
             elif job.spec.is_sorted and job.spec.mode is CursorMode.RECORD:
-                new = Checkpoint(
-                    start_time=checkpoint.start_time, value=cursor.max_value, window=progress, extra=checkpoint.extra
-                )
+                new = replace(checkpoint, value=cursor.max_value, ids=(), window=progress)
             else:
                 new = checkpoint.with_window(progress)
             tx.add_events(job.spec.name, events)
@@ -284,13 +317,15 @@ def run_cycle(
                 close()
             return stats
     if not completed:
-        new = _complete(job.spec, checkpoint, window, cursor, progress.horizon)
-        with outbox.transaction(job.input_id) as tx:
+        new = _complete(job, checkpoint, window, cursor, progress.horizon)
+        with outbox.transaction(job.scope) as tx:
             _store_boundary(tx, job, cursor, new)
             tx.add_events(job.spec.name, [_summary(job, window, progress, stats.pulling_id)])
             tx.save_checkpoint(job.spec.name, new.to_json())
         stats.summaries += 1
     stats.completed = True
+    stats.behind = window.capped and new.value is not None and new.value >= window.end
+    stats.done = new.complete
     if stats.deferred:
         logger.info("%d records at or after %s were left for the next window", stats.deferred, window.end)
     logger.info(stats.line())
@@ -314,7 +349,7 @@ def _boundary_to_table(
     into the table before the window's pages, whose checkpoints then list none."""
     if not checkpoint.ids and not progress.max_ids:
         return checkpoint, progress
-    with outbox.transaction(job.input_id) as tx:
+    with outbox.transaction(job.scope) as tx:
         table = tx.table(boundary_table(job.spec.name))
         if checkpoint.value is not None:
             table.put_many(checkpoint.ids, 1, stamp=_stamp(checkpoint.value))
@@ -341,7 +376,7 @@ def _advance(progress: WindowProgress, page: Page, cursor: BoundaryCursor, count
 
 
 def _summary(job: Job, window: Window, progress: WindowProgress, pulling_id: int) -> Event:
-    return summary_event(
+    event = summary_event(
         service=job.spec.name,
         input_id=job.input_id,
         tag=job.summary_tag,
@@ -350,18 +385,22 @@ def _summary(job: Job, window: Window, progress: WindowProgress, pulling_id: int
         pulling_id=pulling_id,
         environment=job.environment,
     )
+    if job.backfill:
+        event.body["@backfill"] = True
+    return event
 
 
 def _complete(
-    spec: ServiceSpec, checkpoint: Checkpoint, window: Window, cursor: BoundaryCursor, horizon: datetime | None
+    job: Job, checkpoint: Checkpoint, window: Window, cursor: BoundaryCursor, horizon: datetime | None
 ) -> Checkpoint:
     """The checkpoint once a window is complete.
 
-    A window-mode or capped checkpoint is the window's end, but never later than Qualys' own clock
-    when it answered (``horizon``): if Qualys runs behind us, what it timestamps next may still fall
+    A window-mode, capped or backfill checkpoint is the window's end, but never later than Qualys' own
+    clock when it answered (``horizon``): if Qualys runs behind us, what it timestamps next may still fall
     before our end. A record-mode checkpoint that reached that far keeps its boundary ids.
     """
-    if spec.mode is CursorMode.WINDOW or window.capped:
+    spec = job.spec
+    if spec.mode is CursorMode.WINDOW or window.capped or job.backfill:
         end = window.end
         if horizon is not None and horizon < end:
             logger.warning(
@@ -371,18 +410,13 @@ def _complete(
             )
             end = max(horizon, checkpoint.value or horizon)
         if spec.mode is CursorMode.RECORD and cursor.max_value is not None and cursor.max_value >= end:
-            return Checkpoint(
-                start_time=checkpoint.start_time,
-                value=cursor.max_value,
-                ids=tuple(sorted(cursor.max_ids)),
-                extra=checkpoint.extra,
-            )
-        return Checkpoint(start_time=checkpoint.start_time, value=end, ids=(), extra=checkpoint.extra)
-    return Checkpoint(
-        start_time=checkpoint.start_time,
+            return replace(checkpoint, value=cursor.max_value, ids=tuple(sorted(cursor.max_ids)), window=None)
+        return replace(checkpoint, value=end, ids=(), window=None)
+    return replace(
+        checkpoint,
         value=cursor.max_value if cursor.max_value is not None else checkpoint.value,
         ids=tuple(sorted(cursor.max_ids)),
-        extra=checkpoint.extra,
+        window=None,
     )
 
 

@@ -91,6 +91,11 @@ class Outbox(StateStore):
             ).fetchone()
         return int(row[0])
 
+    def pending_from(self, scope: str, service: str) -> int:
+        """Events of one service in one state scope still in the outbox (not yet delivered to every output)."""
+        row = self._conn().execute("SELECT COUNT(*) FROM events WHERE source = ?", (f"{scope}/{service}",)).fetchone()
+        return int(row[0])
+
     def size_bytes(self) -> int:
         """Bytes used by live pages of the database (what back-pressure compares with its limit)."""
         conn = self._conn()

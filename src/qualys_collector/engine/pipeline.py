@@ -59,17 +59,21 @@ class Stage(Protocol):
 @dataclass(frozen=True, slots=True)
 class EventBuilder:
     """Record -> event: obfuscation first (clear values never reach the outbox), then the pulling id and
-    the environment, the tag (the record's own, else the service's), the record's key and cursor time."""
+    the environment, the tag (the record's own, else the service's), the record's key and cursor time.
+    A backfill's events carry ``@backfill: true``."""
 
     tag: str
     pulling_id: int
     environment: str | None = None
     obfuscation: Obfuscation | None = None
+    backfill: bool = False
 
     def build(self, record: Record) -> Event:
         """The outbox event of one admitted record."""
         body = self.obfuscation(record.data) if self.obfuscation is not None else dict(record.data)
         body["@devo_pulling_id"] = self.pulling_id
+        if self.backfill:
+            body["@backfill"] = True
         if self.environment:
             body["environment"] = self.environment
         return Event(tag=record.tag or self.tag, body=body, key=record.key, time=record.cursor)

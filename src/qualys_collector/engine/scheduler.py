@@ -1,8 +1,10 @@
 """Runs each enabled service every ``request_period_in_seconds``, one thread per service.
 
 A failed cycle is logged with its numbered error and leaves the checkpoint at the last committed
-page; the service tries again after its period. ``run_once`` runs one cycle of every job and reports
-which succeeded.
+page; the service tries again after its period. A cycle that completed a capped window to its end
+(``max_window_seconds``: the service is behind) is followed by the next window at once, not after a
+period; the API budget every call goes through is what bounds that pace. A backfill's thread ends
+when its range is complete. ``run_once`` runs one cycle of every job and reports which succeeded.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Protocol
 
+from qualys_collector.engine import backfill as backfills
 from qualys_collector.engine.cycle import CycleStats, Job, run_cycle
 from qualys_collector.engine.outbox import Outbox
 from qualys_collector.errors import CollectorError, StateError, StopRequested
@@ -44,6 +47,7 @@ class Scheduler:
         paused: Callable[[], bool] | None = None,
         observer: CycleObserver | None = None,
         outbox_limit: int | None = None,
+        wait: Callable[[float], bool] | None = None,
     ) -> None:
         self.jobs = jobs
         self.outbox = outbox
@@ -53,6 +57,9 @@ class Scheduler:
         self.observer = observer
         #: ``globals.outbox_max_bytes``: a cycle stops at the page that takes the outbox over it
         self.outbox_limit = outbox_limit
+        #: The wait between cycles: ``stop.wait`` (True once stopped); tests pass their own to count them.
+        self.wait = wait or stop.wait
+        self.threads: list[threading.Thread] = []
         self.results: dict[str, CycleStats | None] = {}
         #: the state error that stopped the collector, if one did
         self.fatal: StateError | None = None
@@ -111,17 +118,42 @@ class Scheduler:
 
     def start(self) -> list[threading.Thread]:
         """Start one looping thread per job; they end when ``stop`` is set."""
-        threads = []
-        for job in self.jobs:
-            thread = threading.Thread(target=self._loop, args=(job,), name=f"Puller({job.label})", daemon=True)
-            thread.start()
-            threads.append(thread)
-        return threads
+        return [self.host(job) for job in self.jobs]
 
-    def _loop(self, job: Job) -> None:
+    def host(self, job: Job) -> threading.Thread:
+        """Start the looping thread of one more job (a backfill requested while running)."""
+        thread = threading.Thread(target=self.loop, args=(job,), name=f"Puller({job.label})", daemon=True)
+        self.threads.append(thread)
+        thread.start()
+        return thread
+
+    def host_backfills(self, build: Callable[[backfills.Backfill], Job | None], poll: float) -> None:
+        """Until stopped, every ``poll`` seconds: each unfinished backfill of the state database not yet seen gets
+        a thread of its own, with the job ``build`` makes of it (``None``: not one this collector can pull)."""
+        seen: set[tuple[str, str, datetime, datetime]] = set()
+        while True:
+            try:
+                for request in backfills.pending(self.outbox):
+                    key = (request.input_id, request.service, request.start, request.end)
+                    if key not in seen:
+                        seen.add(key)
+                        job = build(request)
+                        if job is not None:
+                            self.host(job)
+            except CollectorError as exc:
+                logger.error("%s. Backfill requests are looked for again in %.0f s.", exc, poll)
+            if self.stop.wait(poll):
+                return
+
+    def loop(self, job: Job, *, retry: bool = True) -> CycleStats | None:
+        """Cycles of ``job`` until ``stop`` (a backfill: until its range is complete); the last cycle's figures.
+
+        A failed cycle is tried again after the period, or with ``retry=False`` ends the loop (``None``).
+        """
         period = job.period.total_seconds()
         logger.info("Starting data collection every %d seconds", period)
         warned = False
+        stats: CycleStats | None = None
         while not self.stop.is_set():
             if self.paused():
                 if not warned:
@@ -131,6 +163,15 @@ class Scheduler:
                 continue
             warned = False
             stats = self.cycle(job)
+            if stats is None and not retry:
+                return None
             if stats is not None and not stats.completed:
                 continue  # interrupted by stop
-            self.stop.wait(period)
+            if stats is not None and stats.done and job.backfill:
+                logger.info("Backfill complete: %s up to %s", job.spec.name, job.until)
+                return stats
+            if stats is not None and stats.behind:
+                logger.info("The service is behind (a capped window reached its end): the next window follows now")
+                continue
+            self.wait(period)
+        return stats

@@ -50,6 +50,8 @@ class ServiceSpec:
     default_lookback: timedelta = timedelta(days=1)
     #: Keyed tables the page source reads (``extra.table(name)``) and writes (``Page.writes``).
     tables: tuple[TableSpec, ...] = ()
+    #: Qualys selects its records by a time window, so a past range can be asked for (``backfill``).
+    windowed: bool = True
 
 
 class PageSource(Protocol):
