@@ -12,7 +12,7 @@ cycle between modules, and no import against the layering of STYLE.md section 4:
 - ``services`` import ``qualys`` helpers, the engine's protocols, ``model``/``errors``/``redact`` and each
   other: never ``config``, ``sinks``, ``simulator`` or the composition modules;
 - ``simulator`` imports nothing else of the package (it shares nothing with the collector but the wire);
-- no package imports the composition modules (``app``, ``cli``, ``demo``, ``relay``), and only they read
+- no package imports the composition modules (``app``, ``backfill``, ``cli``, ``demo``, ``relay``), and only they read
   ``config`` (it is no hub: every other module gets settings objects or its own options model);
 - only the engine's state store (``engine/store.py`` and its delivery side ``engine/outbox.py``) imports
   ``sqlite3``.
@@ -28,7 +28,7 @@ PACKAGE = "qualys_collector"
 SRC = Path(__file__).resolve().parents[1] / "src"
 
 #: ``layer -> layers it may never import`` (a layer is the first part after the package name).
-COMPOSITION = {"app", "cli", "demo", "relay", "__main__"}
+COMPOSITION = {"app", "backfill", "cli", "demo", "relay", "__main__"}
 FORBIDDEN: dict[str, set[str]] = {
     "engine": {"services", "sinks", "config", "qualys"},
     "qualys": {"engine", "sinks", "config", "services"},

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
@@ -16,7 +17,8 @@ from qualys_collector.config.schema import (
     FimInput,
     VmInput,
 )
-from qualys_collector.engine.cycle import Job
+from qualys_collector.engine import backfill as backfills
+from qualys_collector.engine.cycle import CycleStats, Job
 from qualys_collector.engine.obfuscate import compile_rules
 from qualys_collector.engine.outbox import Outbox
 from qualys_collector.engine.pipeline import Stage
@@ -46,6 +48,8 @@ SENDER_STATS_EVERY = 300.0
 #: construction: a page and its checkpoint, and an acknowledgement, are each one transaction, so a thread
 #: left behind loses only uncommitted work (an unconfirmed batch stays in the outbox and is sent again).
 STOP_GRACE_SECONDS = 4.0
+#: How often a running collector looks in the state database for backfills to host (``backfill`` asks there).
+BACKFILL_POLL_SECONDS = 5.0
 
 
 def default_events_path(state_dir: Path) -> Path:
@@ -193,6 +197,30 @@ def make_job(
     )
 
 
+def backfill_job(
+    config: CollectorConfig, input_name: str, service: str, start: datetime, end: datetime, client: Any
+) -> Job:
+    """The job that pulls ``[start, end)`` of ``service`` (configured under ``input_name``) through ``client``,
+    the input's one client, so the backfill spends the same API budget as the live services."""
+    block: VmInput | FimInput = getattr(config.inputs, input_name)
+    options = block.services[service]
+    entry = BY_NAME[service]
+    salt = block.obfuscation_salt.get_secret_value() if block.obfuscation_salt else None
+    job = make_job(
+        input_name, block.id, block.environment, options, entry.spec, entry.build(client, options), salt=salt
+    )
+    return dataclasses.replace(job, start_time=start, until=end)
+
+
+def input_named(config: CollectorConfig, input_id: str, service: str) -> str | None:
+    """The configured input (``qualys`` or ``qualys_fim``) with id ``input_id`` and a block for ``service``."""
+    for name in ("qualys", "qualys_fim"):
+        block: VmInput | FimInput | None = getattr(config.inputs, name)
+        if block is not None and str(block.id) == input_id and service in block.services:
+            return name
+    return None
+
+
 def check(config: CollectorConfig, state_dir: Path | None = None) -> list[tuple[str, bool, str]]:
     """Try each output's connection and each input's authentication; pull nothing."""
     results: list[tuple[str, bool, str]] = []
@@ -230,7 +258,9 @@ class Collector:
     scheduler, every Qualys client (and so its retry and API-budget waits) and every drainer. ``observer`` is
     the caller's (the demo's progress table, a test's counters); with ``globals.metrics`` the metrics observer
     hears the same events. ``clock``, ``sleep`` and ``clients`` are passed to :func:`build_jobs` (tests);
-    ``jobs`` replaces it altogether (engine tests with their own sources).
+    ``jobs`` replaces it altogether (engine tests with their own sources; ``[]`` for a lone backfill).
+    ``stop`` is the caller's stop event (the ``backfill`` command's), ``wait`` the scheduler's wait between
+    cycles (tests count them).
     """
 
     def __init__(
@@ -244,11 +274,14 @@ class Collector:
         observer: Observer | None = None,
         sleep: Callable[[float], None] | None = None,
         clients: ClientFactory = build_client,
+        stop: threading.Event | None = None,
+        wait: Callable[[float], bool] | None = None,
     ) -> None:
         self.config = config
         self.state_dir = config.state_dir(state_dir)
-        self.stop = threading.Event()
+        self.stop = stop or threading.Event()
         self.grace_deadline: float | None = None  # set when a stop is first seen by join()
+        self._clock, self._sleep = clock, sleep
         self.metrics: Metrics | None = None
         observers = [observer] if observer is not None else []
         if config.globals.metrics is not None:
@@ -264,12 +297,17 @@ class Collector:
         self.sinks = sinks if sinks is not None else build_sinks(config, self.state_dir)
         self.outbox.register_outputs([s.name for s in self.sinks])
         self.clients: list[Any] = []
+        by_input: dict[str, Any] = {}
 
-        def client(*args: Any, **kwargs: Any) -> Any:
-            made = clients(*args, **kwargs)
-            self.clients.append(made)
-            return made
+        def client(input_name: str, *args: Any, **kwargs: Any) -> Any:
+            """One client per input, whoever asks (live jobs, backfills): one API budget per subscription."""
+            if input_name not in by_input:
+                by_input[input_name] = clients(input_name, *args, **kwargs)
+                self.clients.append(by_input[input_name])
+            return by_input[input_name]
 
+        self._client = client
+        self.backfills: list[Job] = []
         self.jobs = (
             jobs
             if jobs is not None
@@ -289,6 +327,7 @@ class Collector:
             paused=self.outbox_full,
             observer=self.observer,
             outbox_limit=config.globals.outbox_max_bytes,
+            wait=wait,
         )
 
     def _watch(self, metrics: Metrics, stall: float) -> None:
@@ -331,6 +370,40 @@ class Collector:
     def run_once(self) -> bool:
         """Deliver what is pending, pull one cycle of every service while the senders deliver what each page
         commits, then deliver the rest. True if all succeeded."""
+
+        def complete() -> bool:  # every job's last cycle completed its window (resumed ones included)
+            results = self.scheduler.results
+            return all(s is not None and s.completed for s in results.values()) and len(results) == len(self.jobs)
+
+        return self._pull_and_deliver(self.scheduler.run_once, complete)
+
+    def backfill_job(self, input_name: str, service: str, start: datetime, end: datetime) -> Job:
+        """The job of one backfill, on the input's one client (built with this collector's stop and observer)."""
+        block = getattr(self.config.inputs, input_name)
+        client = self._client(
+            input_name, block, stop=self.stop, observer=self.observer, sleep=self._sleep, clock=self._clock
+        )
+        job = backfill_job(self.config, input_name, service, start, end, client)
+        self.backfills.append(job)
+        return job
+
+    def run_backfill(self, job: Job) -> CycleStats | None:
+        """Deliver what is pending, pull ``job``'s windows back to back (a failed cycle ends it) while the senders
+        deliver, then deliver the rest. The last cycle's figures when the range is complete and delivered."""
+        last: list[CycleStats | None] = [None]
+
+        def pull(_resume: list[Job] | None) -> bool:
+            last[0] = self.scheduler.loop(job, retry=False)
+            return last[0] is not None and last[0].done
+
+        return last[0] if self._pull_and_deliver(pull) else None
+
+    def _pull_and_deliver(
+        self, pull: Callable[[list[Job] | None], bool], complete: Callable[[], bool] | None = None
+    ) -> bool:
+        """Deliver what is pending; ``pull`` (all jobs, then again only the windows that stopped at the outbox
+        limit, once delivery made room) while the senders deliver; then deliver the rest. ``complete``, if given,
+        says at the end whether the pull completed (else ``pull``'s last answer)."""
         self.probe_outputs()
         delivered_before = self.drain()
         jobs: list[Job] | None = None
@@ -343,7 +416,7 @@ class Collector:
             for thread in senders:
                 thread.start()
             try:
-                pulled = self.scheduler.run_once(jobs)
+                pulled = pull(jobs)
             finally:
                 pulled_all.set()
                 self.join(senders)
@@ -360,12 +433,26 @@ class Collector:
             if not jobs or not delivered or self.outbox_full():
                 break  # a window that stopped at the outbox limit resumes in this run only once delivery made room
             logger.info("The outputs delivered the outbox: resuming %d window(s) stopped at its limit", len(jobs))
-        pulled = all(s is not None and s.completed for s in self.scheduler.results.values()) and len(
-            self.scheduler.results
-        ) == len(self.jobs)
+        if complete is not None:
+            pulled = complete()
         for drainer in self.drainers:
             logger.info("%s", drainer.statistics_line())
         return delivered_before and pulled and delivered
+
+    def hosted_job(self, request: backfills.Backfill) -> Job | None:
+        """The job of a backfill found in the state database, or ``None`` when this configuration lacks it."""
+        input_name = input_named(self.config, request.input_id, request.service)
+        if input_name is None:
+            logger.warning(
+                "The backfill of %s/%s %s is not hosted here: this configuration has no such service under that "
+                "input id (a backfill run with this collector stopped pulls it)",
+                request.input_id,
+                request.service,
+                request.range,
+            )
+            return None
+        logger.info("Hosting the backfill of %s %s", request.service, request.range)
+        return self.backfill_job(input_name, request.service, request.start, request.end)
 
     def run_forever(self) -> None:
         """Pull and deliver until :attr:`stop` is set (SIGTERM/SIGINT)."""
@@ -381,7 +468,12 @@ class Collector:
         ]
         for thread in threads:
             thread.start()
-        threads += self.scheduler.start()
+        self.scheduler.start()
+        watcher = threading.Thread(
+            target=self.scheduler.host_backfills, args=(self.hosted_job, BACKFILL_POLL_SECONDS), daemon=True
+        )
+        watcher.start()
+        threads.append(watcher)
         logger.info("%s", gc_line())
         while not self.stop.wait(SENDER_STATS_EVERY):
             logger.info("%s", gc_line())
@@ -391,7 +483,7 @@ class Collector:
                     self.outbox.pending(drainer.sink.name),
                 )
                 logger.info("%s", drainer.statistics_line())
-        self.join(threads)
+        self.join([*threads, *self.scheduler.threads])
         if server is not None:
             server.shutdown()
             server.server_close()
@@ -417,7 +509,7 @@ class Collector:
         """Close sinks, sources (parsing processes), the Qualys clients built here and the outbox."""
         for sink in self.sinks:
             sink.close()
-        for job in self.jobs:
+        for job in [*self.jobs, *self.backfills]:
             close = getattr(job.source, "close", None)
             if close is not None:
                 close()

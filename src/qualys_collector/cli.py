@@ -20,7 +20,7 @@ import click
 from qualys_collector import __version__
 from qualys_collector.config import load_config
 from qualys_collector.config.schema import CollectorConfig
-from qualys_collector.errors import CollectorError, ConfigError
+from qualys_collector.errors import BackfillError, CollectorError, ConfigError
 from qualys_collector.observability.heap import return_large_blocks
 from qualys_collector.observability.logging import setup_logging
 from qualys_collector.redact import scrub
@@ -98,6 +98,41 @@ def run(config_path: Path, state_dir: Path | None, log_format: str, once: bool) 
 
 @main.command()
 @config_option
+@state_option
+@format_option
+@click.option("--service", required=True, help="A time-windowed service, e.g. host_list_detection.")
+@click.option("--from", "start", required=True, help="Start of the range, included: 2024-01-01T00:00:00Z.")
+@click.option("--to", "end", required=True, help="End of the range, excluded: 2024-02-01T00:00:00Z.")
+def backfill(config_path: Path, state_dir: Path | None, log_format: str, service: str, start: str, end: str) -> None:
+    """Pull a past range of one service with its own checkpoint, beside the live pull (exit 0 once complete)."""
+    setup_logging(fmt=log_format)
+    config = _load(config_path)
+    setup_logging(fmt=log_format, debug=config.globals.debug)
+    from qualys_collector.backfill import run_backfill
+
+    stop = threading.Event()
+
+    def _stop(signum: int, _frame: FrameType | None) -> None:
+        logger.warning("Received %s: stopping after the current page", signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    try:
+        run_backfill(config, state_dir, service, start, end, stop=stop)
+    except BackfillError as exc:
+        logger.error("%s", exc)
+        sys.exit(EXIT_CONFIG if exc.code in BackfillError.USAGE else EXIT_FAILURE)
+    except ConfigError as exc:
+        logger.error("Invalid configuration: %s", exc)
+        sys.exit(EXIT_CONFIG)
+    except CollectorError as exc:
+        logger.error("%s", exc)
+        sys.exit(EXIT_FAILURE)
+
+
+@main.command()
+@config_option
 def validate(config_path: Path) -> None:
     """Check a configuration without any network call."""
     setup_logging()
@@ -137,6 +172,8 @@ def state_show(config_path: Path, state_dir: Path | None) -> None:
                 click.echo("No checkpoints yet.")
             for input_id, service, data in rows:
                 click.echo(f"{input_id}/{service}: {json.dumps(data, sort_keys=True)}")
+                if "until_str" in data:  # a backfill: say how far it got
+                    click.echo(_backfill_line(input_id, service, data))
             click.echo(f"outbox: {outbox.pending()} events pending, {outbox.size_bytes()} bytes")
         finally:
             outbox.close()
@@ -145,15 +182,32 @@ def state_show(config_path: Path, state_dir: Path | None) -> None:
         sys.exit(EXIT_FAILURE)
 
 
+def _backfill_line(scope: str, service: str, data: dict[str, object]) -> str:
+    from qualys_collector.engine.backfill import BACKFILL_SUFFIX, read_row
+
+    found = read_row(scope.removesuffix(BACKFILL_SUFFIX), service, data)
+    if found is None:
+        return "  backfill: unreadable range"
+    if found.complete:
+        return f"  backfill {found.range}: complete"
+    at = found.value.isoformat().replace("+00:00", "Z") if found.value else "its start"
+    return f"  backfill {found.range}: {found.progress():.0%} pulled (at {at})"
+
+
 @state.command("reset")
 @config_option
 @state_option
 @click.option("--service", required=True, help="Service name, e.g. host_list_detection.")
 @click.option("--input", "input_name", default=None, help="qualys or qualys_fim (needed only if ambiguous).")
-def state_reset(config_path: Path, state_dir: Path | None, service: str, input_name: str | None) -> None:
-    """Forget one service's checkpoint: its next cycle starts again from start_time_utc."""
+@click.option("--backfill", "of_backfill", is_flag=True, help="Forget the service's backfill, not its checkpoint.")
+def state_reset(
+    config_path: Path, state_dir: Path | None, service: str, input_name: str | None, of_backfill: bool
+) -> None:
+    """Forget one service's checkpoint: its next cycle starts again from start_time_utc (with --backfill: forget
+    its backfill instead; the live checkpoint stays)."""
     setup_logging()
     config = _load(config_path)
+    from qualys_collector.engine.cycle import backfill_scope
     from qualys_collector.engine.outbox import Outbox
     from qualys_collector.engine.store import StateLock
 
@@ -173,9 +227,11 @@ def state_reset(config_path: Path, state_dir: Path | None, service: str, input_n
             outbox = Outbox(config.state_dir(state_dir))
             try:
                 for input_id in ids:
-                    existed = outbox.reset_checkpoint(input_id, service)
+                    scope = backfill_scope(input_id) if of_backfill else input_id
+                    existed = outbox.reset_checkpoint(scope, service)
                     logger.warning(
-                        "Checkpoint of %s/%s %s",
+                        "%s of %s/%s %s",
+                        "Backfill" if of_backfill else "Checkpoint",
                         input_id,
                         service,
                         "reset" if existed else "did not exist; nothing to reset",

@@ -105,6 +105,37 @@ def parameter_sections() -> list[str]:
     return out
 
 
+#: How the options shared by every service apply to ``qualys-collector backfill`` (each key checked to exist).
+BACKFILL_KEYS = {
+    "max_window_seconds": "caps each of the backfill's windows too; they follow each other at once (so do a "
+    "live service's while it is behind), paced by the input's API budget",
+    "settle_lag_seconds": "`--to` may be no later than now minus this (error 601)",
+    "start_time_utc": "not used: the range is `--from`/`--to`; a range ending after it overlaps the live pull "
+    "(warned: those events are delivered twice, once with `@backfill: true`)",
+    "request_period_in_seconds": "not used between a backfill's windows; a failed cycle of a backfill hosted "
+    "by `run` is retried after it",
+    "enabled": "`false` keeps the service out of the live pull; it can still be backfilled",
+}
+
+
+def backfill_section() -> list[str]:
+    """What each shared option means for a backfill."""
+    out = [
+        "## qualys-collector backfill",
+        "",
+        "`backfill -c FILE --service NAME --from T1 --to T2` pulls `[T1, T2)` with the service's own block; "
+        "its checkpoint is the state row `<input id>@backfill/<service>` (README: Backfill).",
+        "",
+        "| key | in a backfill |",
+        "|---|---|",
+    ]
+    for key, meaning in BACKFILL_KEYS.items():
+        if key not in ServiceOptions.model_fields:  # pragma: no cover - the table names real keys only
+            raise KeyError(key)
+        out.append(f"| `{key}` | {meaning} |")
+    return [*out, ""]
+
+
 def render() -> str:
     """The whole reference as Markdown."""
     out = [
@@ -127,6 +158,7 @@ def render() -> str:
             out.append(f"| `{name}` | {_type(field.annotation)} | {_default(field)} |")
         out.append("")
     out += parameter_sections()
+    out += backfill_section()
     return "\n".join(out)
 
 
