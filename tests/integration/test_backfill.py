@@ -412,3 +412,44 @@ def test_a_second_range_while_one_is_under_way_is_refused_with_604(make_sim: Sim
     assert "[BackfillError 604]" in done.stderr
     assert "is under way (0% done)" in done.stderr
     assert sim.requests == {}
+
+
+def test_a_live_service_hours_behind_pulls_its_capped_windows_at_once_then_waits_its_period(
+    make_sim: SimFactory, tmp_path: Path
+) -> None:
+    """#16 item 14 through the real client: 5 h 30 min behind, capped at an hour, period 600 s."""
+    from qualys_collector.app import Collector
+    from qualys_collector.engine.outbox import Outbox
+
+    sim = make_sim(**sim_data(NOW - timedelta(days=40)), vm_limits=Limits(rate=100_000, window=60, concurrency=2))
+    sim.frozen = NOW
+    url = sim.start()
+    start = NOW - timedelta(hours=5, minutes=30)
+    options = {"start_time_utc": format_seed_datetime(start), "max_window_seconds": 3600}
+    state = tmp_path / "state"
+    cfg = config(state, qualys=vm_input(url, {"user_activity": {**options, "request_period_in_seconds": 600}}))
+    stop = threading.Event()
+    waits: list[float] = []
+
+    def wait(seconds: float) -> bool:
+        waits.append(seconds)
+        stop.set()  # the first wait between cycles ends the test
+        return True
+
+    collector = Collector(cfg, clock=sim.now, clients=clients(), sleep=no_sleep, stop=stop, wait=wait)
+    try:
+        collector.scheduler.loop(collector.jobs[0])
+    finally:
+        collector.close()
+    outbox = Outbox(state)
+    try:
+        outbox.register_outputs(["probe"])
+        stored = [json.loads(e.body) for e in outbox.read("probe", 100_000)]
+    finally:
+        outbox.close()
+    spans = [(e["window_start"], e["window_end"], e["capped"]) for e in stored if "@summary" in e]
+    hours = [format_seed_datetime(start + timedelta(hours=h)) for h in range(6)]
+    assert spans == [(hours[h], hours[h + 1], True) for h in range(5)] + [(hours[5], format_seed_datetime(NOW), False)]
+    assert waits == [600.0]  # five capped windows back to back, the sixth caught up: then one period
+    got = Counter(key_of("user_activity", e) for e in stored if "@summary" not in e)
+    assert got == truth(sim, "user_activity", start, NOW)
