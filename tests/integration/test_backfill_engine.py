@@ -224,3 +224,18 @@ def test_a_capped_window_cut_by_qualys_clock_waits_a_period_rather_than_asking_a
     Scheduler([job], outbox, stop=stop, clock=lambda: at(5), wait=wait).loop(job)
     assert len(source.calls) == 1
     assert waits == [60.0]
+
+
+def test_a_backfill_cycle_never_counts_as_the_live_service_cycle_in_readiness(outbox: Outbox) -> None:
+    from qualys_collector.observability.metrics import Metrics, MetricsObserver
+
+    metrics = Metrics()
+    metrics.readiness.periods = {SORTED.name: 60.0}
+    observer = MetricsObserver(metrics)
+    backfills.request(outbox, "42", SORTED.name, T0, at(2))
+    job = make_job(SORTED, ListSource([rec("a", at(1))]), until=at(2))
+    observer.cycle(job, run_cycle(job, outbox, clock=lambda: at(3)))
+    assert set(metrics.readiness.last_cycle) == {"fim_events@backfill"}
+    live = make_job(SORTED, ListSource([]), start_time=at(2))
+    observer.cycle(live, run_cycle(live, outbox, clock=lambda: at(3)))
+    assert set(metrics.readiness.last_cycle) == {"fim_events@backfill", "fim_events"}

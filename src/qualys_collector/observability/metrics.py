@@ -177,12 +177,12 @@ class MetricsObserver(Observer):
         self.metrics = metrics
 
     def page(self, job: Job, stats: CycleStats) -> None:
-        self.metrics.page(job.spec.name, stats.pulling_id, stats.received, stats.committed, stats.duplicates)
+        self.metrics.page(service_label(job), stats.pulling_id, stats.received, stats.committed, stats.duplicates)
 
     def cycle(self, job: Job, stats: CycleStats | None) -> None:
         if stats is not None:
             self.page(job, stats)
-            self.metrics.cycle(job.spec.name, stats.pulling_id, stats.seconds, stats.completed)
+            self.metrics.cycle(service_label(job), stats.pulling_id, stats.seconds, stats.completed)
 
     def api_answer(self, api: str, status: int) -> None:
         self.metrics.api_answer(api_label(api), status)
@@ -196,6 +196,12 @@ class MetricsObserver(Observer):
     def delivery_halted(self, output: str, reason: str) -> None:
         self.metrics.halted.labels(output).set(1)
         self.metrics.readiness.halted[output] = reason
+
+
+def service_label(job: Job) -> str:
+    """The ``service`` label: a backfill's is ``<service>@backfill``, so its cycles never stand in for the live
+    service's in ``/readyz`` or its counters."""
+    return f"{job.spec.name}@backfill" if job.backfill else job.spec.name
 
 
 def api_label(api: str) -> str:
