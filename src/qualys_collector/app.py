@@ -392,8 +392,13 @@ class Collector:
         deliver, then deliver the rest. The last cycle's figures when the range is complete and delivered."""
         last: list[CycleStats | None] = [None]
 
-        def pull(_resume: list[Job] | None) -> bool:
+        def loop() -> None:
             last[0] = self.scheduler.loop(job, retry=False)
+
+        def pull(_resume: list[Job] | None) -> bool:
+            puller = threading.Thread(target=loop, name=f"Puller({job.label})", daemon=True)  # the seed's log label
+            puller.start()
+            self.join([puller])
             return last[0] is not None and last[0].done
 
         return last[0] if self._pull_and_deliver(pull) else None

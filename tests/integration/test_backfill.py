@@ -453,3 +453,45 @@ def test_a_live_service_hours_behind_pulls_its_capped_windows_at_once_then_waits
     assert waits == [600.0]  # five capped windows back to back, the sixth caught up: then one period
     got = Counter(key_of("user_activity", e) for e in stored if "@summary" not in e)
     assert got == truth(sim, "user_activity", start, NOW)
+
+
+@pytest.mark.slow
+def test_the_hosting_run_killed_mid_backfill_then_the_waiting_command_takes_over_and_loses_nothing(
+    wall_sim: Simulator, tmp_path: Path
+) -> None:
+    start, end = range_of()
+    live = {"start_time_utc": format_seed_datetime(end), "request_period_in_seconds": 3600}
+    path = write(
+        tmp_path, wall_sim.start(), None, {"fim_events": {**live, "page_size": 20, "max_window_seconds": 86400}}
+    )
+    state = tmp_path / "state"
+    wall_sim.faults.arm(parse_fault("slow:delay=0.05,times=-1,path=fim"))
+    run = subprocess.Popen([*CLI, "run", "-c", str(path)], stderr=subprocess.DEVNULL, cwd=REPO)
+    deadline = time.monotonic() + 60
+    while not (state / DB_NAME).exists() or checkpoint_row(state, "c1", "fim_events") is None:
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    waiting = subprocess.Popen(
+        backfill_cmd(path, "fim_events", start, end), stderr=subprocess.PIPE, text=True, cwd=REPO
+    )
+    reached = start
+    while reached <= start + timedelta(days=5):
+        assert time.monotonic() < deadline + 60
+        row = checkpoint_row(state, "c1@backfill", "fim_events")
+        reached = parse_iso_datetime(row["last_event_time_str"]) if row else start
+        time.sleep(0.05)
+    run.kill()
+    run.wait(timeout=30)
+    wall_sim.faults.clear()
+    _out, err = waiting.communicate(timeout=180)
+    assert waiting.returncode == 0, err[-3000:]
+    assert "in use by another collector" in err  # it waited for the run first
+    pulls = [line for line in err.splitlines() if "Puller(qualys_fim,c1,fim_events,backfill) -> Fetching data" in line]
+    assert pulls  # then it pulled the rest itself, from where the killed run had committed (not from --from)
+    assert parse_iso_datetime(pulls[0].split("From : ")[1].split("  To")[0].replace(" ", "T")) > start
+    filled = by_service(delivered(tmp_path / "events.jsonl"), "fim_events", backfill=True)
+    expected = truth(wall_sim, "fim_events", start, end)
+    lost, extra = expected - filled, filled - expected
+    record_reliability(compared=sum(expected.values()), lost=sum(lost.values()), duplicated=sum(extra.values()))
+    assert not lost
+    assert sum(extra.values()) <= 1000  # at most the one batch the killed run had written but not confirmed

@@ -151,7 +151,10 @@ class Scheduler:
         A failed cycle is tried again after the period, or with ``retry=False`` ends the loop (``None``).
         """
         period = job.period.total_seconds()
-        logger.info("Starting data collection every %d seconds", period)
+        if job.backfill:
+            logger.info("Starting the backfill up to %s, window after window", job.until)
+        else:
+            logger.info("Starting data collection every %d seconds", period)
         warned = False
         stats: CycleStats | None = None
         while not self.stop.is_set():
