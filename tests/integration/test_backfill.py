@@ -45,8 +45,9 @@ TAGS = {
     "user_activity": "vuln.qualys.useractivitylog",
     "fim_events": "monitor.qualys.fim.event",
     "fim_incidents": "monitor.qualys.fim.incident",
+    "knowledge_base": "vuln.qualys.kb",
 }
-VM = ("vm_scans", "host_list", "host_list_detection", "user_activity")
+VM = ("vm_scans", "host_list", "host_list_detection", "user_activity", "knowledge_base")
 
 
 def sim_data(base: datetime) -> dict[str, Any]:
@@ -72,6 +73,8 @@ def key_of(service: str, event: dict[str, Any]) -> Any:
         return event["ID"]
     if service == "host_list_detection":
         return event["@detection_key"]
+    if service == "knowledge_base":
+        return f"{event['QID']}@{event['LAST_SERVICE_MODIFICATION_DATETIME']}"
     if service == "user_activity":
         return f"{event['Date']}|" + "|".join(
             str(v) for k, v in event.items() if not k.startswith("@") and k not in ("environment", "Date")
