@@ -105,6 +105,7 @@ def run(config_path: Path, state_dir: Path | None, log_format: str, once: bool) 
 @click.option("--to", "end", required=True, help="End of the range, excluded: 2024-02-01T00:00:00Z.")
 def backfill(config_path: Path, state_dir: Path | None, log_format: str, service: str, start: str, end: str) -> None:
     """Pull a past range of one service with its own checkpoint, beside the live pull (exit 0 once complete)."""
+    return_large_blocks()  # as run: freed event strings go back to the system
     setup_logging(fmt=log_format)
     config = _load(config_path)
     setup_logging(fmt=log_format, debug=config.globals.debug)
