@@ -12,7 +12,7 @@ import pytest
 from qualys_collector.engine.cycle import Job, run_cycle
 from qualys_collector.engine.outbox import DB_NAME, Outbox
 from qualys_collector.engine.source import CursorMode, ServiceSpec
-from qualys_collector.engine.store import SCHEMA_VERSION
+from qualys_collector.engine.store import PAGE_SIZE, SCHEMA_VERSION
 from qualys_collector.errors import StateError
 from qualys_collector.model import Event, epoch_ms
 from tests.helpers.sources import ListSource, rec
@@ -150,6 +150,19 @@ def test_an_outbox_row_carries_the_record_key_and_the_event_time(tmp_path: Path)
         ("r2", epoch_ms(T0 + timedelta(seconds=20)), "42/vm_scans"),
         ("summary:vm_scans:2024-01-01T00:01:40Z", epoch_ms(T0 + timedelta(seconds=100)), "42/vm_scans"),  # window end
     ]
+
+
+def test_a_new_state_database_has_16_kib_pages_and_an_older_one_keeps_its_own(tmp_path: Path) -> None:
+    Outbox(tmp_path / "new").close()
+    with sqlite3.connect(tmp_path / "new" / DB_NAME) as db:
+        assert db.execute("PRAGMA page_size").fetchone()[0] == PAGE_SIZE == 16384
+    write_old_database(tmp_path / "old", {"@persistence_version": 1})
+    store = Outbox(tmp_path / "old")
+    store.commit("7", "host_list", [Event(tag="vuln.qualys.hosts", body={"n": 3}, key="h3")], {})
+    assert [json.loads(e.body)["n"] for e in store.read("file", 10)] == [1, 2, 3]
+    store.close()
+    with sqlite3.connect(tmp_path / "old" / DB_NAME) as db:
+        assert db.execute("PRAGMA page_size").fetchone()[0] == 4096  # as the older collector created it
 
 
 def test_a_database_written_by_the_previous_schema_opens_and_upgrades_in_place(tmp_path: Path) -> None:
