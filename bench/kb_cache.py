@@ -3,13 +3,14 @@
     python bench/kb_cache.py            # 20,000 QIDs
 
 Each brief is what :func:`~qualys_collector.qualys.kb.brief` keeps of a VULN the simulator serves (its shapes:
-CVSS v3/v2, CVE lists, solutions from a sentence to more than 2 KiB). The figure is the database's growth
+CVSS v3/v2, CVE lists, solutions from a sentence to more than 1 KiB). The figure is the database's growth
 (after a WAL checkpoint) divided by the QIDs, so it includes SQLite's index and page overhead.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sqlite3
 import tempfile
 from datetime import UTC, datetime
@@ -30,8 +31,8 @@ def main() -> None:
     # 30 QIDs per detection slot: enough slots for the QIDs asked for
     data = Dataset(SimConfig(detections_per_host=args.qids // 30 + 1, base=now))
     answer = "".join(kb_list(data, now, {"action": "list", "details": "All"})).encode()
-    briefs = [kb.brief(kb.normalise(element_to_value(e))) for _t, e in iter_elements(ByteStream([answer]), {"VULN"})]
-    briefs = briefs[: args.qids]
+    vulns = [kb.normalise(element_to_value(e)) for _t, e in iter_elements(ByteStream([answer]), {"VULN"})]
+    briefs = [(str(v["QID"]), kb.brief(v)) for v in vulns[: args.qids]]
     with tempfile.TemporaryDirectory() as tmp:
         store = StateStore(Path(tmp))
         store.declare("kb_cache", "knowledge_base")
@@ -46,13 +47,13 @@ def main() -> None:
         for start in range(0, len(briefs), 500):
             with store.transaction("1") as tx:
                 table = tx.table("kb_cache")
-                for brief in briefs[start : start + 500]:
-                    table.put(str(brief["QID"]), brief)
+                for qid, brief in briefs[start : start + 500]:
+                    table.put(qid, brief)
         grown = size() - before
         store.close()
-    text = sum(len(str(b)) for b in briefs) / len(briefs)
+    text = sum(len(json.dumps(b)) for _q, b in briefs) / len(briefs)
     print(f"{len(briefs):,} QIDs: database +{grown / 2**20:.1f} MiB = {grown / len(briefs):,.0f} bytes per QID")
-    print(f"(brief text ~{text:,.0f} chars on average; a 2 KiB solution and 200 CVE ids bound one brief to ~8 KiB)")
+    print(f"(brief JSON ~{text:,.0f} bytes on average; a 1 KiB solution and 200 CVE ids bound one brief to ~6 KiB)")
     print(f"kb_cache_bytes_per_qid={grown / len(briefs):.0f}")
 
 

@@ -47,35 +47,29 @@ def expected_kb(truth: dict[str, Any]) -> dict[str, Any]:
     v3, v2 = truth["CVSS_V3"], truth["CVSS"]
     cvss = None
     if v3 is not None:
-        cvss = {
-            "version": v3["CVSS3_VERSION"] or "3",
-            "base": v3["BASE"],
-            "temporal": v3["TEMPORAL"],
-            "vector": v3["VECTOR_STRING"],
-        }
+        cvss = {"version": v3["CVSS3_VERSION"] or "3", "base": v3["BASE"], "vector": v3["VECTOR_STRING"]}
     elif v2 is not None:  # v2 only where that is all there is
-        cvss = {"version": "2", "base": v2["BASE"], "temporal": v2["TEMPORAL"], "vector": v2["VECTOR_STRING"]}
+        cvss = {"version": "2", "base": v2["BASE"], "vector": v2["VECTOR_STRING"]}
     out = {
         "status": "ok",
-        "QID": str(truth["QID"]),
         "TITLE": truth["TITLE"],
         "CATEGORY": truth["CATEGORY"],
         "VULN_TYPE": truth["VULN_TYPE"],
         "SEVERITY_LEVEL": str(truth["SEVERITY_LEVEL"]),
         "CVSS": cvss,
         "CVE_IDS": truth["CVE_IDS"][:200],
-        "VENDOR_REFERENCES": [{"ID": i, "URL": u} for i, u in truth["VENDOR_REFERENCES"]],
+        "VENDOR_REFERENCES": [i for i, _url in truth["VENDOR_REFERENCES"]],
         "PATCHABLE": truth["PATCHABLE"] == 1,
         "EXPLOIT_AVAILABLE": bool(truth["EXPLOITS"]),
         "MALWARE_AVAILABLE": False,
         "THREAT_INTEL": [name for _id, name in truth["THREAT_INTEL"]],
         "PUBLISHED_DATETIME": truth["PUBLISHED_DATETIME"],
         "LAST_SERVICE_MODIFICATION_DATETIME": truth["LAST_SERVICE_MODIFICATION_DATETIME"],
-        "SOLUTION": truth["SOLUTION"][:2048],
+        "SOLUTION": truth["SOLUTION"][:1024],
     }
     if len(truth["CVE_IDS"]) > 200:
         out["CVE_COUNT"] = len(truth["CVE_IDS"])
-    if len(truth["SOLUTION"]) > 2048:
+    if len(truth["SOLUTION"]) > 1024:
         out["SOLUTION_TRUNCATED"] = True
     return out
 

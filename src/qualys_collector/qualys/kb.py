@@ -32,7 +32,7 @@ DEFAULT_KB_VERSION = "4.0"
 #: QIDs per ``ids`` request: what XSIAM settled on after 2,000 took 1.5 minutes (KB.md section 5).
 IDS_PER_CALL = 500
 #: The solution text kept in a brief, in characters (the full text stays in the knowledge_base events).
-SOLUTION_MAX = 2048
+SOLUTION_MAX = 1024
 #: CVE ids and vendor references kept in a brief (a kernel update QID can list hundreds of CVEs).
 CVE_MAX = 200
 VENDOR_REF_MAX = 20
@@ -89,13 +89,13 @@ def _text(value: Any) -> str | None:
 
 
 def cvss(vuln: JSON) -> JSON | None:
-    """CVSS v3 base and vector, else v2's (a 2013 answer has numeric v2 codes and no vector), else ``None``."""
+    """CVSS v3 version, base score and vector, else v2's (a 2013 answer has numeric v2 codes and no vector), else
+    ``None``."""
     v3 = vuln.get("CVSS_V3")
     if isinstance(v3, dict) and _text(v3.get("BASE")):
         return {
             "version": _text(v3.get("CVSS3_VERSION")) or "3",
             "base": _text(v3.get("BASE")),
-            "temporal": _text(v3.get("TEMPORAL")),
             "vector": _text(v3.get("VECTOR_STRING")),
         }
     v2 = vuln.get("CVSS")
@@ -103,7 +103,6 @@ def cvss(vuln: JSON) -> JSON | None:
         return {
             "version": "2",
             "base": _text(v2.get("BASE")),
-            "temporal": _text(v2.get("TEMPORAL")),
             "vector": _text(v2.get("VECTOR_STRING")),
         }
     return None
@@ -126,18 +125,13 @@ def brief(vuln: JSON) -> JSON:
     references at most :data:`VENDOR_REF_MAX`.
     """
     cves = _ids(vuln.get("CVE_LIST"))
-    vendor = [
-        {"ID": _text(r.get("ID")), "URL": _text(r.get("URL"))}
-        for r in (vuln.get("VENDOR_REFERENCE_LIST") or [])[:VENDOR_REF_MAX]
-        if isinstance(r, dict)
-    ]
+    vendor = _ids(vuln.get("VENDOR_REFERENCE_LIST"))[:VENDOR_REF_MAX]
     found = vuln.get("CORRELATION")
     correlation: JSON = found if isinstance(found, dict) else {}
     intel = [_text(t) for t in vuln.get("THREAT_INTELLIGENCE") or []]
     solution = _text(vuln.get("SOLUTION")) or ""
     out: JSON = {
         "status": "ok",
-        "QID": _text(vuln.get("QID")),
         "TITLE": _text(vuln.get("TITLE")),
         "CATEGORY": _text(vuln.get("CATEGORY")),
         "VULN_TYPE": _text(vuln.get("VULN_TYPE")),
