@@ -3,7 +3,7 @@
     python bench/kb_cache.py            # 20,000 QIDs
 
 Each brief is what :func:`~qualys_collector.qualys.kb.brief` keeps of a VULN the simulator serves (its shapes:
-CVSS v3/v2, CVE lists, solutions from a sentence to more than 1 KiB). The figure is the database's growth
+CVSS v3/v2, CVE lists, solutions from a sentence to several KiB). The figure is the database's growth
 (after a WAL checkpoint) divided by the QIDs, so it includes SQLite's index and page overhead.
 """
 
@@ -53,7 +53,7 @@ def main() -> None:
         store.close()
     text = sum(len(json.dumps(b)) for _q, b in briefs) / len(briefs)
     print(f"{len(briefs):,} QIDs: database +{grown / 2**20:.1f} MiB = {grown / len(briefs):,.0f} bytes per QID")
-    print(f"(brief JSON ~{text:,.0f} bytes on average; a 1 KiB solution and 200 CVE ids bound one brief to ~6 KiB)")
+    print(f"(brief JSON ~{text:,.0f} bytes on average; a 512-character solution and 200 CVE ids bound one brief to ~4.5 KiB)")
     print(f"kb_cache_bytes_per_qid={grown / len(briefs):.0f}")
 
 

@@ -292,14 +292,13 @@ def test_kb_2013_answer_every_list_is_a_list_and_cvss2_codes_have_no_vector() ->
 
     briefs = {q: kb.brief(v) for q, v in by_qid.items()}
     assert briefs["87237"]["CVSS"] == {"version": "2", "base": "9.3", "vector": None}
-    assert briefs["105294"]["CVSS"] is None
-    assert briefs["105294"]["CVE_IDS"] == []
-    assert briefs["105294"]["VULN_TYPE"] == "Information Gathered"
+    assert "CVSS" not in briefs["105294"]  # what the KB does not have is left out
+    assert "CVE_IDS" not in briefs["105294"]
     assert briefs["105294"]["PATCHABLE"] is False
     assert briefs["12725"]["PATCHABLE"] is True
     assert briefs["12728"]["CVE_IDS"] == ["CVE-2012-0819", "CVE-2012-0820", "CVE-2012-0821", "CVE-2012-0822"]
     assert briefs["121436"]["EXPLOIT_AVAILABLE"] is True
-    assert briefs["12725"]["EXPLOIT_AVAILABLE"] is False
+    assert "EXPLOIT_AVAILABLE" not in briefs["12725"]
     assert briefs["12725"]["SOLUTION"].startswith('Users are advised to download <A HREF="http://www.joomla.org')
     assert briefs["12725"]["VENDOR_REFERENCES"] == ["20090604", "20090605", "20090606"]
     assert briefs["12725"]["LAST_SERVICE_MODIFICATION_DATETIME"] == "2013-09-03T21:57:34Z"
@@ -314,7 +313,7 @@ def test_kb_mock_cdata_on_own_lines_threat_intel_of_one() -> None:
     assert brief["THREAT_INTEL"] == ["No_Patch"]
     assert brief["CVE_IDS"] == ["CVE-2022-31629", "CVE-2022-31628"]  # CVE_LIST before CATEGORY: order is free
     assert brief["CATEGORY"] == "CGI"
-    assert brief["CVSS"] is None
+    assert "CVSS" not in brief
     assert brief["SOLUTION"] == "<B>Note:</B> To better debug the results of this QID"
 
 

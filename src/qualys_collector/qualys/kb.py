@@ -32,7 +32,7 @@ DEFAULT_KB_VERSION = "4.0"
 #: QIDs per ``ids`` request: what XSIAM settled on after 2,000 took 1.5 minutes (KB.md section 5).
 IDS_PER_CALL = 500
 #: The solution text kept in a brief, in characters (the full text stays in the knowledge_base events).
-SOLUTION_MAX = 1024
+SOLUTION_MAX = 512
 #: CVE ids and vendor references kept in a brief (a kernel update QID can list hundreds of CVEs).
 CVE_MAX = 200
 VENDOR_REF_MAX = 20
@@ -118,31 +118,33 @@ def _ids(items: Any) -> list[str]:
 
 
 def brief(vuln: JSON) -> JSON:
-    """What a detection carries of its QID (``KB``): at most a few KiB whatever the VULN's size.
+    """What a detection carries of its QID (``KB``): a few hundred bytes, at most a few KiB.
 
-    ``SOLUTION`` keeps its first :data:`SOLUTION_MAX` characters (``SOLUTION_TRUNCATED`` says when it was
-    cut); ``CVE_IDS`` at most :data:`CVE_MAX` ids (``CVE_COUNT`` is the full count when cut), vendor
-    references at most :data:`VENDOR_REF_MAX`.
+    It is copied into every detection event, so it keeps what an alert needs and leaves out what says
+    nothing: ``CVSS``, ``CVE_IDS``, ``VENDOR_REFERENCES``, ``THREAT_INTEL`` and ``SOLUTION`` only when the KB
+    has them, ``EXPLOIT_AVAILABLE`` / ``MALWARE_AVAILABLE`` only when true (``PATCHABLE`` always). The QID is
+    the detection's own, and ``DETECTION.TYPE`` already says confirmed, potential or information gathered.
+    ``SOLUTION`` keeps its first :data:`SOLUTION_MAX` characters (``SOLUTION_TRUNCATED`` says when it was cut;
+    the whole text is in the ``knowledge_base`` event); ``CVE_IDS`` at most :data:`CVE_MAX` ids (``CVE_COUNT``
+    is the full count when cut), vendor references at most :data:`VENDOR_REF_MAX` ids.
     """
     cves = _ids(vuln.get("CVE_LIST"))
-    vendor = _ids(vuln.get("VENDOR_REFERENCE_LIST"))[:VENDOR_REF_MAX]
     found = vuln.get("CORRELATION")
     correlation: JSON = found if isinstance(found, dict) else {}
-    intel = [_text(t) for t in vuln.get("THREAT_INTELLIGENCE") or []]
+    intel = [t for t in (_text(t) for t in vuln.get("THREAT_INTELLIGENCE") or []) if t]
     solution = _text(vuln.get("SOLUTION")) or ""
     out: JSON = {
         "status": "ok",
         "TITLE": _text(vuln.get("TITLE")),
         "CATEGORY": _text(vuln.get("CATEGORY")),
-        "VULN_TYPE": _text(vuln.get("VULN_TYPE")),
         "SEVERITY_LEVEL": _text(vuln.get("SEVERITY_LEVEL")),
         "CVSS": cvss(vuln),
         "CVE_IDS": cves[:CVE_MAX],
-        "VENDOR_REFERENCES": vendor,
+        "VENDOR_REFERENCES": _ids(vuln.get("VENDOR_REFERENCE_LIST"))[:VENDOR_REF_MAX],
         "PATCHABLE": _text(vuln.get("PATCHABLE")) == "1",
-        "EXPLOIT_AVAILABLE": bool(correlation.get("EXPLOITS")),
-        "MALWARE_AVAILABLE": bool(correlation.get("MALWARE")),
-        "THREAT_INTEL": [t for t in intel if t],
+        "EXPLOIT_AVAILABLE": bool(correlation.get("EXPLOITS")) or None,
+        "MALWARE_AVAILABLE": bool(correlation.get("MALWARE")) or None,
+        "THREAT_INTEL": intel,
         "PUBLISHED_DATETIME": _text(vuln.get("PUBLISHED_DATETIME")),
         "LAST_SERVICE_MODIFICATION_DATETIME": _text(vuln.get("LAST_SERVICE_MODIFICATION_DATETIME")),
         "SOLUTION": solution[:SOLUTION_MAX],
@@ -151,7 +153,7 @@ def brief(vuln: JSON) -> JSON:
         out["CVE_COUNT"] = len(cves)
     if len(solution) > SOLUTION_MAX:
         out["SOLUTION_TRUNCATED"] = True
-    return out
+    return {k: v for k, v in out.items() if v not in (None, "", [])}
 
 
 def vulns(client: VmClient, path: str, params: dict[str, str], horizon: list[datetime | None]) -> Iterator[JSON]:
