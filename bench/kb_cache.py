@@ -53,7 +53,7 @@ def main() -> None:
         store.close()
     text = sum(len(json.dumps(b)) for _q, b in briefs) / len(briefs)
     print(f"{len(briefs):,} QIDs: database +{grown / 2**20:.1f} MiB = {grown / len(briefs):,.0f} bytes per QID")
-    print(f"(brief JSON ~{text:,.0f} bytes on average; a 512-character solution and 200 CVE ids bound one brief to ~4.5 KiB)")
+    print(f"(brief JSON ~{text:,.0f} bytes on average; 512 solution characters and 200 CVE ids bound one to ~4.5 KiB)")
     print(f"kb_cache_bytes_per_qid={grown / len(briefs):.0f}")
 
 
