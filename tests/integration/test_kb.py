@@ -253,3 +253,60 @@ def test_simulator_kb_filters_and_refusals(sim: Simulator) -> None:
     assert httpx.post(url + KB_PATH, data=micro, auth=auth, headers=headers).status_code == 400
     assert httpx.post(url + "/api/5.0/fo/knowledge_base/vuln/", data={"action": "list"}, auth=auth).status_code == 404
     assert len(sim.kb_calls) == 4  # refused parameters count as calls (as Qualys counts them); 5.0 is no KB
+
+
+def test_a_customised_qid_keeps_its_customisation_date_and_does_not_hold_the_checkpoint_back(
+    make_sim: SimFactory, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # LAST_CUSTOMIZATION has its own DATETIME (KB DTD): it is the VULN's field, not Qualys' clock
+    sim = make_sim(seed=3, hosts=10, detections_per_host=3, base=NOW - timedelta(days=2), span=timedelta(days=3))
+    r = run(sim, tmp_path, {"knowledge_base": {"start_time_utc": START}})
+    with caplog.at_level(logging.WARNING):
+        assert r.cycle()
+    events = {e["event"]["QID"]: e["event"] for e in r.events() if e["tag"] == KB_TAG}
+    customised = {q: e for q, e in events.items() if (sim.kb_truth(q) or {}).get("LAST_CUSTOMIZATION")}
+    assert customised, "the window holds customised QIDs"
+    for qid, event in customised.items():
+        truth = sim.kb_truth(qid) or {}
+        assert event["LAST_CUSTOMIZATION"] == {"DATETIME": truth["LAST_CUSTOMIZATION"], "USER_LOGIN": "acme_mm"}
+    assert not [m for m in caplog.messages if "clock" in m and "behind" in m]
+    advance(sim, 24)
+    assert r.cycle()
+    second = sim.kb_calls[-1]  # the next window starts where the first ended (one second early), not years back
+    assert second["last_modified_after"] == "2026-06-01T11:59:59Z"
+
+
+@pytest.mark.parametrize("limit", [7, 50])
+def test_a_kb_answer_cut_by_a_warning_url_is_followed_to_its_end(
+    make_sim: SimFactory, tmp_path: Path, limit: int
+) -> None:
+    # RESPONSE/WARNING (CODE 1980, URL with id_min) is in the KB DTD: what follows it is neither lost nor
+    # cached as not_found
+    sim = make_sim(
+        seed=11,
+        hosts=40,
+        detections_per_host=4,
+        base=NOW - timedelta(days=3),
+        span=timedelta(days=3),
+        host_interval=timedelta(hours=20),
+        vm_limits=Limits(rate=10_000, window=60, concurrency=2),
+        kb_page_limit=limit,
+    )
+    services: dict[str, dict[str, Any]] = {
+        "knowledge_base": {"start_time_utc": START},
+        "host_list_detection": {"start_time_utc": START, "truncation_limit": 7},
+    }
+    r = run(sim, tmp_path, services)
+    assert r.cycle()
+    kb_keys = {
+        f"{e['event']['QID']}@{e['event']['LAST_SERVICE_MODIFICATION_DATETIME']}"
+        for e in r.events()
+        if e["tag"] == KB_TAG
+    }
+    assert kb_keys == sim.truth("knowledge_base", parse_seed_datetime(START), NOW)
+    advance(sim, 10)
+    assert r.cycle()
+    rows, pending = cache(r)
+    qids = {e["DETECTION"]["QID"] for e in detections(r)}
+    assert not pending
+    assert {q: rows[q] for q in qids} == {q: expected_kb(sim.kb_truth(q) or {}) for q in qids}

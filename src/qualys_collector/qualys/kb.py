@@ -21,6 +21,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from qualys_collector.model import JSON
+from qualys_collector.qualys.paging import guard_progress, url_cursor
 from qualys_collector.qualys.vm_hosts import server_time
 from qualys_collector.qualys.xml import element_to_value, iter_elements
 
@@ -156,12 +157,26 @@ def brief(vuln: JSON) -> JSON:
     return {k: v for k, v in out.items() if v not in (None, "", [])}
 
 
-def vulns(client: VmClient, path: str, params: dict[str, str], horizon: list[datetime | None]) -> Iterator[JSON]:
-    """Every VULN of one answer, normalised, as it streams; ``horizon[0]`` gets ``RESPONSE/DATETIME``."""
+def vulns(
+    client: VmClient,
+    path: str,
+    params: dict[str, str],
+    horizon: list[datetime | None],
+    cut: list[int | None] | None = None,
+) -> Iterator[JSON]:
+    """Every VULN of one answer, normalised, as it streams.
+
+    At the answer's end ``horizon[0]`` gets ``RESPONSE/DATETIME`` (only that one: ``LAST_CUSTOMIZATION`` has
+    a ``DATETIME`` of its own, a VULN's field and not Qualys' clock), and ``cut[0]`` the ``id_min`` of the
+    next-page URL when a ``RESPONSE/WARNING`` (the DTD's CODE, TEXT, URL) says the answer was cut.
+    """
     with client.open(path, params) as response:
-        for tag, element in iter_elements(client.body(path, response), {"VULN", "DATETIME"}):
-            if tag == "DATETIME":
-                horizon[0] = server_time(element.text, horizon[0])
+        for tag, element in iter_elements(client.body(path, response), {"VULN", "RESPONSE"}):
+            if tag == "RESPONSE":
+                horizon[0] = server_time(element.findtext("DATETIME"), horizon[0])
+                url = element.findtext("WARNING/URL")
+                if cut is not None and url and url.strip():
+                    cut[0] = url_cursor(url, "id_min")
                 continue
             vuln = normalise(element_to_value(element))
             if isinstance(vuln, dict) and _text(vuln.get("QID")):
@@ -174,11 +189,20 @@ def ids_params(qids: Iterable[str]) -> dict[str, str]:
 
 
 def fetch_briefs(client: VmClient, path: str, qids: list[str]) -> dict[str, JSON]:
-    """The briefs of ``qids`` (at most :data:`IDS_PER_CALL`) in one call; QIDs the KB lacks are absent."""
+    """The briefs of ``qids`` (at most :data:`IDS_PER_CALL`); QIDs the KB lacks are absent. One call, unless
+    the answer ends with a next-page ``WARNING``: its URL is followed, so no QID behind it is taken as unknown."""
     if len(qids) > IDS_PER_CALL:
         raise ValueError(f"at most {IDS_PER_CALL} QIDs per KnowledgeBase call, not {len(qids)}")
     horizon: list[datetime | None] = [None]
     found: dict[str, JSON] = {}
-    for vuln in vulns(client, path, ids_params(qids), horizon):
-        found[str(_text(vuln.get("QID")))] = brief(vuln)
-    return found
+    request = ids_params(qids)
+    while True:
+        cut: list[int | None] = [None]
+        for vuln in vulns(client, path, request, horizon, cut):
+            found[str(_text(vuln.get("QID")))] = brief(vuln)
+        following = cut[0]
+        if following is None:
+            return found
+        previous = request.get("id_min")
+        guard_progress(int(previous) if previous else None, following, ascending=True)
+        request = {**request, "id_min": str(following)}

@@ -3,9 +3,10 @@
 ``/api/<v>/fo/knowledge_base/vuln/?action=list`` with ``last_modified_after`` / ``last_modified_before`` =
 the engine's window (modified by the service or by a user: new CVEs, CVSS, threat intelligence, fixes;
 ``published_after`` would miss every update, as Sentinel's users found). The first window reaches back
-30 years, i.e. the whole KB (hundreds of MB, streamed; ``start_time_utc`` limits it). The answer is not
-truncated (the KB has no ``truncation_limit``), but it is sorted by QID, so a body cut half-way resumes
-with ``id_min`` after the last committed page.
+30 years, i.e. the whole KB (hundreds of MB, streamed; ``start_time_utc`` limits it). The KB has no
+``truncation_limit``, but its DTD allows a ``RESPONSE/WARNING`` with a next-page URL: it is followed by its
+``id_min``. The answer is sorted by QID, so a body cut half-way resumes with ``id_min`` after the last
+committed page.
 
 Every page also writes its VULNs' briefs into the KB cache (keyed table ``kb_cache``, QID -> the fields
 detections need, see :func:`~qualys_collector.qualys.kb.brief`) in the same transaction as its events,
@@ -24,6 +25,7 @@ from pydantic import Field, field_validator
 from qualys_collector.engine.source import CursorMode, ServiceSpec, TableSpec
 from qualys_collector.model import JSON, Page, Record, TableWrite, Window
 from qualys_collector.qualys.kb import brief, path_for, vulns
+from qualys_collector.qualys.paging import guard_progress
 from qualys_collector.qualys.vm import VmClient
 from qualys_collector.qualys.vm_hosts import window_params
 from qualys_collector.services.options import Flag, ServiceEntry, ServiceOptions, flag
@@ -93,27 +95,37 @@ class KnowledgeBaseSource:
         horizon: list[datetime | None] = [None]
 
         def fetch(start: JSON | None) -> Iterator[Page]:
-            request = dict(params)
-            if start:
-                request["id_min"] = str(start["id_min"])
+            id_min = int(start["id_min"]) if start else None
             batch: list[Record] = []
             sorted_upto: int | None = None  # the last QID of an ascending run from the start
             ascending = True
-            for vuln in vulns(self.client, self.path, request, horizon):
-                qid = int(str(vuln["QID"]))
-                if ascending and sorted_upto is not None and qid <= sorted_upto:
-                    ascending = False  # resuming by id_min would skip: later pages resume where this run began
-                    logger.warning("The KnowledgeBase answer is not sorted by QID (%d after %d)", qid, sorted_upto)
-                if ascending:
-                    sorted_upto = qid
-                modified = vuln.get("LAST_SERVICE_MODIFICATION_DATETIME") or vuln.get("PUBLISHED_DATETIME") or ""
-                batch.append(Record(data=vuln, key=f"{qid}@{modified}"))
-                if len(batch) >= VULNS_PER_PAGE:
-                    # while sorted, resume after this page; once not, from where this request began
-                    resume = {"id_min": sorted_upto + 1} if ascending and sorted_upto else (start or {"id_min": 0})
-                    yield _page(batch, resume, horizon[0])
-                    batch = []
-            yield _page(batch, None, horizon[0])
+            while True:
+                request = dict(params)
+                if id_min is not None:
+                    request["id_min"] = str(id_min)
+                cut: list[int | None] = [None]
+                for vuln in vulns(self.client, self.path, request, horizon, cut):
+                    qid = int(str(vuln["QID"]))
+                    if ascending and sorted_upto is not None and qid <= sorted_upto:
+                        ascending = False  # resuming by id_min would skip: later pages resume where this run began
+                        logger.warning("The KnowledgeBase answer is not sorted by QID (%d after %d)", qid, sorted_upto)
+                    if ascending:
+                        sorted_upto = qid
+                    modified = vuln.get("LAST_SERVICE_MODIFICATION_DATETIME") or vuln.get("PUBLISHED_DATETIME") or ""
+                    batch.append(Record(data=vuln, key=f"{qid}@{modified}"))
+                    if len(batch) >= VULNS_PER_PAGE:
+                        # while sorted, resume after this page; once not, from where this request began
+                        resume = {"id_min": sorted_upto + 1} if ascending and sorted_upto else {"id_min": id_min or 0}
+                        yield _page(batch, resume, horizon[0])
+                        batch = []
+                following = cut[0]
+                if following is None:  # the answer's end, not a next-page WARNING: the window is done
+                    yield _page(batch, None, horizon[0])
+                    return
+                guard_progress(id_min, following, ascending=True)
+                id_min = following
+                yield _page(batch, {"id_min": following}, horizon[0])
+                batch = []
 
         return self.client.resumable(fetch, token, "KnowledgeBase vulnerabilities")
 

@@ -240,7 +240,7 @@ class Simulator:
             elif resource == "activity_log":
                 chunks = vm.activity_log(self.data, now, params, base_url)
             elif resource == KB_RESOURCE:
-                chunks = vm.kb_list(self.data, now, params)
+                chunks = vm.kb_list(self.data, now, params, base_url)
             else:
                 chunks = vm.host_list(
                     self.data, now, params, base_url, detection=resource.endswith("detection"), version=version

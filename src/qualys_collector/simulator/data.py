@@ -123,6 +123,9 @@ class SimConfig:
     #: With ``lifecycle``: the share of hosts purged at some time within ``lifecycle_days`` of ``base``.
     purged_fraction: float = 0.0
     lifecycle_days: int = 30
+    #: At most this many VULNs per KnowledgeBase answer (0: no limit), the rest behind ``WARNING`` 1980 and
+    #: a next-page URL (``id_min``): the KB DTD allows ``RESPONSE/WARNING`` (CODE, TEXT, URL) as the other lists.
+    kb_page_limit: int = 0
 
 
 @dataclass(frozen=True)
@@ -502,6 +505,8 @@ class Dataset:
             "AUTH_TYPES": ["Windows"] if shape in (1, 4) else [],
             "REMOTE": int(shape != 4),
             "IS_DISABLED": 0,
+            # a subscription user edited it long ago (LAST_CUSTOMIZATION: its own DATETIME and USER_LOGIN)
+            "LAST_CUSTOMIZATION": iso(published + timedelta(days=7)) if shape == 1 else None,
         }
 
     # ------------------------------------------------------------------ scans

@@ -819,6 +819,13 @@ def _kb_vuln_xml(v: dict[str, Any], details: str, params: Mapping[str, str]) -> 
         out.append(f"{p}<!-- evaluation copy: for internal use only -->\n")
     out += [
         f"{p}<CATEGORY>{v['CATEGORY']}</CATEGORY>\n",
+    ]
+    if v["LAST_CUSTOMIZATION"]:
+        out.append(
+            f"{p}<LAST_CUSTOMIZATION>\n{p}  <DATETIME>{v['LAST_CUSTOMIZATION']}</DATETIME>\n"
+            f"{p}  <USER_LOGIN>acme_mm</USER_LOGIN>\n{p}</LAST_CUSTOMIZATION>\n"
+        )
+    out += [
         f"{p}<LAST_SERVICE_MODIFICATION_DATETIME>{v['LAST_SERVICE_MODIFICATION_DATETIME']}"
         "</LAST_SERVICE_MODIFICATION_DATETIME>\n",
         f"{p}<PUBLISHED_DATETIME>{v['PUBLISHED_DATETIME']}</PUBLISHED_DATETIME>\n",
@@ -889,8 +896,9 @@ def _kb_vuln_xml(v: dict[str, Any], details: str, params: Mapping[str, str]) -> 
     return "      <VULN>\n" + "".join(out) + "      </VULN>\n"
 
 
-def kb_list(data: Dataset, now: datetime, params: Mapping[str, str]) -> Iterator[str]:
-    """The KnowledgeBase list (no truncation: the KB has no ``truncation_limit``), QID ascending."""
+def kb_list(data: Dataset, now: datetime, params: Mapping[str, str], base_url: str = "") -> Iterator[str]:
+    """The KnowledgeBase list, QID ascending. The KB has no ``truncation_limit``; with ``kb_page_limit`` an
+    answer stops after that many VULNs with ``WARNING`` 1980 and a next-page URL (``id_min``)."""
     check_params(params, KB_PARAMS)
     details = params.get("details", "Basic")
     if details not in ("Basic", "All", "None"):
@@ -909,6 +917,7 @@ def kb_list(data: Dataset, now: datetime, params: Mapping[str, str]) -> Iterator
         f"<KNOWLEDGE_BASE_VULN_LIST_OUTPUT>\n  <RESPONSE>\n    <DATETIME>{iso(now)}</DATETIME>\n"
     )
     opened = False
+    listed, limit, warning = 0, data.config.kb_page_limit, ""
     for qid in data.kb_qids():
         if qid < id_min or not _id_ok(qid, id_max, ranges):
             continue
@@ -926,12 +935,18 @@ def kb_list(data: Dataset, now: datetime, params: Mapping[str, str]) -> Iterator
             continue
         if patchable is not None and v["PATCHABLE"] != patchable:
             continue
+        if limit and listed >= limit:
+            warning = _warning(limit, base_url, params, id_min=qid)
+            break
         if not opened:
             yield "    <ID_SET>\n" if details == "None" else "    <VULN_LIST>\n"
             opened = True
         yield f"      <ID>{qid}</ID>\n" if details == "None" else _kb_vuln_xml(v, details, params)
+        listed += 1
     if opened:
         yield "    </ID_SET>\n" if details == "None" else "    </VULN_LIST>\n"
+    if warning:
+        yield warning
     yield (
         "  </RESPONSE>\n</KNOWLEDGE_BASE_VULN_LIST_OUTPUT>\n<!-- CONFIDENTIAL AND PROPRIETARY INFORMATION. "
         'Qualys provides the QualysGuard Service "As Is," without any warranty of any kind. //--> \n'
