@@ -5,17 +5,21 @@ from __future__ import annotations
 
 import logging
 import math
+import subprocess
+import sys
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from qualys_collector.engine.outbox import Outbox
 from qualys_collector.model import parse_seed_datetime
 from qualys_collector.simulator import Limits, Simulator
 from qualys_collector.simulator.faults import parse_fault
 from tests.conftest import SimFactory
+from tests.helpers.kit import raw_config, vm_input
 from tests.helpers.vmsim import NOW, Run, advance, start_sim
 
 pytestmark = pytest.mark.integration
@@ -310,3 +314,33 @@ def test_a_kb_answer_cut_by_a_warning_url_is_followed_to_its_end(
     qids = {e["DETECTION"]["QID"] for e in detections(r)}
     assert not pending
     assert {q: rows[q] for q in qids} == {q: expected_kb(sim.kb_truth(q) or {}) for q in qids}
+
+
+def test_the_kb_cache_belongs_to_knowledge_base_whichever_service_declared_it_first(
+    sim: Simulator, tmp_path: Path
+) -> None:
+    # enrichment alone first (the stage declares kb_cache), then the knowledge_base service is enabled
+    hld: dict[str, Any] = {"start_time_utc": START, "truncation_limit": 7}
+    r = run(sim, tmp_path, {"host_list_detection": hld})
+    assert r.cycle()
+    r.services = {"host_list_detection": hld, "knowledge_base": {"start_time_utc": START}}
+    assert r.cycle()
+    filled, _ = cache(r)
+    assert filled
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(raw_config(r.state, qualys=vm_input(r.url, r.services))))
+
+    def reset(service: str) -> None:
+        done = subprocess.run(
+            [sys.executable, "-m", "qualys_collector", "state", "reset", "-c", str(path), "--service", service],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert done.returncode == 0, done.stderr[-1500:]
+
+    reset("host_list_detection")  # the detections start again; the KB the knowledge_base service pulled stays
+    assert cache(r)[0] == filled
+    reset("knowledge_base")  # README: resetting knowledge_base clears the cache (its next pull refills it)
+    assert cache(r) == ({}, set())

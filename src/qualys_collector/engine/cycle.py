@@ -158,9 +158,11 @@ def load_checkpoint(job: Job, outbox: Outbox, now: datetime) -> Checkpoint:
     Declares the service's keyed tables first, and moves rows an older version kept in the checkpoint's
     ``extra`` into their table (one transaction).
     """
-    stage_tables = (t for stage in (*job.enrich, *job.change_filter) for t in stage.tables)
-    for name in (*(t.name for t in job.spec.tables), boundary_table(job.spec.name), *stage_tables):
+    for name in (*(t.name for t in job.spec.tables), boundary_table(job.spec.name)):
         outbox.declare(name, job.spec.name)
+    for stage in (*job.enrich, *job.change_filter):  # a stage may use another service's table (``owner``)
+        for name in stage.tables:
+            outbox.declare(name, getattr(stage, "owner", None) or job.spec.name)
     configured = job.start_time
     stored = outbox.load_checkpoint(job.scope, job.spec.name)
     fresh = Checkpoint.initial(configured, now - job.spec.default_lookback, until=job.until)

@@ -328,7 +328,8 @@ class StateStore:
         self._local = threading.local()
         self._connections: list[sqlite3.Connection] = []
         self._lock = threading.Lock()
-        self._declared: set[str] = set()
+        #: Declared keyed tables and the service that owns each (whose reset clears it).
+        self._declared: dict[str, str] = {}
         try:
             state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
             if not self.path.exists():  # a first run: built beside, then moved into place whole
@@ -336,7 +337,8 @@ class StateStore:
             self._check()
             with self._transaction() as conn:
                 _upgrade(conn, self.path)
-            self._declared = {r[0] for r in self._conn().execute("SELECT name FROM keyed_tables").fetchall()}
+            rows = self._conn().execute("SELECT name, owner FROM keyed_tables").fetchall()
+            self._declared = {str(r[0]): str(r[1]) for r in rows}
         except StateError:
             self.close()
             raise
@@ -456,8 +458,9 @@ class StateStore:
     # ------------------------------------------------------------------ keyed tables
 
     def declare(self, name: str, owner: str) -> None:
-        """Create keyed table ``name`` once (idempotent); ``owner`` is the service whose reset clears it."""
-        if name in self._declared:
+        """Create keyed table ``name`` once (idempotent); ``owner`` is the service whose reset clears it (a table
+        declared again with another owner changes hands: a stage may declare another service's table)."""
+        if self._declared.get(name) == owner:
             return
         if not _TABLE_NAME.match(name):
             raise StateError(
@@ -470,8 +473,12 @@ class StateStore:
                 " stamp INTEGER, PRIMARY KEY (scope, key)) WITHOUT ROWID"
             )
             conn.execute(f"CREATE INDEX IF NOT EXISTS {table}_stamp ON {table} (scope, stamp)")
-            conn.execute("INSERT OR IGNORE INTO keyed_tables (name, owner) VALUES (?, ?)", (name, owner))
-        self._declared.add(name)
+            conn.execute(
+                "INSERT INTO keyed_tables (name, owner) VALUES (?, ?)"
+                " ON CONFLICT(name) DO UPDATE SET owner = excluded.owner",
+                (name, owner),
+            )
+        self._declared[name] = owner
 
     def require(self, name: str) -> None:
         """Raise unless keyed table ``name`` was declared."""

@@ -65,6 +65,8 @@ class KbEnrichment:
 
     name = "kb_enrichment"
     tables: tuple[str, ...] = (KB_CACHE, KB_PENDING)
+    #: The tables are the knowledge_base service's: its reset clears them, a host_list_detection reset does not.
+    owner = "knowledge_base"
 
     def __init__(self, lookup: Lookup, *, per_call: int = IDS_PER_CALL, memo_size: int = MEMO_SIZE) -> None:
         self.lookup = lookup
