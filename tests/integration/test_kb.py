@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import logging
 import math
+import sqlite3
 import subprocess
 import sys
+import threading
+import time
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -344,3 +347,47 @@ def test_the_kb_cache_belongs_to_knowledge_base_whichever_service_declared_it_fi
     assert cache(r)[0] == filled
     reset("knowledge_base")  # README: resetting knowledge_base clears the cache (its next pull refills it)
     assert cache(r) == ({}, set())
+
+
+def test_a_kb_lookup_never_holds_the_state_databases_write_lock(sim: Simulator, tmp_path: Path) -> None:
+    # a pending QID the cache knows already (the knowledge_base service committed it between a page's read and
+    # its commit) is cleaned up by the next window's first page, and that must not take the write lock
+    # before the page's KB call: a slow KB answer would block every other service's commit
+    r = run(sim, tmp_path, {"host_list_detection": {"start_time_utc": START, "truncation_limit": 7}})
+    assert r.cycle()
+    rows, _ = cache(r)
+    kept = next(iter(rows))
+    outbox = Outbox(r.state)
+    try:
+        for name in ("kb_cache", "kb_pending"):
+            outbox.declare(name, "knowledge_base")
+        with outbox.transaction("7") as tx:
+            tx.table("kb_pending").put(kept, 1)
+            for qid in rows:
+                if qid != kept:
+                    tx.table("kb_cache").delete(qid)  # so the next window's first page calls the KB
+    finally:
+        outbox.close()
+    calls = len(sim.kb_calls)
+    sim.faults.arm(parse_fault(f"slow:path={KB_PATH},delay=0.05,times=1"))
+    advance(sim, 10)
+    done: list[bool] = []
+    worker = threading.Thread(target=lambda: done.append(r.cycle()))
+    worker.start()
+    try:
+        deadline = time.monotonic() + 30
+        while len(sim.kb_calls) == calls and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert len(sim.kb_calls) > calls, "the KB lookup started"
+        other = sqlite3.connect(r.state / "qualys-collector.sqlite3", timeout=0.5)
+        try:
+            other.execute("BEGIN IMMEDIATE")  # another service's commit, while the KB answer streams
+            other.execute("ROLLBACK")
+        finally:
+            other.close()
+    finally:
+        worker.join(60)
+    assert done == [True]
+    rows, pending = cache(r)
+    assert kept in rows
+    assert kept not in pending, "the stale pending row was removed with the page"

@@ -142,10 +142,11 @@ class KbEnrichment:
             elif qid not in self.waiting:
                 fresh.append(qid)
         to_fetch: list[str] = []
+        stale: list[str] = []
         if not self.failed:
             self.waiting.update(dict.fromkeys(fresh))
             if self.first_page:
-                backlog = self._backlog(tx, cache)
+                backlog, stale = self._backlog(tx, cache)
                 to_fetch = list(dict.fromkeys([*self.waiting, *backlog]))[: BACKLOG_CALLS * self.per_call]
                 self.waiting = {}
             else:
@@ -155,6 +156,10 @@ class KbEnrichment:
                         del self.waiting[qid]
                     to_fetch += batch
         fetched = self._fetch(to_fetch) if to_fetch else {}
+        if stale:  # only now: the first write takes the database's write lock, never held across a KB call
+            pending = tx.table(KB_PENDING)
+            for qid in stale:
+                pending.delete(qid)
         if self.failed:
             self.waiting = {}  # they wait in kb_pending, not in memory
         if fetched:
@@ -183,9 +188,10 @@ class KbEnrichment:
             self.failed = False
             self.waiting = {}  # a partial batch left: in kb_pending, fetched by the next window's first page
 
-    def _backlog(self, tx: Transaction, cache: TableView) -> list[str]:
-        """QIDs earlier windows left pending (at most :data:`BACKLOG_CALLS` calls' worth); a pending row whose QID
-        the cache got meanwhile (the knowledge_base service committed it) is removed."""
+    def _backlog(self, tx: Transaction, cache: TableView) -> tuple[list[str], list[str]]:
+        """QIDs earlier windows left pending (at most :data:`BACKLOG_CALLS` calls' worth), and the pending rows
+        whose QID the cache got meanwhile (the knowledge_base service committed it): the caller removes those
+        after its KB call (reading here takes no lock)."""
         out, stale = [], []
         for qid, _value in tx.committed(KB_PENDING).items():
             if self._known(qid, cache) is not None:
@@ -194,11 +200,7 @@ class KbEnrichment:
                 out.append(qid)
             if len(out) >= BACKLOG_CALLS * self.per_call:
                 break
-        if stale:
-            pending = tx.table(KB_PENDING)
-            for qid in stale:
-                pending.delete(qid)
-        return out
+        return out, stale
 
 
 def stages(client: VmClient, enrich: bool, kb_version: str) -> tuple[KbEnrichment, ...]:
