@@ -30,3 +30,35 @@ def test_each_chunk_is_whole_lines_within_one_tls_record() -> None:
         assert chunk.endswith(b"\n")
         assert len(chunk) <= CHUNK_BYTES or chunk.count(b"\n") == 1, "only a message longer than a record stands alone"
     assert CHUNK_BYTES == 16_384  # TLS's largest record plaintext (RFC 8446 5.1)
+
+
+def test_the_devo_header_is_the_sdks_for_every_tag_the_collector_sends() -> None:
+    from devo.sender import Sender
+
+    from qualys_collector.engine.summary import SUMMARY_TAG
+    from qualys_collector.services.catalog import SERVICES
+
+    tags = {entry.spec.default_tag for entry in SERVICES} | {SUMMARY_TAG, "my.app.ü-tag"}
+    assert len(tags) >= 7  # the six services' tags and more: the catalog really was read
+    for hostname in ("collector-01", "host.example.com", "ümlaut-host"):
+        framing = devo_header(hostname)
+        for tag in sorted(tags):
+            expected = Sender.compose_mem(tag, hostname=hostname).encode("utf-8")
+            assert framing.frame(StoredEvent(seq=1, tag=tag, body="{}")) == expected + b"{}\n"
+
+
+def test_the_collector_loads_neither_the_sdk_nor_httpxs_command_line_client() -> None:
+    """Importing the SDK loads pyOpenSSL and cryptography; httpx's client loads rich and pygments: 18 MB of every
+    collector process that it never uses."""
+    import json
+    import subprocess
+    import sys
+
+    probe = (
+        "import json, sys, qualys_collector.cli, qualys_collector.app, qualys_collector.sinks.registry; "
+        "print(json.dumps(sorted(k for k, v in sys.modules.items() if v is not None)))"
+    )
+    modules = json.loads(subprocess.run([sys.executable, "-c", probe], check=True, capture_output=True).stdout)
+    loaded = {m.split(".")[0] for m in modules}
+    assert {"httpx", "lxml", "qualys_collector"} <= loaded
+    assert not loaded & {"devo", "OpenSSL", "cryptography", "rich", "pygments"}
