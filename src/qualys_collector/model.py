@@ -23,19 +23,57 @@ JSON = dict[str, Any]
 _ORJSON_OPTIONS = orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_PASSTHROUGH_DATACLASS
 
 
-@dataclass(frozen=True, slots=True)
 class Record:
     """One record as a service parsed it from a Qualys answer.
 
     ``cursor`` is the record's value of the service's cursor field (``None`` for services that
     window on a field Qualys does not return); ``key`` identifies the record for deduplication;
     ``tag`` overrides the service's tag for records of another kind (incident events, summaries).
+
+    A record made in a parsing process arrives as ``raw``, the JSON of its data (what ``orjson`` makes of it,
+    none of the event builder's keys in it), with ``hints``: the few values of the data that a pipeline stage
+    reads (``DETECTION.QID`` for KnowledgeBase enrichment), so that its event is built by joining strings and
+    nothing decodes it. ``data`` decodes ``raw`` the first time it is read.
     """
 
-    data: JSON
-    key: str
-    cursor: datetime | None = None
-    tag: str | None = None
+    __slots__ = ("_data", "cursor", "hints", "key", "raw", "tag")
+
+    def __init__(
+        self,
+        data: JSON | None = None,
+        key: str = "",
+        cursor: datetime | None = None,
+        tag: str | None = None,
+        *,
+        raw: str | None = None,
+        hints: Mapping[str, Any] | None = None,
+    ) -> None:
+        if data is None and raw is None:
+            raise ValueError("a record needs its data or their JSON (raw)")
+        self._data = data
+        self.key = key
+        self.cursor = cursor
+        self.tag = tag
+        self.raw = raw
+        self.hints = hints
+
+    @property
+    def data(self) -> JSON:
+        """The record's fields (decoded from ``raw`` on first use)."""
+        if self._data is None:
+            assert self.raw is not None
+            self._data = orjson.loads(self.raw)
+        return self._data
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Record):
+            return NotImplemented
+        return (self.data, self.key, self.cursor, self.tag) == (other.data, other.key, other.cursor, other.tag)
+
+    __hash__ = None  # type: ignore[assignment]  # mutable data: as the dataclass it replaces
+
+    def __repr__(self) -> str:
+        return f"Record(data={self.data!r}, key={self.key!r}, cursor={self.cursor!r}, tag={self.tag!r})"
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,17 +154,63 @@ class Window:
     capped: bool = False
 
 
-@dataclass(slots=True)
 class Event:
     """What enters the outbox: a Devo tag and the event body, with the record's key and cursor time
-    (stored beside the body, so a row can be traced to its record without parsing it)."""
+    (stored beside the body, so a row can be traced to its record without parsing it).
 
-    tag: str
-    body: JSON
-    key: str | None = None
-    time: datetime | None = None
-    #: The body's JSON once a pipeline stage has made it (and checked its size); :meth:`to_json` returns it.
-    text: str | None = None
+    An event built from a record's ``raw`` JSON holds only its JSON (``text``) and the record's ``hints``:
+    :meth:`add_field` appends a field to that JSON as ``orjson`` would to the body, byte for byte; reading
+    ``body`` decodes the JSON and drops it (the caller may change the body; :meth:`to_json` makes it again).
+    """
+
+    __slots__ = ("_body", "hints", "key", "tag", "text", "time")
+
+    def __init__(
+        self,
+        tag: str,
+        body: JSON | None = None,
+        key: str | None = None,
+        time: datetime | None = None,
+        text: str | None = None,
+        *,
+        hints: Mapping[str, Any] | None = None,
+    ) -> None:
+        if body is None and text is None:
+            raise ValueError("an event needs its body or its JSON (text)")
+        self.tag = tag
+        self._body = body
+        self.key = key
+        self.time = time
+        #: The body's JSON once a pipeline stage has made it (and checked its size); :meth:`to_json` returns it.
+        self.text = text
+        self.hints = hints
+
+    @property
+    def body(self) -> JSON:
+        """The event's fields (decoded from ``text`` on first use, which then no longer stands for them)."""
+        if self._body is None:
+            assert self.text is not None
+            self._body = orjson.loads(self.text)
+            self.text = None
+        return self._body
+
+    @body.setter
+    def body(self, value: JSON) -> None:
+        self._body = value
+        self.text = None
+
+    def add_field(self, name: str, value: Any, *, encoded: str | None = None) -> None:
+        """``body[name] = value`` for a field the body does not have yet (it goes last, as in a dict).
+
+        ``encoded``: ``value``'s JSON, when the caller made it once for many events."""
+        if self._body is not None:
+            self._body[name] = value
+            self.text = None
+            return
+        assert self.text is not None
+        text = self.text
+        field = f"{orjson.dumps(name).decode()}:{json_text(value) if encoded is None else encoded}"
+        self.text = f"{text[:-1]}{field}}}" if text == "{}" else f"{text[:-1]},{field}}}"
 
     def to_json(self) -> str:
         """Compact one-line JSON of the body (newlines inside values are escaped by JSON).
@@ -136,10 +220,27 @@ class Event:
         """
         if self.text is not None:
             return self.text
-        try:
-            return orjson.dumps(self.body, default=str, option=_ORJSON_OPTIONS).decode()
-        except orjson.JSONEncodeError:
-            return json.dumps(self.body, separators=(",", ":"), ensure_ascii=False, default=str)
+        return json_text(self._body)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Event):
+            return NotImplemented
+        mine = (self.tag, self.body, self.key, self.time)
+        return mine == (other.tag, other.body, other.key, other.time)
+
+    __hash__ = None  # type: ignore[assignment]  # mutable body: as the dataclass it replaces
+
+    def __repr__(self) -> str:
+        shown = self._body if self._body is not None else self.text
+        return f"Event(tag={self.tag!r}, body={shown!r}, key={self.key!r}, time={self.time!r})"
+
+
+def json_text(value: Any) -> str:
+    """Compact one-line JSON as events are written: orjson, else ``json`` (same separators) for what it refuses."""
+    try:
+        return orjson.dumps(value, default=str, option=_ORJSON_OPTIONS).decode()
+    except orjson.JSONEncodeError:
+        return json.dumps(value, separators=(",", ":"), ensure_ascii=False, default=str)
 
 
 def utcnow() -> datetime:

@@ -43,6 +43,10 @@ IDENTITY_FIELDS = (
 )
 
 
+#: The hint a detection record made in a parsing process carries: its ``DETECTION.QID`` (see ``Record.hints``).
+QID_HINT = "DETECTION.QID"
+
+
 def host_key(host: Any) -> str:
     """A host's ``ID``, or a :class:`DataError` for a host element without one."""
     host_id = host.get("ID") if isinstance(host, dict) else None

@@ -35,7 +35,8 @@ import httpx
 from qualys_collector.engine.pipeline import PageWork
 from qualys_collector.engine.store import TableView, Transaction
 from qualys_collector.errors import CollectorError, StopRequested
-from qualys_collector.model import JSON
+from qualys_collector.model import JSON, Event, json_text
+from qualys_collector.qualys.detections import QID_HINT
 from qualys_collector.qualys.kb import IDS_PER_CALL, fetch_briefs, path_for
 from qualys_collector.qualys.vm import VmClient
 from qualys_collector.services.knowledge_base import KB_CACHE, KB_PENDING
@@ -54,9 +55,14 @@ LOOKUP_FAILURES = (CollectorError, httpx.HTTPError, OSError)
 Lookup = Callable[[list[str]], dict[str, JSON]]
 
 
-def _qid(body: JSON) -> str | None:
-    detection = body.get("DETECTION")
-    qid = detection.get("QID") if isinstance(detection, dict) else None
+def _qid(event: Event) -> str | None:
+    """The event's ``DETECTION.QID``: from its hints when it has them (its body is then never decoded)."""
+    hints = event.hints
+    if hints is not None and QID_HINT in hints:
+        qid = hints[QID_HINT]
+    else:
+        detection = event.body.get("DETECTION")
+        qid = detection.get("QID") if isinstance(detection, dict) else None
     return str(qid) if qid not in (None, "") else None
 
 
@@ -127,12 +133,15 @@ class KbEnrichment:
     def run(self, work: PageWork, tx: Transaction) -> None:
         """Look up, fetch what is missing, commit it with the page, and add ``KB`` to each event."""
         cache = tx.committed(KB_CACHE)
-        cycle = work.events[0].body.get("@devo_pulling_id") if work.events else self.cycle
+        if work.builder is not None:
+            cycle: Any = work.builder.pulling_id
+        else:
+            cycle = work.events[0].body.get("@devo_pulling_id") if work.events else self.cycle
         if cycle != self.cycle:  # a new cycle (a window resumed after a failure too): calls are tried again
             self.cycle, self.failed, self.first_page = cycle, False, True
         if self.first_page:
             self.memo.clear()  # what the knowledge_base service committed since is read again
-        page_qids = dict.fromkeys(q for q in (_qid(e.body) for e in work.events) if q is not None)
+        page_qids = dict.fromkeys(q for q in (_qid(e) for e in work.events) if q is not None)
         found: dict[str, JSON] = {}
         fresh: list[str] = []
         for qid in page_qids:
@@ -174,14 +183,22 @@ class KbEnrichment:
             pending = tx.table(KB_PENDING)
             pending.put_many(unfetched, 1)
         late = 0
+        encoded: dict[str, str] = {}  # each brief's JSON, made once for the page's detections of its QID
         for event in work.events:
-            key = _qid(event.body)
+            key = _qid(event)
             if key is None:
                 continue
             brief = found.get(key)
             if brief is None:
                 late += 1
-            event.body["KB"] = brief if brief is not None else PENDING
+                brief = PENDING
+            if event.text is None:
+                event.add_field("KB", brief)
+                continue
+            text = encoded.get(key)
+            if text is None:
+                text = encoded[key] = json_text(brief)
+            event.add_field("KB", brief, encoded=text)
         work.counts["kb_pending"] += late
         self.first_page = work.page.token is None  # after a window's last page, the next page opens one
         if self.first_page:
