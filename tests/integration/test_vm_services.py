@@ -18,6 +18,7 @@ from qualys_collector.errors import DeliveryError
 from qualys_collector.model import Event, StoredEvent
 from qualys_collector.qualys.retry import RetryPolicy
 from qualys_collector.simulator import Limits, Simulator
+from qualys_collector.services import hld_process
 from qualys_collector.simulator.faults import parse_fault
 from qualys_collector.sinks.base import Ack
 from qualys_collector.sinks.memory import MemorySink
@@ -115,15 +116,31 @@ def test_parsing_processes_give_the_same_events_as_parsing_in_the_workers(sim: S
     assert by_key(in_processes) == expected
 
 
-def test_every_parse_path_delivers_byte_identical_events(sim: Simulator, tmp_path: Path) -> None:
-    """Parsing in the workers, one answer at a time, or in parsing processes: the same delivered lines, byte for byte
-    (the clock is frozen, so even ``@devo_pulling_id`` agrees)."""
+def test_every_parse_path_delivers_byte_identical_events(
+    sim: Simulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Parsing in the workers, one answer at a time, in parsing processes (the default: the events are built from
+    the processes' JSON by joining strings), or in the worker for answers over the spool limit: the same delivered
+    lines, byte for byte (the clock is frozen, so even ``@devo_pulling_id`` agrees)."""
     lines: dict[str, list[str]] = {}
+    parsed_here: list[int] = []  # answers the collector's process parsed on the spooled path (in its threads)
+    in_thread = hld_process.answer_items
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        parsed_here.append(1)
+        return in_thread(*args, **kwargs)
+
+    monkeypatch.setattr(hld_process, "answer_items", counted)
     for name, option in {
         "threads": {"parse": "threads"},
         "one_at_a_time": {"parse": "one_at_a_time"},
         "processes": {"parse_processes": 2},
+        "default": {},
+        "over_the_spool_limit": {},
     }.items():
+        if name == "over_the_spool_limit":
+            monkeypatch.setattr(hld_process, "SPOOL_BYTES", 3000)  # every answer of this estate is larger
+        parsed_here.clear()
         services = {
             "host_list_detection": {
                 "start_time_utc": START,
@@ -139,9 +156,15 @@ def test_every_parse_path_delivers_byte_identical_events(sim: Simulator, tmp_pat
         assert run.cycle()
         written = (tmp_path / name / "events.jsonl").read_text(encoding="utf-8").splitlines()
         lines[name] = sorted(line for line in written if '"tag":"vuln.qualys.hostdetections"' in line)
+        if name in ("default", "processes"):
+            assert not parsed_here, "the answers were parsed in the collector's threads, not in the processes"
+        if name == "over_the_spool_limit":
+            assert parsed_here, "no answer went over the spool limit"
     assert len(lines["threads"]) == len(sim.truth("host_list_detection", None, NOW))
     assert lines["one_at_a_time"] == lines["threads"]
     assert lines["processes"] == lines["threads"]
+    assert lines["default"] == lines["threads"]
+    assert lines["over_the_spool_limit"] == lines["threads"]
 
 
 def test_status_filter_is_sent_to_qualys(sim: Simulator, tmp_path: Path) -> None:

@@ -196,6 +196,12 @@ class VmClient:
 
     def body(self, path: str, response: httpx.Response) -> ByteStream:
         """The response body as a stream; a Qualys error document sent with HTTP 200 is raised here."""
+        return ByteStream(self.chunks(path, response))
+
+    def chunks(self, path: str, response: httpx.Response, *, clean: bool = True) -> Iterator[bytes]:
+        """The response body's chunks; a Qualys error document sent with HTTP 200 is raised here. ``clean``:
+        characters XML 1.0 forbids are replaced (``False``: a parsing process replaces them, see
+        :mod:`~qualys_collector.services.hld_process`)."""
         chunks = response.iter_bytes()
         head = b""
         tag: str | None = None
@@ -211,7 +217,7 @@ class VmClient:
             code, text = parse_error_document(body)
             raise self.error(path, response.status_code, code, text, resolve_vm(response.status_code, code))
         rest = _prepend(head, chunks)
-        return ByteStream(rest if tag == NOT_XML else ForbiddenCharacters(path).chunks(rest))
+        return rest if tag == NOT_XML or not clean else ForbiddenCharacters(path).chunks(rest)
 
     def resumable(
         self, fetch: Callable[[JSON | None], Iterator[Page]], token: JSON | None, what: str

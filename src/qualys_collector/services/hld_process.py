@@ -1,40 +1,54 @@
-"""Host detection answers parsed in separate processes.
+"""Host detection answers parsed in separate processes (``parse: processes``, the default).
 
 Profiling the pull (bench/hld.py) showed one interpreter's lock as the limit: parsing and converting a
-detection costs more than everything else the collector does with it, and threads cannot run it side by
-side. So a batch worker thread keeps what needs the shared state (the HTTP client, its API budget, retries,
-the plan) and hands the parsing to a process:
+detection costs more than everything else the collector does with it, threads cannot run it side by side, and
+threads that parse at once cost more CPU than one (the same bytes in two threads took 2.2x the CPU). So a batch
+worker thread keeps what needs the shared state (the HTTP client, its API budget, retries, the plan) and hands
+the parsing to a process:
 
-1. the thread streams the answer into a spool file (memory stays flat however large the answer);
-2. a process parses the file with the same hardened parser and converter as the single-stream path and
-   writes JSON Lines: ``["r", key, data]`` per record, ``["p", last_host_id]`` after every
-   ``hosts_per_page`` hosts, ``["d", DATETIME]`` and ``["u", URL]`` as they occur;
-3. the thread reads the lines back into the same pages, tokens and horizons as :func:`host_pages`.
+1. the thread writes the answer as it arrives into a spool file (memory stays flat however large the answer);
+2. a process replaces the characters XML 1.0 forbids, parses the file with the same hardened parser and
+   converter as the single-stream path, and writes one line per item: for a record its key, its QID and the
+   JSON of its data (each host's fields serialised once for all its detections), ``["p", last_host_id]``
+   after every ``hosts_per_page`` hosts, ``["d", DATETIME]`` and ``["u", URL]`` as they occur;
+3. the thread reads the lines back into the same pages, tokens and horizons as :func:`host_pages`; the
+   records keep their JSON, and the engine builds each event by joining strings
+   (:meth:`~qualys_collector.engine.pipeline.EventBuilder.build`): nothing is decoded again in the collector.
 """
 
 from __future__ import annotations
 
 import contextlib
+import itertools
+import json
 import queue
 import shutil
 import subprocess
 import sys
 import tempfile
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import orjson
 
 from qualys_collector.errors import DataError
 from qualys_collector.model import JSON, Page, Record
 from qualys_collector.observability.heap import return_large_blocks
-from qualys_collector.qualys.detections import converter
+from qualys_collector.qualys.detections import QID_HINT, converter
 from qualys_collector.qualys.vm_hosts import HOSTS_PER_BATCH, AnswerItem, answer_items, host_pages
+from qualys_collector.qualys.xml import ByteStream, ForbiddenCharacters, warn_replaced
 
 if TYPE_CHECKING:  # the parsing process runs this module: it needs the parser, not the HTTP client
     from qualys_collector.qualys.vm import VmClient
+
+
+#: The largest answer spooled for a parsing process (bytes of XML); a larger one is parsed in its batch worker's
+#: thread. So the spool files of ``max_workers`` answers in flight stay within a bound on disk (README, Bounded
+#: resources): an answer, then its items, which are at most about 1.3 times as large.
+SPOOL_BYTES = 32 << 20
 
 
 class ParseProcess:
@@ -53,7 +67,7 @@ class ParseProcess:
             stdout=subprocess.PIPE,
         )
 
-    def parse(self, xml_path: str, out_path: str, results_max_length: int | None, hosts_per_page: int) -> str | None:
+    def parse(self, xml_path: str, out_path: str, results_max_length: int | None, hosts_per_page: int) -> Parsed:
         """:func:`parse_answer` in the process."""
         assert self.proc.stdin is not None
         assert self.proc.stdout is not None
@@ -65,8 +79,8 @@ class ParseProcess:
             line = b""
         if not line:
             raise DataError(f"the parsing process exited (code {self.proc.poll()}) while parsing a Qualys answer")
-        answer: str | None = orjson.loads(line)
-        return answer
+        error, replaced = orjson.loads(line)
+        return Parsed(error, int(replaced))
 
     def close(self) -> None:
         """End the process (it exits on the end of its input)."""
@@ -91,7 +105,7 @@ class ParsePool:
         for process in self.processes:
             self._idle.put(process)
 
-    def parse(self, xml_path: str, out_path: str, results_max_length: int | None, hosts_per_page: int) -> str | None:
+    def parse(self, xml_path: str, out_path: str, results_max_length: int | None, hosts_per_page: int) -> Parsed:
         """Parse in the next idle process; a process that died is replaced."""
         process = self._idle.get()
         try:
@@ -112,21 +126,73 @@ class ParsePool:
         self.processes = []
 
 
-def parse_answer(xml_path: str, out_path: str, results_max_length: int | None, hosts_per_page: int) -> str | None:
-    """Runs in a parsing process: the answer at ``xml_path`` to JSON Lines of its items at ``out_path``.
+class Parsed(NamedTuple):
+    """What parsing one answer in a process gave: the message of the :class:`DataError` it raised (exceptions
+    with extra constructor arguments do not travel back between processes intact), and how many characters XML
+    1.0 forbids it replaced (the collector logs the warning)."""
 
-    Returns ``None``, or the message of the :class:`DataError` the parse raised (exceptions with extra
-    constructor arguments do not travel back between processes intact).
+    error: str | None
+    replaced: int
+
+
+def parse_answer(xml_path: str, out_path: str, results_max_length: int | None, hosts_per_page: int) -> Parsed:
+    """Runs in a parsing process: the answer at ``xml_path`` to lines of its items at ``out_path``.
+
+    The answer is as Qualys sent it: characters XML 1.0 forbids are replaced here (U+FFFD), as in the worker
+    threads. A record is ``["r", key, qid]``, a tab, and the JSON of its data (made here, once: the collector
+    builds the event from it by joining strings and never decodes it); the other items are ``[kind, value]``.
+    A JSON array never holds a raw tab or newline (JSON escapes them), so the first tab of a line ends its head.
     """
     dumps = orjson.dumps
+    forbidden = ForbiddenCharacters(xml_path, warn=False)
     try:
         with open(xml_path, "rb") as source, open(out_path, "wb") as out:
-            for kind, value in answer_items(source, converter(results_max_length), hosts_per_page):
-                item = ["r", value.key, value.data] if kind == "r" else [kind, value]
-                out.write(dumps(item) + b"\n")
+            stream = ByteStream(forbidden.chunks(iter(partial(source.read, 1 << 20), b"")))
+            host: Any = None
+            host_json: Any = None
+            for kind, value in answer_items(stream, converter(results_max_length), hosts_per_page):
+                if kind == "r":
+                    data = value.data
+                    if data["HOST"] is not host:  # one host's records share its fields: their JSON is made once
+                        host = data["HOST"]
+                        host_json = orjson.Fragment(_data_json(host))
+                    detection = data.get("DETECTION")
+                    qid = detection.get("QID") if isinstance(detection, dict) else None
+                    try:
+                        body = dumps({**data, "HOST": host_json}, option=_OPTIONS)
+                    except orjson.JSONEncodeError:  # pragma: no cover - XML text is always valid Unicode
+                        body = _data_json(data)
+                    line = (dumps(["r", value.key, qid]), b"\t", body, b"\n")
+                    out.write(b"".join(line))
+                else:
+                    out.write(dumps([kind, value]) + b"\n")
     except DataError as exc:
-        return exc.message
-    return None
+        return Parsed(exc.message, forbidden.replaced)
+    return Parsed(None, forbidden.replaced)
+
+
+#: As :meth:`~qualys_collector.model.Event.to_json`: datetimes and dataclasses go to ``default=str``.
+_OPTIONS = orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_PASSTHROUGH_DATACLASS
+
+
+def _data_json(data: Any) -> bytes:
+    """``data`` as :meth:`~qualys_collector.model.Event.to_json` would write them."""
+    try:
+        return orjson.dumps(data, default=str, option=_OPTIONS)
+    except orjson.JSONEncodeError:  # pragma: no cover - XML text is always valid Unicode
+        return json.dumps(data, separators=(",", ":"), ensure_ascii=False, default=str).encode()
+
+
+def read_items(lines: Iterable[bytes]) -> Iterator[AnswerItem]:
+    """The items a parsing process wrote (:func:`parse_answer`): records as JSON, never decoded here."""
+    loads = orjson.loads
+    for line in lines:
+        head, tab, raw = line.partition(b"\t")
+        item: list[Any] = loads(head)
+        if tab:
+            yield "r", Record(raw=raw[:-1].decode(), key=item[1], hints={QID_HINT: item[2]})
+        else:
+            yield item[0], item[1]
 
 
 def spooled_host_pages(
@@ -138,23 +204,47 @@ def spooled_host_pages(
     results_max_length: int | None,
     what: str,
 ) -> Iterator[Page]:
-    """:func:`~qualys_collector.qualys.vm_hosts.host_pages` for host detections, parsed by ``pool``."""
+    """:func:`~qualys_collector.qualys.vm_hosts.host_pages` for host detections, parsed by ``pool``.
+
+    An answer larger than :data:`SPOOL_BYTES` is parsed in this thread instead (what was spooled, then the rest
+    as it streams), so the spool files on disk stay bounded whatever the size of an answer.
+    """
+    convert = converter(results_max_length)
 
     def read(request: dict[str, str]) -> Iterator[AnswerItem]:
         with tempfile.TemporaryDirectory(prefix="qualys-collector-") as spool:
             answer, items = Path(spool) / "answer.xml", Path(spool) / "items.jsonl"
-            with client.open(path, request) as response, answer.open("wb") as out:
-                shutil.copyfileobj(client.body(path, response), out, 1 << 20)
-            error = pool.parse(str(answer), str(items), results_max_length, HOSTS_PER_BATCH)
-            if error is not None:
-                raise DataError(error)
+            with client.open(path, request) as response:
+                chunks = client.chunks(path, response, clean=False)  # the process replaces forbidden characters
+                if not _spool(chunks, answer):
+                    with answer.open("rb") as head:
+                        rest = itertools.chain(iter(partial(head.read, 1 << 20), b""), chunks)
+                        yield from answer_items(ByteStream(ForbiddenCharacters(path).chunks(rest)), convert)
+                    return
+            parsed = pool.parse(str(answer), str(items), results_max_length, HOSTS_PER_BATCH)
+            if parsed.replaced:
+                warn_replaced(path, parsed.replaced)
+            if parsed.error is not None:
+                raise DataError(parsed.error)
             answer.unlink()
             with items.open("rb") as lines:
-                for line in lines:
-                    item: list[Any] = orjson.loads(line)
-                    yield ("r", Record(data=item[2], key=item[1])) if item[0] == "r" else (item[0], item[1])
+                yield from read_items(lines)
 
-    return host_pages(client, path, params, token, converter(results_max_length), what, read)
+    return host_pages(client, path, params, token, convert, what, read)
+
+
+def _spool(chunks: Iterator[bytes], target: Path, limit: int | None = None) -> bool:
+    """Write ``chunks`` to ``target``: ``True`` once they ended, ``False`` (the rest left in ``chunks``) once more
+    than ``limit`` bytes (:data:`SPOOL_BYTES`) were written."""
+    limit = SPOOL_BYTES if limit is None else limit
+    written = 0
+    with target.open("wb") as out:
+        for chunk in chunks:
+            out.write(chunk)
+            written += len(chunk)
+            if written > limit:
+                return False
+    return True
 
 
 def one_at_a_time_host_pages(
@@ -186,8 +276,8 @@ def main() -> None:
     return_large_blocks()
     for line in sys.stdin.buffer:
         xml_path, out_path, results_max_length, hosts_per_page = orjson.loads(line)
-        error = parse_answer(xml_path, out_path, results_max_length, hosts_per_page)
-        sys.stdout.buffer.write(orjson.dumps(error) + b"\n")
+        parsed = parse_answer(xml_path, out_path, results_max_length, hosts_per_page)
+        sys.stdout.buffer.write(orjson.dumps(list(parsed)) + b"\n")
         sys.stdout.buffer.flush()
 
 

@@ -18,6 +18,7 @@ for every window, are what to alarm on.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections.abc import Iterator, Mapping
@@ -113,10 +114,13 @@ class HostListDetectionOptions(VmOptions):
     parallel: bool = True
     batch_size: int = Field(default=500, ge=1, le=1000)
     max_workers: int | None = Field(default=None, ge=1, le=64)
-    parse_processes: int = Field(default=0, ge=0, le=64)
-    #: ``threads``: each batch worker parses its answer as it streams; ``one_at_a_time``: answers are fetched side
-    #: by side into spool files and parsed one at a time (no two threads parse at once).
-    parse: Literal["threads", "one_at_a_time"] = "threads"
+    #: ``processes`` (default): the batch workers spool each answer to a file and a parsing process turns it into
+    #: the records' JSON (services/hld_process.py); ``threads``: each batch worker parses its answer as it
+    #: streams; ``one_at_a_time``: answers are fetched side by side into spool files and parsed one at a time.
+    parse: Literal["processes", "threads", "one_at_a_time"] = "processes"
+    #: Parsing processes (``parse: processes``); default: one fewer than the machine's cores, 1 to 4. ``0`` parses
+    #: in the worker threads (what ``parse_processes: 0`` meant before processes were the default).
+    parse_processes: int | None = Field(default=None, ge=0, le=64)
     summary_tag: str | None = None
     filters: DetectionFilters = DetectionFilters()
     #: Each detection gets its QID's KnowledgeBase fields under ``KB`` (services/kb_enrich.py).
@@ -124,6 +128,23 @@ class HostListDetectionOptions(VmOptions):
     # ``emit: changes`` (issue 19): what is emitted, and how often a full snapshot is taken
     emit: Literal["all", "changes"] = "all"
     snapshot_every_days: int | None = Field(default=None, ge=1, le=365)
+
+    @model_validator(mode="after")
+    def _parse(self) -> HostListDetectionOptions:
+        if self.parse != "processes" and self.parse_processes:
+            raise ValueError(
+                f"parse_processes applies only with parse: processes (parse is {self.parse}); remove one of them"
+            )
+        return self
+
+    @property
+    def processes(self) -> int:
+        """Parsing processes to run (0: parse in the batch workers)."""
+        if self.parse != "processes":
+            return 0
+        if self.parse_processes is not None:
+            return self.parse_processes
+        return max(1, min(4, (os.cpu_count() or 2) - 1))
 
     @model_validator(mode="after")
     def _snapshots(self) -> HostListDetectionOptions:
@@ -214,8 +235,8 @@ class BatchedDetectionSource(HostDetectionSource):
     def parse_pool(self) -> ParsePool | None:
         """The parsing processes (``parse_processes``; started on first use, kept for the next cycles), or
         ``None`` to parse in the worker threads (the default)."""
-        if self._pool is None and self.options.parse_processes:
-            self._pool = ParsePool(self.options.parse_processes)
+        if self._pool is None and self.options.processes:
+            self._pool = ParsePool(self.options.processes)
         return self._pool
 
     def close(self) -> None:
@@ -307,7 +328,7 @@ class BatchedDetectionSource(HostDetectionSource):
                 yield Page([], token={**item.progress, **counts, **mark}, requests=0, snapshot=snapshot)
                 continue
             page = item.page
-            counts["received"] += len({r.data["HOST"]["ID"] for r in page.records})
+            counts["received"] += len({r.key.partition(":")[0] for r in page.records})  # "<host ID>:…"
             counts["detections"] += len(page.records)
             yield Page(
                 page.records,
