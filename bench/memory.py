@@ -16,43 +16,14 @@ from __future__ import annotations
 import argparse
 import json
 import subprocess
-import sys
 import tempfile
-import threading
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-import psutil
+from harness import CLI, PeakRss
 
 from qualys_collector.simulator import Limits, SimConfig, Simulator
-
-CLI = [sys.executable, "-m", "qualys_collector"]
-
-
-class PeakRss(threading.Thread):
-    """Samples the RSS of a process and its children every 50 ms."""
-
-    def __init__(self, pid: int) -> None:
-        super().__init__(daemon=True)
-        self.process = psutil.Process(pid)
-        self.peak = 0
-        self.done = threading.Event()
-
-    def run(self) -> None:
-        while not self.done.is_set():
-            try:
-                family = [self.process, *self.process.children(recursive=True)]
-                self.peak = max(self.peak, sum(p.memory_info().rss for p in family))
-            except psutil.Error:
-                return
-            self.done.wait(0.05)
-
-    def stop(self) -> float:
-        """Peak RSS in MB."""
-        self.done.set()
-        self.join()
-        return self.peak / 2**20
 
 
 def measure(events: int, results_mb: float, root: Path) -> tuple[float, int, float]:
