@@ -17,8 +17,8 @@ from qualys_collector.engine.outbox import Outbox
 from qualys_collector.errors import DeliveryError
 from qualys_collector.model import Event, StoredEvent
 from qualys_collector.qualys.retry import RetryPolicy
-from qualys_collector.simulator import Limits, Simulator
 from qualys_collector.services import hld_process
+from qualys_collector.simulator import Limits, Simulator
 from qualys_collector.simulator.faults import parse_fault
 from qualys_collector.sinks.base import Ack
 from qualys_collector.sinks.memory import MemorySink

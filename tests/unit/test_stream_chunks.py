@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from qualys_collector.model import StoredEvent
 from qualys_collector.sinks.devo import devo_header
 from qualys_collector.sinks.stream import CHUNK_BYTES, CloseThenPeerEof, StreamSink
@@ -47,18 +49,35 @@ def test_the_devo_header_is_the_sdks_for_every_tag_the_collector_sends() -> None
             assert framing.frame(StoredEvent(seq=1, tag=tag, body="{}")) == expected + b"{}\n"
 
 
-def test_the_collector_loads_neither_the_sdk_nor_httpxs_command_line_client() -> None:
-    """Importing the SDK loads pyOpenSSL and cryptography; httpx's client loads rich and pygments: 18 MB of every
-    collector process that it never uses."""
+def test_the_collector_loads_neither_the_sdk_nor_httpxs_command_line_client(tmp_path: Path) -> None:
+    """Importing the SDK or pyOpenSSL loads cryptography; httpx's client loads rich and pygments: 18 MB of every
+    collector process that it never uses. The certificate chain check at start-up runs in a process of its own."""
     import json
     import subprocess
     import sys
 
+    from qualys_collector.relay import Certs
+
+    certs = Certs.mint(tmp_path / "certs")
+    stranger = Certs.mint(tmp_path / "stranger")
     probe = (
-        "import json, sys, qualys_collector.cli, qualys_collector.app, qualys_collector.sinks.registry; "
-        "print(json.dumps(sorted(k for k, v in sys.modules.items() if v is not None)))"
+        "import json, sys, qualys_collector.cli, qualys_collector.app, qualys_collector.sinks.registry\n"
+        "from pathlib import Path\n"
+        "from qualys_collector.errors import DeliveryError\n"
+        "from qualys_collector.sinks.devo import check_files\n"
+        "chain, cert, key, other = (Path(p) for p in sys.argv[1:])\n"
+        "check_files('devo', chain, cert, key)\n"
+        "try:\n"
+        "    check_files('devo', other, cert, key)\n"
+        "    refused = None\n"
+        "except DeliveryError as exc:\n"
+        "    refused = exc.code\n"
+        "print(json.dumps([refused, sorted(k for k, v in sys.modules.items() if v is not None)]))"
     )
-    modules = json.loads(subprocess.run([sys.executable, "-c", probe], check=True, capture_output=True).stdout)
+    paths = [certs.chain, certs.client_cert, certs.client_key, stranger.chain]
+    done = subprocess.run([sys.executable, "-c", probe, *map(str, paths)], check=True, capture_output=True)
+    refused, modules = json.loads(done.stdout)
+    assert refused == 402  # the check really ran: a certificate of another chain is refused
     loaded = {m.split(".")[0] for m in modules}
     assert {"httpx", "lxml", "qualys_collector"} <= loaded
     assert not loaded & {"devo", "OpenSSL", "cryptography", "rich", "pygments"}

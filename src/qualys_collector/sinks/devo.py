@@ -25,6 +25,7 @@ from pydantic_core import PydanticCustomError
 
 from qualys_collector.errors import DeliveryError
 from qualys_collector.sinks.base import BuildContext, OutputBlock, OutputOptions, OutputType
+from qualys_collector.sinks.certcheck import chain_problem
 from qualys_collector.sinks.size import SYSLOG_MAX_EVENT_BYTES
 from qualys_collector.sinks.stream import (
     ERR_CONFIRM,
@@ -211,22 +212,15 @@ def check_files(name: str, chain: Path, cert: Path, key: Path) -> None:
             code=ERR_CERT_KEY,
             fix="use the key downloaded together with this certificate",
         ) from None
-    try:
-        from OpenSSL import crypto  # pyOpenSSL comes with devo-sdk
-
-        store = crypto.X509Store()
-        for pem in _pem_blocks(chain.read_bytes()):
-            store.add_cert(crypto.load_certificate(crypto.FILETYPE_PEM, pem))
-        leaf = crypto.load_certificate(crypto.FILETYPE_PEM, cert.read_bytes())
-        crypto.X509StoreContext(store, leaf).verify_certificate()
-    except crypto.X509StoreContextError as exc:
+    problem = chain_problem(chain, cert)  # in a process of its own: pyOpenSSL stays out of the collector's memory
+    if problem is not None and problem[0] == "chain":
         raise DeliveryError(
-            f"output {name}: the certificate {cert.name} is not signed by the chain {chain.name} ({exc})",
+            f"output {name}: the certificate {cert.name} is not signed by the chain {chain.name} ({problem[1]})",
             code=ERR_CERT_CHAIN,
             fix="use the chain.crt of the same Devo domain as the certificate",
-        ) from None
-    except crypto.Error as exc:
-        raise DeliveryError(f"output {name}: cannot read the certificate files ({exc})", code=ERR_CERT_FILE) from None
+        )
+    if problem is not None:
+        raise DeliveryError(f"output {name}: cannot read the certificate files ({problem[1]})", code=ERR_CERT_FILE)
 
 
 def build(name: str, output: DevoOutput, context: BuildContext) -> DevoSink:
@@ -235,8 +229,3 @@ def build(name: str, output: DevoOutput, context: BuildContext) -> DevoSink:
 
 
 OUTPUT = OutputType("devo_platform", DevoOutput, DevoOutputOptions, build)
-
-
-def _pem_blocks(data: bytes) -> list[bytes]:
-    marker = b"-----END CERTIFICATE-----"
-    return [block + marker for block in data.split(marker) if b"-----BEGIN CERTIFICATE-----" in block]
