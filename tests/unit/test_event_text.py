@@ -123,3 +123,22 @@ def test_records_and_events_compare_by_value() -> None:
         Record(key="k")
     with pytest.raises(ValueError, match="needs"):
         Event("t")
+
+
+def test_an_answer_that_breaks_half_way_hands_back_what_came_before(tmp_path: Path) -> None:
+    """As when the answer is parsed while it streams: the pages before a bad host are delivered, then the error."""
+    host = "<HOST><ID>{n}</ID><IP>10.0.0.{n}</IP><DETECTION_LIST>{d}</DETECTION_LIST></HOST>"
+    good = "<DETECTION><UNIQUE_VULN_ID>{n}</UNIQUE_VULN_ID><QID>1</QID></DETECTION>"
+    hosts = [host.format(n=n, d=good.format(n=n)) for n in range(1, 8)]
+    hosts.insert(5, host.format(n=99, d="<DETECTION>oops</DETECTION>"))  # after two pages of two hosts
+    document = "<HOST_LIST_VM_DETECTION_OUTPUT><RESPONSE><HOST_LIST>" + "".join(hosts)
+    source, out = tmp_path / "answer.xml", tmp_path / "items"
+    source.write_text(document + "</HOST_LIST></RESPONSE></HOST_LIST_VM_DETECTION_OUTPUT>")
+    error, replaced = parse_answer(str(source), str(out), None, 2)
+    assert error is not None
+    assert "host 99" in error
+    assert replaced == 0
+    with out.open("rb") as lines:
+        items = list(read_items(lines))
+    assert [k for k, _v in items] == ["r", "r", "p", "r", "r", "p", "r"]
+    assert [v.key for k, v in items if k == "r"] == ["1:1", "2:2", "3:3", "4:4", "5:5"]

@@ -31,6 +31,17 @@ def test_forbidden_characters_are_replaced_even_when_a_reference_is_cut_between_
     assert cleaner.replaced == 3
 
 
+def test_a_long_zero_padded_reference_cut_anywhere_is_replaced() -> None:
+    """XML allows any number of leading zeros: a reference longer than the old 16-byte look-back, cut at any byte
+    (the parsing processes read their spool in fixed 1 MiB chunks, so one cut place fails on every attempt)."""
+    document = b"<A>xx &#0000000000000000000001; yy &#x00000000000000000001F; zz</A>"
+    for cut in range(1, len(document)):
+        cleaner = ForbiddenCharacters("/x")
+        out = b"".join(cleaner.chunks([document[:cut], document[cut:]]))
+        assert out.decode() == "<A>xx \ufffd; yy \ufffd; zz</A>".replace("\ufffd;", "\ufffd"), cut
+        assert cleaner.replaced == 2, cut
+
+
 @pytest.mark.parametrize(
     "chunk",
     [

@@ -75,6 +75,10 @@ _FORBIDDEN = re.compile(
     rb"[\x00-\x08\x0b\x0c\x0e-\x1f]|&#(?:[xX]0*(?:[0-8bBcCeEfF]|1[0-9a-fA-F])|0*(?:[0-8]|1[124-9]|2[0-9]|3[01]));"
 )
 REPLACEMENT = "\ufffd".encode()
+#: The start of a character reference cut at a chunk's end (any number of leading zeros is allowed in XML).
+_PARTIAL_REFERENCE = re.compile(rb"&(?:#[xX]?[0-9a-fA-F]*)?")
+#: The longest cut reference carried to the next chunk (a longer run of zeros is left to the parser).
+CARRY_LIMIT = 64 << 10
 #: The raw bytes of :data:`_FORBIDDEN`, for the fast check (``bytes.translate`` deletes them in C at ~1 GB/s).
 _FORBIDDEN_BYTES = bytes(b for b in range(32) if b not in (9, 10, 13))
 
@@ -108,8 +112,8 @@ class ForbiddenCharacters:
         carry = b""
         for chunk in source:
             data = carry + chunk if carry else chunk
-            cut = data.rfind(b"&", max(0, len(data) - 16))
-            if cut >= 0 and b";" not in data[cut:]:
+            cut = data.rfind(b"&", max(0, len(data) - CARRY_LIMIT))
+            if cut >= 0 and _PARTIAL_REFERENCE.fullmatch(data, cut):  # "&#0000…" with its ";" still to come
                 data, carry = data[:cut], data[cut:]
             else:
                 carry = b""

@@ -62,7 +62,8 @@ class ParseProcess:
 
     def __init__(self) -> None:
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "qualys_collector.services.hld_process"],
+            # -P: the working directory is not put first on the module path, so no package there shadows ours
+            [sys.executable, "-P", "-m", "qualys_collector.services.hld_process"],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
         )
@@ -78,6 +79,8 @@ class ParseProcess:
         except OSError:
             line = b""
         if not line:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.proc.wait(1)
             raise DataError(f"the parsing process exited (code {self.proc.poll()}) while parsing a Qualys answer")
         error, replaced = orjson.loads(line)
         return Parsed(error, int(replaced))
@@ -88,7 +91,7 @@ class ParseProcess:
             with contextlib.suppress(OSError):
                 self.proc.stdin.close()
         try:
-            self.proc.wait(10)
+            self.proc.wait(2)  # it ends at once unless it is in the middle of an answer nobody waits for
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait(5)
@@ -101,26 +104,36 @@ class ParsePool:
 
     def __init__(self, processes: int) -> None:
         self.processes = [ParseProcess() for _ in range(processes)]
+        self.closed = False
         self._idle: queue.Queue[ParseProcess] = queue.Queue()
         for process in self.processes:
             self._idle.put(process)
 
     def parse(self, xml_path: str, out_path: str, results_max_length: int | None, hosts_per_page: int) -> Parsed:
-        """Parse in the next idle process; a process that died is replaced."""
+        """Parse in the next idle process. A process found dead before it was asked is replaced and the answer
+        given to the new one; one that dies while parsing is replaced and the :class:`DataError` raised (the
+        batch is retried from its last committed page)."""
         process = self._idle.get()
         try:
+            if process.proc.poll() is not None and not self.closed:  # died while idle: the answer is not lost
+                process = self._replace(process)
             return process.parse(xml_path, out_path, results_max_length, hosts_per_page)
         except DataError:
-            process.close()
-            self.processes = [p for p in self.processes if p is not process]
-            process = ParseProcess()
-            self.processes.append(process)
+            if not self.closed:
+                process = self._replace(process)
             raise
         finally:
             self._idle.put(process)
 
+    def _replace(self, process: ParseProcess) -> ParseProcess:
+        process.close()
+        fresh = ParseProcess()
+        self.processes = [*(p for p in self.processes if p is not process), fresh]
+        return fresh
+
     def close(self) -> None:
-        """End every process."""
+        """End every process (none is started after this)."""
+        self.closed = True
         for process in self.processes:
             process.close()
         self.processes = []
@@ -224,11 +237,12 @@ def spooled_host_pages(
             parsed = pool.parse(str(answer), str(items), results_max_length, HOSTS_PER_BATCH)
             if parsed.replaced:
                 warn_replaced(path, parsed.replaced)
+            answer.unlink()
+            if items.exists():  # what was parsed before an error too: its pages are delivered, as when streaming
+                with items.open("rb") as lines:
+                    yield from read_items(lines)
             if parsed.error is not None:
                 raise DataError(parsed.error)
-            answer.unlink()
-            with items.open("rb") as lines:
-                yield from read_items(lines)
 
     return host_pages(client, path, params, token, convert, what, read)
 
@@ -276,7 +290,12 @@ def main() -> None:
     return_large_blocks()
     for line in sys.stdin.buffer:
         xml_path, out_path, results_max_length, hosts_per_page = orjson.loads(line)
-        parsed = parse_answer(xml_path, out_path, results_max_length, hosts_per_page)
+        try:
+            parsed = parse_answer(xml_path, out_path, results_max_length, hosts_per_page)
+        except Exception as exc:  # noqa: BLE001 - said to the collector, which logs it with its number and fix
+            where = Path(out_path).parent.parent
+            message = f"the parsing process failed on its spool files in {where}: {type(exc).__name__}: {exc}"
+            parsed = Parsed(f"{message} (free space there, or point TMPDIR at a directory with room)", 0)
         sys.stdout.buffer.write(orjson.dumps(list(parsed)) + b"\n")
         sys.stdout.buffer.flush()
 
