@@ -502,3 +502,80 @@ def test_every_vm_service_emits_one_summary_per_window_that_matches_what_it_deli
     hld = summaries["host_list_detection"][1]
     assert hld["hosts_expected"] == hld["hosts_received"] > 0  # the source's own counters survive
     assert hld["detections"] == hld["records_committed"]
+
+
+def test_a_bad_host_costs_only_what_follows_it_on_every_parse_path(tmp_path: Path) -> None:
+    """A host Qualys sends malformed (here the 451st of 500) fails the batch on every path; what came before it
+    is delivered the same, page by page, whether the answer is parsed as it streams or in a parsing process
+    (which used to hand back nothing of such an answer)."""
+    import http.server
+    import json
+    import subprocess
+    import sys
+    from urllib.parse import parse_qs, urlparse
+
+    from tests.helpers.kit import raw_config, vm_input, write_config
+
+    host = "<HOST><ID>{n}</ID><IP>10.0.{a}.{b}</IP><DETECTION_LIST>{d}</DETECTION_LIST></HOST>"
+    good = "<DETECTION><UNIQUE_VULN_ID>{n}</UNIQUE_VULN_ID><QID>1</QID><STATUS>Active</STATUS></DETECTION>"
+    hosts = {n: host.format(n=n, a=n // 256, b=n % 256, d=good.format(n=n)) for n in range(1, 501)}
+    hosts[451] = host.format(n=451, a=1, b=195, d="<DETECTION>oops</DETECTION>")
+    listing = (
+        b"<HOST_LIST_OUTPUT><RESPONSE><DATETIME>2026-11-30T12:00:00Z</DATETIME>"
+        b"<ID_SET><ID_RANGE>1-500</ID_RANGE></ID_SET></RESPONSE></HOST_LIST_OUTPUT>"
+    )
+
+    class Answers(http.server.BaseHTTPRequestHandler):
+        """Qualys' detection answer for ``ids`` from ``id_min`` (as Qualys does), with the bad host in it."""
+
+        def do_GET(self) -> None:
+            query = parse_qs(urlparse(self.path).query)  # Qualys takes the parameters in the query or a form body
+            length = int(self.headers.get("Content-Length") or 0)
+            query.update(parse_qs(self.rfile.read(length).decode()) if length else {})
+            low, high = (int(v) for v in query.get("ids", ["1-500"])[0].split("-"))
+            low = max(low, int(query.get("id_min", ["1"])[0]))
+            body = listing
+            if "/vm/detection/" in self.path:
+                chosen = "".join(hosts[n] for n in range(low, high + 1) if n in hosts)
+                body = (
+                    "<HOST_LIST_VM_DETECTION_OUTPUT><RESPONSE><DATETIME>2026-11-30T12:00:00Z</DATETIME><HOST_LIST>"
+                    f"{chosen}</HOST_LIST></RESPONSE></HOST_LIST_VM_DETECTION_OUTPUT>"
+                ).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "text/xml;charset=UTF-8")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        do_POST = do_GET
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Answers)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}"
+    delivered = {}
+    try:
+        for name, option in {"threads": {"parse": "threads"}, "processes": {}}.items():
+            services = {"host_list_detection": {"start_time_utc": START, "batch_size": 1000, "enrich": False, **option}}
+            state = tmp_path / name
+            block = vm_input(url, services)
+            block["connection"] = {"max_attempts": 2, "max_retry_seconds": 5}
+            config = write_config(tmp_path / f"{name}.yaml", raw_config(state, qualys=block))
+            done = subprocess.run(
+                [sys.executable, "-m", "qualys_collector", "run", "-c", str(config), "--once"],
+                capture_output=True,
+                timeout=120,
+                check=False,
+            )
+            assert done.returncode != 0
+            assert b"host 451" in done.stderr
+            lines = (state / "events.jsonl").read_text().splitlines() if (state / "events.jsonl").exists() else []
+            events = [json.loads(line)["event"] for line in lines]
+            delivered[name] = sorted(e["@detection_key"] for e in events if "@detection_key" in e)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert len(delivered["threads"]) == 400  # two pages of 200 hosts, then the bad host
+    assert delivered["processes"] == delivered["threads"]
