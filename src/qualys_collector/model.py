@@ -225,8 +225,15 @@ class Event:
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Event):
             return NotImplemented
-        mine = (self.tag, self.body, self.key, self.time)
-        return mine == (other.tag, other.body, other.key, other.time)
+        return (self.tag, self._fields(), self.key, self.time) == (other.tag, other._fields(), other.key, other.time)
+
+    def _fields(self) -> JSON:
+        """The body, decoded from the JSON if need be without replacing it (comparing keeps the JSON)."""
+        if self._body is not None:
+            return self._body
+        assert self.text is not None
+        fields: JSON = orjson.loads(self.text)
+        return fields
 
     __hash__ = None  # type: ignore[assignment]  # mutable body: as the dataclass it replaces
 

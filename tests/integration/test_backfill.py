@@ -22,6 +22,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 
 from qualys_collector.backfill import run_backfill
@@ -265,6 +266,9 @@ def test_backfill_beside_a_running_collector_no_gap_no_overlap_live_checkpoint_u
             assert f"c1@backfill/{service}:" in shown.stdout
             assert f"backfill [{format_seed_datetime(start)}, {format_seed_datetime(end)}): complete" in shown.stdout
         time.sleep(3)  # one more live user_activity cycle after the backfills
+        # the finished backfills' parsing processes ended with them: only the live host detection job's remains
+        parsers = [c for c in psutil.Process(run.pid).children() if "hld_process" in " ".join(c.cmdline())]
+        assert len(parsers) == 1, [c.cmdline() for c in parsers]
     finally:
         run.send_signal(signal.SIGTERM)
         run.wait(timeout=30)

@@ -21,3 +21,29 @@ def test_the_parsing_process_module_loads_no_http_client_config_or_console_libra
     heavy = {"config", "engine", "sinks", "qualys.vm", "qualys.fim", "qualys.http", "qualys.retry", "qualys.budget"}
     inside = [m.removeprefix("qualys_collector.") for m in modules if m.startswith("qualys_collector.")]
     assert not [m for m in inside if m in heavy or m.rsplit(".", 1)[0] in heavy]
+
+
+def test_spool_directories_of_collectors_that_died_are_removed(tmp_path: object) -> None:
+    """A collector killed with SIGKILL leaves its spool directory in TMPDIR; the next one removes it, never a
+    running collector's, nor a directory of another shape."""
+    import os
+    from pathlib import Path
+
+    from qualys_collector.services.hld_process import SPOOL_PREFIX, sweep_spools
+
+    root = Path(str(tmp_path))
+    dead = subprocess.run(["true"], check=True)
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    del dead
+    left = root / f"{SPOOL_PREFIX}{gone.pid}-abc"
+    (left / "items.jsonl").parent.mkdir()
+    (left / "items.jsonl").write_text("x")
+    mine = root / f"{SPOOL_PREFIX}{os.getpid()}-def"
+    mine.mkdir()
+    other = root / f"{SPOOL_PREFIX}notapid"
+    other.mkdir()
+    assert sweep_spools(root) == 1
+    assert not left.exists()
+    assert mine.exists()
+    assert other.exists()

@@ -121,8 +121,18 @@ class Scheduler:
         return [self.host(job) for job in self.jobs]
 
     def host(self, job: Job) -> threading.Thread:
-        """Start the looping thread of one more job (a backfill requested while running)."""
-        thread = threading.Thread(target=self.loop, args=(job,), name=f"Puller({job.label})", daemon=True)
+        """Start the looping thread of one more job (a backfill requested while running); its source is closed
+        when the loop ends (a backfill's parsing processes do not wait for the collector's exit)."""
+
+        def run() -> None:
+            try:
+                self.loop(job)
+            finally:
+                close = getattr(job.source, "close", None)
+                if close is not None:
+                    close()
+
+        thread = threading.Thread(target=run, name=f"Puller({job.label})", daemon=True)
         self.threads.append(thread)
         thread.start()
         return thread

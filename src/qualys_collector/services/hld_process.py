@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import json
+import os
 import queue
 import shutil
 import subprocess
@@ -49,6 +50,30 @@ if TYPE_CHECKING:  # the parsing process runs this module: it needs the parser, 
 #: thread. So the spool files of ``max_workers`` answers in flight stay within a bound on disk (README, Bounded
 #: resources): an answer, then its items, which are at most about 1.3 times as large.
 SPOOL_BYTES = 32 << 20
+
+
+#: Spool directories are ``<TMPDIR>/qualys-collector-<pid>-<random>``: a collector killed with SIGKILL leaves its
+#: own, and the next one removes them (:func:`sweep_spools`).
+SPOOL_PREFIX = "qualys-collector-"
+
+
+def sweep_spools(directory: Path | None = None) -> int:
+    """Remove the spool directories of collectors that no longer run (killed before they could); how many."""
+    removed = 0
+    for entry in Path(directory or tempfile.gettempdir()).glob(f"{SPOOL_PREFIX}*-*"):
+        pid = entry.name[len(SPOOL_PREFIX) :].split("-", 1)[0]
+        if not pid.isdigit() or not entry.is_dir() or entry.stat().st_uid != os.getuid():
+            continue
+        try:
+            os.kill(int(pid), 0)
+            continue  # its collector still runs
+        except ProcessLookupError:
+            pass
+        except PermissionError:
+            continue
+        shutil.rmtree(entry, ignore_errors=True)
+        removed += 1
+    return removed
 
 
 class ParseProcess:
@@ -103,6 +128,7 @@ class ParsePool:
     """``processes`` parsing processes shared by the batch worker threads, each lent to one thread at a time."""
 
     def __init__(self, processes: int) -> None:
+        sweep_spools()
         self.processes = [ParseProcess() for _ in range(processes)]
         self.closed = False
         self._idle: queue.Queue[ParseProcess] = queue.Queue()
@@ -225,7 +251,7 @@ def spooled_host_pages(
     convert = converter(results_max_length)
 
     def read(request: dict[str, str]) -> Iterator[AnswerItem]:
-        with tempfile.TemporaryDirectory(prefix="qualys-collector-") as spool:
+        with tempfile.TemporaryDirectory(prefix=f"{SPOOL_PREFIX}{os.getpid()}-") as spool:
             answer, items = Path(spool) / "answer.xml", Path(spool) / "items.jsonl"
             with client.open(path, request) as response:
                 chunks = client.chunks(path, response, clean=False)  # the process replaces forbidden characters

@@ -233,8 +233,8 @@ class BatchedDetectionSource(HostDetectionSource):
         self._parse_lock = threading.Lock()
 
     def parse_pool(self) -> ParsePool | None:
-        """The parsing processes (``parse_processes``; started on first use, kept for the next cycles), or
-        ``None`` to parse in the worker threads (the default)."""
+        """The parsing processes (``parse: processes``, the default; started on first use, kept for the next
+        cycles), or ``None`` to parse in the worker threads (``parse: threads``/``one_at_a_time``)."""
         if self._pool is None and self.options.processes:
             self._pool = ParsePool(self.options.processes)
         return self._pool
