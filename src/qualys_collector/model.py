@@ -208,9 +208,8 @@ class Event:
             self.text = None
             return
         assert self.text is not None
-        text = self.text
-        field = f"{orjson.dumps(name).decode()}:{json_text(value) if encoded is None else encoded}"
-        self.text = f"{text[:-1]}{field}}}" if text == "{}" else f"{text[:-1]},{field}}}"
+        field = f",{orjson.dumps(name).decode()}:{json_text(value) if encoded is None else encoded}"
+        self.text = append_fields(self.text, field)
 
     def to_json(self) -> str:
         """Compact one-line JSON of the body (newlines inside values are escaped by JSON).
@@ -240,6 +239,11 @@ class Event:
     def __repr__(self) -> str:
         shown = self._body if self._body is not None else self.text
         return f"Event(tag={self.tag!r}, body={shown!r}, key={self.key!r}, time={self.time!r})"
+
+
+def append_fields(text: str, fields: str) -> str:
+    """The JSON object ``text`` with ``fields`` (``,"name":value…``) added last, as a dict would write them."""
+    return f"{{{fields[1:]}}}" if text == "{}" else f"{text[:-1]}{fields}}}"
 
 
 def json_text(value: Any) -> str:

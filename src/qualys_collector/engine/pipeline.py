@@ -22,7 +22,7 @@ from qualys_collector.engine.cursor import BoundaryCursor, Verdict
 from qualys_collector.engine.obfuscate import Obfuscation
 from qualys_collector.engine.store import Transaction
 from qualys_collector.fit import shorten
-from qualys_collector.model import Event, Page, Record
+from qualys_collector.model import Event, Page, Record, append_fields
 
 logger = logging.getLogger("qualys_collector.puller")
 
@@ -82,7 +82,7 @@ class EventBuilder:
             end = self.suffix() if suffix is None else suffix
             return Event(
                 record.tag or self.tag,
-                text=f"{raw[:-1]}{end}" if raw != "{}" else f"{{{end[1:]}",
+                text=append_fields(raw, end),
                 key=record.key,
                 time=record.cursor,
                 hints=record.hints,
@@ -96,14 +96,14 @@ class EventBuilder:
         return Event(tag=record.tag or self.tag, body=body, key=record.key, time=record.cursor)
 
     def suffix(self) -> str:
-        """What :meth:`build` adds, as JSON after a comma and before the closing brace: ``,"@devo_pulling_id":N``,
-        ``,"@backfill":true``, ``,"environment":"…"``."""
+        """What :meth:`build` appends to a record's JSON (:func:`~qualys_collector.model.append_fields`):
+        ``,"@devo_pulling_id":N``, ``,"@backfill":true``, ``,"environment":"…"``."""
         suffix = f',"@devo_pulling_id":{orjson.dumps(self.pulling_id).decode()}'
         if self.backfill:
             suffix += ',"@backfill":true'
         if self.environment:
             suffix += f',"environment":{orjson.dumps(self.environment).decode()}'
-        return suffix + "}"
+        return suffix
 
 
 class BoundaryDedup:

@@ -192,9 +192,6 @@ class KbEnrichment:
             if brief is None:
                 late += 1
                 brief = PENDING
-            if event.text is None:
-                event.add_field("KB", brief)
-                continue
             text = encoded.get(key)
             if text is None:
                 text = encoded[key] = json_text(brief)
