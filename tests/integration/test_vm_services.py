@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
 import logging
+import subprocess
+import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -504,42 +508,51 @@ def test_every_vm_service_emits_one_summary_per_window_that_matches_what_it_deli
     assert hld["detections"] == hld["records_committed"]
 
 
-def test_a_bad_host_costs_only_what_follows_it_on_every_parse_path(tmp_path: Path) -> None:
-    """A host Qualys sends malformed (here the 451st of 500) fails the batch on every path; what came before it
-    is delivered the same, page by page, whether the answer is parsed as it streams or in a parsing process
-    (which used to hand back nothing of such an answer)."""
+HOST = "<HOST><ID>{n}</ID><IP>10.0.{a}.{b}</IP><DETECTION_LIST>{d}</DETECTION_LIST></HOST>"
+GOOD = "<DETECTION><UNIQUE_VULN_ID>{n}</UNIQUE_VULN_ID><QID>1</QID><STATUS>Active</STATUS></DETECTION>"
+
+
+def good_hosts(count: int) -> dict[int, str]:
+    """``count`` hosts of one detection each, IDs from 1."""
+    return {n: HOST.format(n=n, a=n // 256, b=n % 256, d=GOOD.format(n=n)) for n in range(1, count + 1)}
+
+
+@contextlib.contextmanager
+def detection_server(
+    hosts: dict[int, str], *, truncate: int | None = None, ignore: frozenset[str] = frozenset()
+) -> Iterator[str]:
+    """A real HTTP server answering host list and host detection requests as Qualys does: ``ids`` from
+    ``id_min``, taken from the query or a form body, at most ``truncate`` hosts then the truncation WARNING with
+    its next-page URL. Parameters named in ``ignore`` are not honoured (a server or proxy that drops them)."""
     import http.server
-    import json
-    import subprocess
-    import sys
     from urllib.parse import parse_qs, urlparse
 
-    from tests.helpers.kit import raw_config, vm_input, write_config
-
-    host = "<HOST><ID>{n}</ID><IP>10.0.{a}.{b}</IP><DETECTION_LIST>{d}</DETECTION_LIST></HOST>"
-    good = "<DETECTION><UNIQUE_VULN_ID>{n}</UNIQUE_VULN_ID><QID>1</QID><STATUS>Active</STATUS></DETECTION>"
-    hosts = {n: host.format(n=n, a=n // 256, b=n % 256, d=good.format(n=n)) for n in range(1, 501)}
-    hosts[451] = host.format(n=451, a=1, b=195, d="<DETECTION>oops</DETECTION>")
     listing = (
         b"<HOST_LIST_OUTPUT><RESPONSE><DATETIME>2026-11-30T12:00:00Z</DATETIME>"
-        b"<ID_SET><ID_RANGE>1-500</ID_RANGE></ID_SET></RESPONSE></HOST_LIST_OUTPUT>"
+        b"<ID_SET><ID_RANGE>%d-%d</ID_RANGE></ID_SET></RESPONSE></HOST_LIST_OUTPUT>" % (min(hosts), max(hosts))
     )
 
     class Answers(http.server.BaseHTTPRequestHandler):
-        """Qualys' detection answer for ``ids`` from ``id_min`` (as Qualys does), with the bad host in it."""
-
         def do_GET(self) -> None:
             query = parse_qs(urlparse(self.path).query)  # Qualys takes the parameters in the query or a form body
             length = int(self.headers.get("Content-Length") or 0)
             query.update(parse_qs(self.rfile.read(length).decode()) if length else {})
-            low, high = (int(v) for v in query.get("ids", ["1-500"])[0].split("-"))
+            for name in ignore:
+                query.pop(name, None)
+            low, high = (int(v) for v in query.get("ids", [f"{min(hosts)}-{max(hosts)}"])[0].split("-"))
             low = max(low, int(query.get("id_min", ["1"])[0]))
             body = listing
             if "/vm/detection/" in self.path:
-                chosen = "".join(hosts[n] for n in range(low, high + 1) if n in hosts)
+                chosen = [n for n in range(low, high + 1) if n in hosts]
+                warning = ""
+                if truncate is not None and len(chosen) > truncate:
+                    chosen = chosen[:truncate]
+                    url = f"https://qualys.invalid{urlparse(self.path).path}?action=list&id_min={chosen[-1] + 1}"
+                    warning = f"<WARNING><CODE>1980</CODE><TEXT>truncated</TEXT><URL><![CDATA[{url}]]></URL></WARNING>"
                 body = (
                     "<HOST_LIST_VM_DETECTION_OUTPUT><RESPONSE><DATETIME>2026-11-30T12:00:00Z</DATETIME><HOST_LIST>"
-                    f"{chosen}</HOST_LIST></RESPONSE></HOST_LIST_VM_DETECTION_OUTPUT>"
+                    f"{''.join(hosts[n] for n in chosen)}</HOST_LIST>{warning}</RESPONSE>"
+                    "</HOST_LIST_VM_DETECTION_OUTPUT>"
                 ).encode()
             self.send_response(200)
             self.send_header("Content-Type", "text/xml;charset=UTF-8")
@@ -554,28 +567,73 @@ def test_a_bad_host_costs_only_what_follows_it_on_every_parse_path(tmp_path: Pat
 
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Answers)
     threading.Thread(target=server.serve_forever, daemon=True).start()
-    url = f"http://127.0.0.1:{server.server_address[1]}"
-    delivered = {}
     try:
-        for name, option in {"threads": {"parse": "threads"}, "processes": {}}.items():
-            services = {"host_list_detection": {"start_time_utc": START, "batch_size": 1000, "enrich": False, **option}}
-            state = tmp_path / name
-            block = vm_input(url, services)
-            block["connection"] = {"max_attempts": 2, "max_retry_seconds": 5}
-            config = write_config(tmp_path / f"{name}.yaml", raw_config(state, qualys=block))
-            done = subprocess.run(
-                [sys.executable, "-m", "qualys_collector", "run", "-c", str(config), "--once"],
-                capture_output=True,
-                timeout=120,
-                check=False,
-            )
-            assert done.returncode != 0
-            assert b"host 451" in done.stderr
-            lines = (state / "events.jsonl").read_text().splitlines() if (state / "events.jsonl").exists() else []
-            events = [json.loads(line)["event"] for line in lines]
-            delivered[name] = sorted(e["@detection_key"] for e in events if "@detection_key" in e)
+        yield f"http://127.0.0.1:{server.server_address[1]}"
     finally:
         server.shutdown()
         server.server_close()
+
+
+def run_against(
+    url: str, state: Path, config: Path, service: dict[str, Any]
+) -> tuple[subprocess.CompletedProcess[bytes], list[str]]:
+    """``run --once`` of host detection against ``url`` (two attempts per request): the finished process and
+    the detection keys delivered to the file output, in order."""
+    from tests.helpers.kit import raw_config, vm_input, write_config
+
+    services = {"host_list_detection": {"start_time_utc": START, "enrich": False, **service}}
+    block = vm_input(url, services)
+    block["connection"] = {"max_attempts": 2, "max_retry_seconds": 5}
+    write_config(config, raw_config(state, qualys=block))
+    done = subprocess.run(
+        [sys.executable, "-m", "qualys_collector", "run", "-c", str(config), "--once"],
+        capture_output=True,
+        timeout=120,
+        check=False,
+    )
+    lines = (state / "events.jsonl").read_text().splitlines() if (state / "events.jsonl").exists() else []
+    events = [json.loads(line)["event"] for line in lines]
+    return done, [e["@detection_key"] for e in events if "@detection_key" in e]
+
+
+def test_a_bad_host_costs_only_what_follows_it_on_every_parse_path(tmp_path: Path) -> None:
+    """A host Qualys sends malformed (here the 451st of 500) fails the batch on every path; what came before it
+    is delivered the same, page by page, whether the answer is parsed as it streams or in a parsing process
+    (which used to hand back nothing of such an answer)."""
+    hosts = good_hosts(500)
+    hosts[451] = HOST.format(n=451, a=1, b=195, d="<DETECTION>oops</DETECTION>")
+    delivered = {}
+    with detection_server(hosts) as url:
+        for name, option in {"threads": {"parse": "threads"}, "processes": {}}.items():
+            service = {"batch_size": 1000, **option}
+            done, keys = run_against(url, tmp_path / name, tmp_path / f"{name}.yaml", service)
+            assert done.returncode != 0
+            assert b"host 451" in done.stderr
+            delivered[name] = sorted(keys)
     assert len(delivered["threads"]) == 400  # two pages of 200 hosts, then the bad host
     assert delivered["processes"] == delivered["threads"]
+
+
+@pytest.mark.parametrize(
+    ("ignored", "service", "truncate"),
+    [
+        ("id_min", {"batch_size": 1000}, 300),  # one batch; its second answer starts again at host 1
+        ("ids", {"batch_size": 100}, None),  # five batches, each answered with all 500 hosts
+    ],
+)
+@pytest.mark.parametrize("parse", ["threads", "processes"])
+def test_a_server_that_ignores_a_paging_parameter_is_refused_before_anything_is_delivered_twice(
+    tmp_path: Path, ignored: str, service: dict[str, Any], truncate: int | None, parse: str
+) -> None:
+    """Qualys answers ``ids`` from ``id_min``. A server or proxy that drops one of them sends hosts already
+    delivered, or those of other batches: each would reach the SIEM again on every request (a test server that
+    read only the query string once gave 28,400 events for 400 detections). A host outside what was asked is
+    refused with error 301 naming the parameter, and no detection is delivered twice."""
+    with detection_server(good_hosts(500), truncate=truncate, ignore=frozenset({ignored})) as url:
+        done, keys = run_against(url, tmp_path / "state", tmp_path / "c.yaml", {**service, "parse": parse})
+    assert done.returncode != 0
+    assert b"[PullError 301]" in done.stderr
+    assert f"{ignored}=".encode() in done.stderr  # the message names what was asked
+    assert b"outside what was asked" in done.stderr
+    assert b"Fix: check that requests reach Qualys unchanged" in done.stderr
+    assert len(keys) == len(set(keys)), Counter(keys).most_common(3)

@@ -242,6 +242,8 @@ class VmClient:
                         f"(gave up after {attempt} attempts)"
                     )
                     fix = "the next cycle resumes from the last committed page"
+                    if isinstance(exc, DataError) and exc.fix:  # the answer's own fix says what to look at
+                        fix = exc.fix
                     if isinstance(exc, httpx.TimeoutException):
                         raise PullTimeoutError(message, fix=fix) from exc
                     raise PullError(message, code=301, retryable=True, fix=fix) from exc

@@ -7,6 +7,7 @@ from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
+from qualys_collector.errors import DataError
 from qualys_collector.model import JSON, Page, Record, format_seed_datetime, parse_seed_datetime
 from qualys_collector.qualys.paging import guard_progress, url_cursor
 from qualys_collector.qualys.xml import element_to_value, iter_elements
@@ -101,10 +102,15 @@ def host_pages(
             request = dict(params)
             if id_min is not None:
                 request["id_min"] = str(id_min)
+            asked = AskedHosts(request)
+            host = "\0"  # no key starts with it: the first record is checked
             next_id: int | None = None
             batch: list[Record] = []
             for kind, value in (read or streamed)(request):
                 if kind == "r":
+                    if not value.key.startswith(host):  # a record of the next host (keys start with its ID)
+                        host = value.key.partition(":")[0] + ":"
+                        asked.check(host[:-1])
                     batch.append(value)
                 elif kind == "p":
                     yield Page(batch, token={"id_min": value + 1}, horizon=horizon[0])
@@ -122,6 +128,40 @@ def host_pages(
 
     horizon: list[datetime | None] = [None]
     return client.resumable(fetch, token, what)
+
+
+class AskedHosts:
+    """The host IDs a request asked for (``ids`` as one range, from ``id_min``), to check each host answered.
+
+    Qualys answers only those, in ascending order. A host outside them means the parameter did not reach Qualys or
+    was not honoured (a proxy that drops a form body, a stand-in server): delivering it would send hosts already
+    delivered, or another batch's, again on every request, so the answer is refused (a :class:`DataError`).
+    """
+
+    def __init__(self, request: dict[str, str]) -> None:
+        self.request = request
+        self.low, self.high = 0, None
+        low, dash, high = request.get("ids", "").partition("-")
+        if dash and low.strip().isdigit() and high.strip().isdigit():
+            self.low, self.high = int(low), int(high)
+        elif low.strip().isdigit() and not dash:
+            self.low = self.high = int(low)
+        if request.get("id_min", "").isdigit():
+            self.low = max(self.low, int(request["id_min"]))
+
+    def check(self, host_id: str) -> None:
+        """Refuse ``host_id`` if the request did not ask for it (IDs that are not numbers are not checked)."""
+        if not host_id.isdigit():
+            return
+        number = int(host_id)
+        if number < self.low or (self.high is not None and number > self.high):
+            asked = ", ".join(f"{name}={self.request[name]}" for name in ("ids", "id_min") if name in self.request)
+            raise DataError(
+                f"Qualys answered host {number}, outside what was asked ({asked}): a paging parameter did not "
+                "reach Qualys or was not honoured; stopping so that no host is delivered twice",
+                fix="check that requests reach Qualys unchanged (a proxy that drops form bodies or query parameters); "
+                "nothing is lost: the next cycle resumes from the last committed page",
+            )
 
 
 def server_time(text: str | None, current: datetime | None) -> datetime | None:
