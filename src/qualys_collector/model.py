@@ -6,7 +6,6 @@ or format the wire formats (Qualys ``YYYY-MM-DDTHH:MM:SSZ``, FIM ``...SSS+0000``
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -294,6 +293,8 @@ def from_epoch_ms(value: int) -> datetime:
 
 def content_key(data: Mapping[str, Any] | Sequence[Any]) -> str:
     """A stable key for a record without a natural id: SHA-256 of its canonical JSON."""
+    import hashlib  # here: it loads OpenSSL's libcrypto (3.7 MB), which the parsing processes never need
+
     canonical = json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
 

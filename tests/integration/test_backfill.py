@@ -29,6 +29,7 @@ from qualys_collector.backfill import run_backfill
 from qualys_collector.engine.outbox import DB_NAME
 from qualys_collector.engine.summary import SUMMARY_TAG
 from qualys_collector.model import format_seed_datetime, parse_iso_datetime, parse_seed_datetime
+from qualys_collector.services.hld_process import CHILD_MODULE
 from qualys_collector.simulator import Limits, Simulator
 from qualys_collector.simulator.faults import parse_fault
 from tests.conftest import REPO, SimFactory, record_reliability
@@ -267,7 +268,7 @@ def test_backfill_beside_a_running_collector_no_gap_no_overlap_live_checkpoint_u
             assert f"backfill [{format_seed_datetime(start)}, {format_seed_datetime(end)}): complete" in shown.stdout
         time.sleep(3)  # one more live user_activity cycle after the backfills
         # the finished backfills' parsing processes ended with them: only the live host detection job's remains
-        parsers = [c for c in psutil.Process(run.pid).children() if "hld_process" in " ".join(c.cmdline())]
+        parsers = [c for c in psutil.Process(run.pid).children() if CHILD_MODULE in " ".join(c.cmdline())]
         assert len(parsers) == 1, [c.cmdline() for c in parsers]
     finally:
         run.send_signal(signal.SIGTERM)

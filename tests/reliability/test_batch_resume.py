@@ -19,6 +19,7 @@ import psutil
 import pytest
 
 from qualys_collector.engine.outbox import DB_NAME
+from qualys_collector.services.hld_process import CHILD_MODULE
 from qualys_collector.simulator import Limits
 from tests.conftest import SimFactory, record_reliability
 from tests.helpers.kit import file_output, raw_config, vm_input, write_config
@@ -33,11 +34,7 @@ def parse_processes_after(seconds: float) -> list[psutil.Process]:
     """Parsing processes still running after up to ``seconds``."""
     deadline = time.monotonic() + seconds
     while True:
-        alive = [
-            p
-            for p in psutil.process_iter(["cmdline"])
-            if "qualys_collector.services.hld_process" in " ".join(p.info["cmdline"] or [])
-        ]
+        alive = [p for p in psutil.process_iter(["cmdline"]) if CHILD_MODULE in " ".join(p.info["cmdline"] or [])]
         if not alive or time.monotonic() > deadline:
             return alive
         time.sleep(0.1)

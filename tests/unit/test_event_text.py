@@ -14,8 +14,8 @@ from qualys_collector.engine.obfuscate import compile_rules
 from qualys_collector.engine.pipeline import EventBuilder, FitEvents, PageWork
 from qualys_collector.model import Event, Page, Record
 from qualys_collector.qualys.detections import QID_HINT, converter
+from qualys_collector.qualys.parse_child import parse_answer, read_items
 from qualys_collector.qualys.vm_hosts import answer_items
-from qualys_collector.services.hld_process import parse_answer, read_items
 from qualys_collector.services.kb_enrich import NOT_FOUND, PENDING
 
 SAMPLES = Path(__file__).resolve().parents[3] / "shared" / "reference" / "qualys_vm" / "samples"

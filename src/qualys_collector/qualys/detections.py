@@ -4,7 +4,6 @@ XML parser and the model (see :mod:`~qualys_collector.services.hld_process`)."""
 
 from __future__ import annotations
 
-import hashlib
 from typing import Any
 
 import orjson
@@ -136,6 +135,8 @@ def detection_state(body: dict[str, Any]) -> dict[str, Any]:
         if value is not None and value != "":
             state[code] = value
     rest = {k: v for k, v in detection.items() if k not in _TRACKED_NAMES and k not in VOLATILE_FIELDS}
+    import hashlib  # here: it loads OpenSSL's libcrypto (3.7 MB), which the parsing processes never need
+
     state["h"] = hashlib.sha256(orjson.dumps(rest, option=orjson.OPT_SORT_KEYS)).hexdigest()[:12]
     if detection.get("QID") is not None:
         state["Q"] = detection["QID"]

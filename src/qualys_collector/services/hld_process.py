@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import itertools
-import json
 import os
 import queue
 import shutil
@@ -28,17 +27,17 @@ import subprocess
 import sys
 import tempfile
 import threading
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
 from qualys_collector.errors import DataError
 from qualys_collector.model import JSON, Page, Record
-from qualys_collector.observability.heap import return_large_blocks
-from qualys_collector.qualys.detections import QID_HINT, converter
+from qualys_collector.qualys.detections import converter
+from qualys_collector.qualys.parse_child import Parsed, read_items
 from qualys_collector.qualys.vm_hosts import HOSTS_PER_BATCH, AnswerItem, answer_items, host_pages
 from qualys_collector.qualys.xml import ByteStream, ForbiddenCharacters, warn_replaced
 
@@ -50,6 +49,10 @@ if TYPE_CHECKING:  # the parsing process runs this module: it needs the parser, 
 #: thread. So the spool files of ``max_workers`` answers in flight stay within a bound on disk (README, Bounded
 #: resources): an answer, then its items, which are at most about 1.3 times as large.
 SPOOL_BYTES = 32 << 20
+
+
+#: The module a parsing process runs (what its command line shows).
+CHILD_MODULE = "qualys_collector.qualys.parse_child"
 
 
 #: Spool directories are ``<TMPDIR>/qualys-collector-<pid>-<random>``: a collector killed with SIGKILL leaves its
@@ -77,7 +80,7 @@ def sweep_spools(directory: Path | None = None) -> int:
 
 
 class ParseProcess:
-    """One parsing process (``python -m qualys_collector.services.hld_process``), one request at a time: a
+    """One parsing process (``python -m qualys_collector.qualys.parse_child``), one request at a time: a
     JSON line of arguments in, a JSON line with ``null`` or an error message out. It exits when its input
     closes, so it never outlives the collector, even one killed with SIGKILL.
 
@@ -88,7 +91,7 @@ class ParseProcess:
     def __init__(self) -> None:
         self.proc = subprocess.Popen(
             # -P: the working directory is not put first on the module path, so no package there shadows ours
-            [sys.executable, "-P", "-m", "qualys_collector.services.hld_process"],
+            [sys.executable, "-P", "-m", "qualys_collector.qualys.parse_child"],  # CHILD_MODULE
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
         )
@@ -163,75 +166,6 @@ class ParsePool:
         for process in self.processes:
             process.close()
         self.processes = []
-
-
-class Parsed(NamedTuple):
-    """What parsing one answer in a process gave: the message of the :class:`DataError` it raised (exceptions
-    with extra constructor arguments do not travel back between processes intact), and how many characters XML
-    1.0 forbids it replaced (the collector logs the warning)."""
-
-    error: str | None
-    replaced: int
-
-
-def parse_answer(xml_path: str, out_path: str, results_max_length: int | None, hosts_per_page: int) -> Parsed:
-    """Runs in a parsing process: the answer at ``xml_path`` to lines of its items at ``out_path``.
-
-    The answer is as Qualys sent it: characters XML 1.0 forbids are replaced here (U+FFFD), as in the worker
-    threads. A record is ``["r", key, qid]``, a tab, and the JSON of its data (made here, once: the collector
-    builds the event from it by joining strings and never decodes it); the other items are ``[kind, value]``.
-    A JSON array never holds a raw tab or newline (JSON escapes them), so the first tab of a line ends its head.
-    """
-    dumps = orjson.dumps
-    forbidden = ForbiddenCharacters(xml_path, warn=False)
-    try:
-        with open(xml_path, "rb") as source, open(out_path, "wb") as out:
-            stream = ByteStream(forbidden.chunks(iter(partial(source.read, 1 << 20), b"")))
-            host: Any = None
-            host_json: Any = None
-            for kind, value in answer_items(stream, converter(results_max_length), hosts_per_page):
-                if kind == "r":
-                    data = value.data
-                    if data["HOST"] is not host:  # one host's records share its fields: their JSON is made once
-                        host = data["HOST"]
-                        host_json = orjson.Fragment(_data_json(host))
-                    detection = data.get("DETECTION")
-                    qid = detection.get("QID") if isinstance(detection, dict) else None
-                    try:
-                        body = dumps({**data, "HOST": host_json}, option=_OPTIONS)
-                    except orjson.JSONEncodeError:  # pragma: no cover - XML text is always valid Unicode
-                        body = _data_json(data)
-                    line = (dumps(["r", value.key, qid]), b"\t", body, b"\n")
-                    out.write(b"".join(line))
-                else:
-                    out.write(dumps([kind, value]) + b"\n")
-    except DataError as exc:
-        return Parsed(exc.message, forbidden.replaced)
-    return Parsed(None, forbidden.replaced)
-
-
-#: As :meth:`~qualys_collector.model.Event.to_json`: datetimes and dataclasses go to ``default=str``.
-_OPTIONS = orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_PASSTHROUGH_DATACLASS
-
-
-def _data_json(data: Any) -> bytes:
-    """``data`` as :meth:`~qualys_collector.model.Event.to_json` would write them."""
-    try:
-        return orjson.dumps(data, default=str, option=_OPTIONS)
-    except orjson.JSONEncodeError:  # pragma: no cover - XML text is always valid Unicode
-        return json.dumps(data, separators=(",", ":"), ensure_ascii=False, default=str).encode()
-
-
-def read_items(lines: Iterable[bytes]) -> Iterator[AnswerItem]:
-    """The items a parsing process wrote (:func:`parse_answer`): records as JSON, never decoded here."""
-    loads = orjson.loads
-    for line in lines:
-        head, tab, raw = line.partition(b"\t")
-        item: list[Any] = loads(head)
-        if tab:
-            yield "r", Record(raw=raw[:-1].decode(), key=item[1], hints={QID_HINT: item[2]})
-        else:
-            yield item[0], item[1]
 
 
 def spooled_host_pages(
@@ -309,22 +243,3 @@ def one_at_a_time_host_pages(
                 yield from answer_items(spool, convert)
 
     return host_pages(client, path, params, token, convert, what, read)
-
-
-def main() -> None:
-    """The parsing process: one JSON line of arguments per answer; one JSON line back."""
-    return_large_blocks()
-    for line in sys.stdin.buffer:
-        xml_path, out_path, results_max_length, hosts_per_page = orjson.loads(line)
-        try:
-            parsed = parse_answer(xml_path, out_path, results_max_length, hosts_per_page)
-        except Exception as exc:  # noqa: BLE001 - said to the collector, which logs it with its number and fix
-            where = Path(out_path).parent.parent
-            message = f"the parsing process failed on its spool files in {where}: {type(exc).__name__}: {exc}"
-            parsed = Parsed(f"{message} (free space there, or point TMPDIR at a directory with room)", 0)
-        sys.stdout.buffer.write(orjson.dumps(list(parsed)) + b"\n")
-        sys.stdout.buffer.flush()
-
-
-if __name__ == "__main__":
-    main()

@@ -1,0 +1,116 @@
+"""The parsing process of ``parse: processes`` (:mod:`~qualys_collector.services.hld_process` starts it).
+
+It runs ``python -P -m qualys_collector.qualys.parse_child`` and loads only what parsing needs: the hardened
+parser, the detection conversion, orjson. Not the HTTP client, the configuration, nor OpenSSL (``hashlib`` loads
+libcrypto, 3.7 MB of every process), nor the parent's process plumbing; a test holds it to that.
+
+One JSON line of arguments per answer in (the spooled answer, the file for its items, the RESULTS cap, hosts per
+page), one JSON line out (``[error or null, characters replaced]``). It exits when its input closes, so it never
+outlives the collector, even one killed with SIGKILL.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Iterable, Iterator
+from functools import partial
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import orjson
+
+from qualys_collector.errors import DataError
+from qualys_collector.model import Record
+from qualys_collector.observability.heap import return_large_blocks
+from qualys_collector.qualys.detections import QID_HINT, converter
+from qualys_collector.qualys.vm_hosts import AnswerItem, answer_items
+from qualys_collector.qualys.xml import ByteStream, ForbiddenCharacters
+
+
+class Parsed(NamedTuple):
+    """What parsing one answer in a process gave: the message of the :class:`DataError` it raised (exceptions
+    with extra constructor arguments do not travel back between processes intact), and how many characters XML
+    1.0 forbids it replaced (the collector logs the warning)."""
+
+    error: str | None
+    replaced: int
+
+
+def parse_answer(xml_path: str, out_path: str, results_max_length: int | None, hosts_per_page: int) -> Parsed:
+    """Runs in a parsing process: the answer at ``xml_path`` to lines of its items at ``out_path``.
+
+    The answer is as Qualys sent it: characters XML 1.0 forbids are replaced here (U+FFFD), as in the worker
+    threads. A record is ``["r", key, qid]``, a tab, and the JSON of its data (made here, once: the collector
+    builds the event from it by joining strings and never decodes it); the other items are ``[kind, value]``.
+    A JSON array never holds a raw tab or newline (JSON escapes them), so the first tab of a line ends its head.
+    """
+    dumps = orjson.dumps
+    forbidden = ForbiddenCharacters(xml_path, warn=False)
+    try:
+        with open(xml_path, "rb") as source, open(out_path, "wb") as out:
+            stream = ByteStream(forbidden.chunks(iter(partial(source.read, 1 << 20), b"")))
+            host: Any = None
+            host_json: Any = None
+            for kind, value in answer_items(stream, converter(results_max_length), hosts_per_page):
+                if kind == "r":
+                    data = value.data
+                    if data["HOST"] is not host:  # one host's records share its fields: their JSON is made once
+                        host = data["HOST"]
+                        host_json = orjson.Fragment(_data_json(host))
+                    detection = data.get("DETECTION")
+                    qid = detection.get("QID") if isinstance(detection, dict) else None
+                    try:
+                        body = dumps({**data, "HOST": host_json}, option=_OPTIONS)
+                    except orjson.JSONEncodeError:  # pragma: no cover - XML text is always valid Unicode
+                        body = _data_json(data)
+                    line = (dumps(["r", value.key, qid]), b"\t", body, b"\n")
+                    out.write(b"".join(line))
+                else:
+                    out.write(dumps([kind, value]) + b"\n")
+    except DataError as exc:
+        return Parsed(exc.message, forbidden.replaced)
+    return Parsed(None, forbidden.replaced)
+
+
+#: As :meth:`~qualys_collector.model.Event.to_json`: datetimes and dataclasses go to ``default=str``.
+_OPTIONS = orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_PASSTHROUGH_DATACLASS
+
+
+def _data_json(data: Any) -> bytes:
+    """``data`` as :meth:`~qualys_collector.model.Event.to_json` would write them."""
+    try:
+        return orjson.dumps(data, default=str, option=_OPTIONS)
+    except orjson.JSONEncodeError:  # pragma: no cover - XML text is always valid Unicode
+        return json.dumps(data, separators=(",", ":"), ensure_ascii=False, default=str).encode()
+
+
+def read_items(lines: Iterable[bytes]) -> Iterator[AnswerItem]:
+    """The items a parsing process wrote (:func:`parse_answer`): records as JSON, never decoded here."""
+    loads = orjson.loads
+    for line in lines:
+        head, tab, raw = line.partition(b"\t")
+        item: list[Any] = loads(head)
+        if tab:
+            yield "r", Record(raw=raw[:-1].decode(), key=item[1], hints={QID_HINT: item[2]})
+        else:
+            yield item[0], item[1]
+
+
+def main() -> None:
+    """The parsing process: one JSON line of arguments per answer; one JSON line back."""
+    return_large_blocks()
+    for line in sys.stdin.buffer:
+        xml_path, out_path, results_max_length, hosts_per_page = orjson.loads(line)
+        try:
+            parsed = parse_answer(xml_path, out_path, results_max_length, hosts_per_page)
+        except Exception as exc:  # noqa: BLE001 - said to the collector, which logs it with its number and fix
+            where = Path(out_path).parent.parent
+            message = f"the parsing process failed on its spool files in {where}: {type(exc).__name__}: {exc}"
+            parsed = Parsed(f"{message} (free space there, or point TMPDIR at a directory with room)", 0)
+        sys.stdout.buffer.write(orjson.dumps(list(parsed)) + b"\n")
+        sys.stdout.buffer.flush()
+
+
+if __name__ == "__main__":
+    main()
