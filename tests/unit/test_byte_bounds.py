@@ -63,6 +63,16 @@ def test_the_parsing_process_path_bounds_pages_by_the_file_offset() -> None:
     assert max(pages) <= 4
 
 
+def test_by_default_a_page_holds_about_2_mib_of_answer() -> None:
+    """The default bound (``PAGE_BYTES``): hosts of ~20 KB (ten detections with results of a typical size)
+    make pages of about 100 hosts, not 200: several pages are in memory at once, so this is the collector's RSS."""
+    data = _answer(hosts=400, results=20_000)
+    pages = _pages(list(answer_items(io.BytesIO(data), converter(None))))
+    assert sum(pages) == 400
+    assert max(pages) <= 2 * 2**20 // 20_000 + 2  # 2 MiB of answer, then the host that crossed it
+    assert min(pages[:-1]) >= 2**20 // 20_000  # and not much less: the commits per page stay few
+
+
 def test_small_hosts_still_page_by_count() -> None:
     data = _answer(hosts=450, results=100)
     pages = _pages(list(answer_items(ByteStream(_chunks(data)), converter(None))))
