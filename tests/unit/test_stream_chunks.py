@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from qualys_collector.model import StoredEvent
 from qualys_collector.sinks.devo import devo_header
 from qualys_collector.sinks.stream import CHUNK_BYTES, CloseThenPeerEof, StreamSink
@@ -81,3 +83,34 @@ def test_the_collector_loads_neither_the_sdk_nor_httpxs_command_line_client(tmp_
     loaded = {m.split(".")[0] for m in modules}
     assert {"httpx", "lxml", "qualys_collector"} <= loaded
     assert not loaded & {"devo", "OpenSSL", "cryptography", "rich", "pygments"}
+
+
+def test_the_helper_processes_run_our_modules_whatever_the_working_directory_holds(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``python -m`` puts the working directory first on the module path: a ``qualys_collector`` package there (a
+    clone, a checkout of another version) would run instead of ours in the certificate check and the parsing
+    processes. Both start with ``-P``."""
+    from qualys_collector.relay import Certs
+    from qualys_collector.services.hld_process import ParsePool
+    from qualys_collector.sinks.certcheck import chain_problem
+
+    certs = Certs.mint(tmp_path / "certs")
+    stranger = Certs.mint(tmp_path / "stranger")
+    shadow = tmp_path / "cwd" / "qualys_collector"
+    shadow.mkdir(parents=True)
+    (shadow / "__init__.py").write_text("raise SystemExit('a shadowing package ran')\n")
+    monkeypatch.chdir(shadow.parent)
+    assert chain_problem(certs.chain, certs.client_cert) is None
+    refused = chain_problem(stranger.chain, certs.client_cert)
+    assert refused is not None  # our check ran, not the shadow (which exits with no answer)
+    assert refused[0] == "chain"
+    answer, items = tmp_path / "answer.xml", tmp_path / "items.jsonl"
+    answer.write_bytes(
+        b"<HOST_LIST_VM_DETECTION_OUTPUT><RESPONSE><HOST_LIST/></RESPONSE></HOST_LIST_VM_DETECTION_OUTPUT>"
+    )
+    pool = ParsePool(1)
+    try:
+        assert pool.parse(str(answer), str(items), None, 200).error is None
+    finally:
+        pool.close()

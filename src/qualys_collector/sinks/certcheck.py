@@ -22,7 +22,8 @@ def chain_problem(chain: Path, cert: Path) -> tuple[str, str] | None:
     """``None`` when ``chain`` signs ``cert``; else ``("chain", why)`` or ``("file", why)``."""
     try:
         done = subprocess.run(  # noqa: S603 - our own interpreter and module, the configured file paths
-            [sys.executable, "-m", "qualys_collector.sinks.certcheck", str(chain), str(cert)],
+            # -P: the working directory is not put first on the module path, so no package there shadows ours
+            [sys.executable, "-P", "-m", "qualys_collector.sinks.certcheck", str(chain), str(cert)],
             capture_output=True,
             timeout=TIMEOUT,
             check=False,
