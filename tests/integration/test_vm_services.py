@@ -519,11 +519,16 @@ def good_hosts(count: int) -> dict[int, str]:
 
 @contextlib.contextmanager
 def detection_server(
-    hosts: dict[int, str], *, truncate: int | None = None, ignore: frozenset[str] = frozenset()
+    hosts: dict[int, str],
+    *,
+    truncate: int | None = None,
+    ignore: frozenset[str] = frozenset(),
+    answered: list[str] | None = None,
 ) -> Iterator[str]:
     """A real HTTP server answering host list and host detection requests as Qualys does: ``ids`` from
     ``id_min``, taken from the query or a form body, at most ``truncate`` hosts then the truncation WARNING with
-    its next-page URL. Parameters named in ``ignore`` are not honoured (a server or proxy that drops them)."""
+    its next-page URL. Parameters named in ``ignore`` are not honoured (a server or proxy that drops them); the path
+    of every request answered is appended to ``answered``."""
     import http.server
     from urllib.parse import parse_qs, urlparse
 
@@ -559,6 +564,8 @@ def detection_server(
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
             self.wfile.write(body)
+            if answered is not None:
+                answered.append(urlparse(self.path).path)
 
         do_POST = do_GET
 
@@ -637,3 +644,30 @@ def test_a_server_that_ignores_a_paging_parameter_is_refused_before_anything_is_
     assert b"outside what was asked" in done.stderr
     assert b"Fix: check that requests reach Qualys unchanged" in done.stderr
     assert len(keys) == len(set(keys)), Counter(keys).most_common(3)
+
+
+@pytest.mark.parametrize("parse", ["threads", "processes"])
+def test_the_statistics_lines_of_a_batched_pull_count_its_requests_as_they_are_made(tmp_path: Path, parse: str) -> None:
+    """Devo's statistics lines: each "(Partial) Statistics" line of a pull counts the requests made so far. The
+    batched host detection pull used to say "Number of requests made: 0" with hundreds of events received, and
+    put every request in the last line only."""
+    import re
+
+    answered: list[str] = []
+    with detection_server(good_hosts(500), truncate=150, answered=answered) as url:
+        done, keys = run_against(url, tmp_path / "state", tmp_path / "c.yaml", {"batch_size": 200, "parse": parse})
+    assert done.returncode == 0, done.stderr.decode()[-2000:]
+    assert sorted(keys) == sorted(set(keys))
+    assert len(keys) == 500
+    line = re.compile(
+        rb"(\(Partial\) )?Statistics for this pull cycle .*?"
+        rb"Number of requests made: (\d+); Number of events received: (\d+)"
+    )
+    stats = [(m[1] is not None, int(m[2]), int(m[3])) for m in line.finditer(done.stderr)]
+    partial = [(made, received) for is_partial, made, received in stats if is_partial]
+    assert partial, done.stderr.decode()[-2000:]
+    assert all(made >= 1 for made, received in partial if received)  # events came from requests already made
+    assert [made for made, _ in partial] == sorted(made for made, _ in partial)  # counted as they are made
+    assert stats[-1][0] is False
+    assert stats[-1][1] == len(answered)  # the last line: every request the server answered (host list included)
+    assert len(answered) == 1 + 5  # the host list, then batches 1-200, 201-400, 401-500 in 2 + 2 + 1 answers

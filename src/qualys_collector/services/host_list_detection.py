@@ -322,10 +322,12 @@ class BatchedDetectionSource(HostDetectionSource):
             workers=self.options.max_workers or max(1, self.client.budget.limit(self.key)),
             what="host IDs",
         )
+        counted = before  # the requests of every worker, counted here as pages arrive (the statistics lines)
         for item in pull_batches(batches, progress, self.client.stop):
             mark = {"snapshot": snapshot} if full else {}
+            made, counted = self.client.total_requests - counted, self.client.total_requests
             if item.page is None:  # stop requested: commit the progress so far, the window stays open
-                yield Page([], token={**item.progress, **counts, **mark}, requests=0, snapshot=snapshot)
+                yield Page([], token={**item.progress, **counts, **mark}, requests=made, snapshot=snapshot)
                 continue
             page = item.page
             counts["received"] += len({r.key.partition(":")[0] for r in page.records})  # "<host ID>:…"
@@ -333,7 +335,7 @@ class BatchedDetectionSource(HostDetectionSource):
             yield Page(
                 page.records,
                 token={**item.progress, **counts, **mark},
-                requests=0,
+                requests=made,
                 horizon=_earliest(listed, page.horizon),
                 snapshot=snapshot,
             )
@@ -363,7 +365,7 @@ class BatchedDetectionSource(HostDetectionSource):
         if full:
             counters["snapshot"] = snapshot
         yield _marked(
-            Page([], token=None, requests=self.client.total_requests - before, horizon=listed, counters=counters),
+            Page([], token=None, requests=self.client.total_requests - counted, horizon=listed, counters=counters),
             snapshot,
             window,
             extra,
