@@ -524,11 +524,14 @@ def detection_server(
     truncate: int | None = None,
     ignore: frozenset[str] = frozenset(),
     answered: list[str] | None = None,
+    repeat: frozenset[int] = frozenset(),
+    inclusive: bool = False,
 ) -> Iterator[str]:
     """A real HTTP server answering host list and host detection requests as Qualys does: ``ids`` from
     ``id_min``, taken from the query or a form body, at most ``truncate`` hosts then the truncation WARNING with
     its next-page URL. Parameters named in ``ignore`` are not honoured (a server or proxy that drops them); the path
-    of every request answered is appended to ``answered``."""
+    of every request answered is appended to ``answered``. Misbehaving as no Qualys does: hosts in ``repeat`` are
+    sent twice in a row; ``inclusive``: the next-page URL's ``id_min`` is the last host sent, not the next."""
     import http.server
     from urllib.parse import parse_qs, urlparse
 
@@ -552,11 +555,12 @@ def detection_server(
                 warning = ""
                 if truncate is not None and len(chosen) > truncate:
                     chosen = chosen[:truncate]
-                    url = f"https://qualys.invalid{urlparse(self.path).path}?action=list&id_min={chosen[-1] + 1}"
+                    following = chosen[-1] if inclusive else chosen[-1] + 1
+                    url = f"https://qualys.invalid{urlparse(self.path).path}?action=list&id_min={following}"
                     warning = f"<WARNING><CODE>1980</CODE><TEXT>truncated</TEXT><URL><![CDATA[{url}]]></URL></WARNING>"
                 body = (
                     "<HOST_LIST_VM_DETECTION_OUTPUT><RESPONSE><DATETIME>2026-11-30T12:00:00Z</DATETIME><HOST_LIST>"
-                    f"{''.join(hosts[n] for n in chosen)}</HOST_LIST>{warning}</RESPONSE>"
+                    f"{''.join(hosts[n] * (2 if n in repeat else 1) for n in chosen)}</HOST_LIST>{warning}</RESPONSE>"
                     "</HOST_LIST_VM_DETECTION_OUTPUT>"
                 ).encode()
             self.send_response(200)
@@ -582,13 +586,14 @@ def detection_server(
 
 
 def run_against(
-    url: str, state: Path, config: Path, service: dict[str, Any]
+    url: str, state: Path, config: Path, service: dict[str, Any], name: str = "host_list_detection"
 ) -> tuple[subprocess.CompletedProcess[bytes], list[str]]:
-    """``run --once`` of host detection against ``url`` (two attempts per request): the finished process and
-    the detection keys delivered to the file output, in order."""
+    """``run --once`` of host detection (or service ``name``) against ``url`` (two attempts per request): the
+    finished process and the keys delivered to the file output, in order (detection keys, else KB QIDs)."""
     from tests.helpers.kit import raw_config, vm_input, write_config
 
-    services = {"host_list_detection": {"start_time_utc": START, "enrich": False, **service}}
+    extra = {"enrich": False} if name == "host_list_detection" else {}
+    services = {name: {"start_time_utc": START, **extra, **service}}
     block = vm_input(url, services)
     block["connection"] = {"max_attempts": 2, "max_retry_seconds": 5}
     write_config(config, raw_config(state, qualys=block))
@@ -600,7 +605,7 @@ def run_against(
     )
     lines = (state / "events.jsonl").read_text().splitlines() if (state / "events.jsonl").exists() else []
     events = [json.loads(line)["event"] for line in lines]
-    return done, [e["@detection_key"] for e in events if "@detection_key" in e]
+    return done, [e.get("@detection_key", e.get("QID")) for e in events if "@detection_key" in e or "QID" in e]
 
 
 def test_a_bad_host_costs_only_what_follows_it_on_every_parse_path(tmp_path: Path) -> None:
@@ -642,7 +647,7 @@ def test_a_server_that_ignores_a_paging_parameter_is_refused_before_anything_is_
     assert b"[PullError 301]" in done.stderr
     assert f"{ignored}=".encode() in done.stderr  # the message names what was asked
     assert b"outside what was asked" in done.stderr
-    assert b"Fix: check that requests reach Qualys unchanged" in done.stderr
+    assert b"Fix: check that requests and answers pass between the collector and Qualys unchanged" in done.stderr
     assert len(keys) == len(set(keys)), Counter(keys).most_common(3)
 
 
@@ -671,3 +676,81 @@ def test_the_statistics_lines_of_a_batched_pull_count_its_requests_as_they_are_m
     assert stats[-1][0] is False
     assert stats[-1][1] == len(answered)  # the last line: every request the server answered (host list included)
     assert len(answered) == 1 + 5  # the host list, then batches 1-200, 201-400, 401-500 in 2 + 2 + 1 answers
+
+
+@pytest.mark.parametrize("parse", ["threads", "processes"])
+def test_a_host_repeated_in_an_answer_is_refused_before_it_is_delivered_twice(tmp_path: Path, parse: str) -> None:
+    """Pages resume after their last host, so an answer must list each host once, in ascending ID order. A host
+    sent twice in a row was delivered twice with exit 0 (found by review: 1,202 events for 1,200 hosts)."""
+    with detection_server(good_hosts(500), repeat=frozenset({50, 350})) as url:
+        done, keys = run_against(url, tmp_path / "state", tmp_path / "c.yaml", {"parse": parse})
+    assert done.returncode != 0
+    assert b"[PullError 301]" in done.stderr
+    assert b"Qualys answered host 50 after host 50" in done.stderr  # 350 is never reached
+    assert len(keys) == len(set(keys)), Counter(keys).most_common(3)
+
+
+@pytest.mark.parametrize("parse", ["threads", "processes"])
+def test_a_next_page_url_that_starts_at_the_last_host_sent_delivers_it_once(tmp_path: Path, parse: str) -> None:
+    """A next-page URL whose ``id_min`` is the last host sent, not the next, delivered that host again with each
+    page (found by review). The URL is refused before its page is committed; each retry resumes after the last
+    committed page, so the pull still ends, every host delivered once."""
+    with detection_server(good_hosts(1000), inclusive=True, truncate=300) as url:
+        service = {"batch_size": 1000, "parse": parse, "parallel": False}
+        done, keys = run_against(url, tmp_path / "state", tmp_path / "c.yaml", service)
+    assert b"next-page URL asks for id_min=300, not after host 300" in done.stderr
+    assert len(keys) == len(set(keys)), Counter(keys).most_common(3)
+    assert done.returncode == 0, done.stderr.decode()[-2000:]
+    assert len(keys) == 1000
+
+
+def test_a_knowledge_base_server_that_ignores_id_min_is_refused_before_a_qid_is_delivered_twice(tmp_path: Path) -> None:
+    """The KnowledgeBase pages by QID with ``id_min`` as host detection pages by host. A server that ignored it
+    sent QIDs already delivered with every answer, and each retry "made progress", so ``run --once`` never ended
+    (found by review: 120,900 events for 500 QIDs in 300 s). A QID below the ``id_min`` asked is refused."""
+    import http.server
+    from urllib.parse import urlparse
+
+    vuln = (
+        "<VULN><QID>{q}</QID><VULN_TYPE>Vulnerability</VULN_TYPE><SEVERITY_LEVEL>3</SEVERITY_LEVEL>"
+        "<TITLE><![CDATA[t{q}]]></TITLE><LAST_SERVICE_MODIFICATION_DATETIME>2026-06-01T00:00:00Z"
+        "</LAST_SERVICE_MODIFICATION_DATETIME></VULN>"
+    )
+
+    class Answers(http.server.BaseHTTPRequestHandler):
+        """QIDs 1-1000, 400 per answer with the next-page WARNING, always from QID 1 (``id_min`` ignored)."""
+
+        def do_GET(self) -> None:
+            path = urlparse(self.path).path
+            qids = list(range(1, 401))
+            url = f"https://qualys.invalid{path}?action=list&id_min=401"
+            body = (
+                "<KNOWLEDGE_BASE_VULN_LIST_OUTPUT><RESPONSE><DATETIME>2026-11-30T12:00:00Z</DATETIME><VULN_LIST>"
+                + "".join(vuln.format(q=q) for q in qids)
+                + f"</VULN_LIST><WARNING><CODE>1980</CODE><TEXT>cut</TEXT><URL><![CDATA[{url}]]></URL></WARNING>"
+                "</RESPONSE></KNOWLEDGE_BASE_VULN_LIST_OUTPUT>"
+            ).encode()
+            self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            self.send_response(200)
+            self.send_header("Content-Type", "text/xml;charset=UTF-8")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        do_POST = do_GET
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Answers)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}"
+        done, qids = run_against(url, tmp_path / "state", tmp_path / "c.yaml", {}, name="knowledge_base")
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert done.returncode != 0
+    assert b"[PullError 301]" in done.stderr
+    assert b"Qualys answered QID 1, below the id_min=401 asked" in done.stderr
+    assert len(qids) == len(set(qids)) == 400, Counter(qids).most_common(3)

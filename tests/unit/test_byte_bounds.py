@@ -115,3 +115,16 @@ def test_the_drainer_reads_batches_bounded_by_its_byte_bound(tmp_path: Path) -> 
 
 def test_large_blocks_are_returned_to_the_system_on_glibc() -> None:
     assert return_large_blocks()  # this machine and the image are glibc: the threshold is fixed
+
+
+def test_a_host_id_that_is_not_ascii_digits_ends_no_page_and_breaks_nothing() -> None:
+    """``"²".isdigit()`` is true and ``int("²")`` fails: a host ID like it crashed the page boundary with a
+    ValueError (found by review). IDs that are not ASCII digits are not numbers: no page ends after them."""
+    body = "".join(
+        f"<HOST><ID>{host_id}</ID><DETECTION_LIST><DETECTION><QID>1</QID></DETECTION></DETECTION_LIST></HOST>"
+        for host_id in ("1", "\u00b2", "\u0661\u0662", "3")
+    )
+    data = f"<X><RESPONSE><HOST_LIST>{body}</HOST_LIST></RESPONSE></X>".encode()
+    items = list(answer_items(io.BytesIO(data), converter(None), 1))
+    assert [value for kind, value in items if kind == "p"] == [1, 3]
+    assert sum(kind == "r" for kind, _ in items) == 4

@@ -6,6 +6,13 @@ from urllib.parse import parse_qs, urlsplit
 
 from qualys_collector.errors import DataError
 
+#: What to do when an answer holds items the request did not ask for, or out of their order (host detection's
+#: ``AskedHosts`` and order check, the KnowledgeBase's ``id_min`` check).
+ANSWER_FIX = (
+    "check that requests and answers pass between the collector and Qualys unchanged (a proxy that drops form bodies "
+    "or query parameters, a stand-in server); nothing is lost: the next cycle resumes from the last committed page"
+)
+
 
 def url_cursor(url: str, name: str) -> int:
     """The integer ``name`` (``id_min`` or ``id_max``) in a next-page URL (whitespace around it tolerated)."""

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from qualys_collector.errors import DataError
 from qualys_collector.model import JSON, Page, Record, format_seed_datetime, parse_seed_datetime
-from qualys_collector.qualys.paging import guard_progress, url_cursor
+from qualys_collector.qualys.paging import ANSWER_FIX, guard_progress, url_cursor
 from qualys_collector.qualys.xml import element_to_value, iter_elements
 
 if TYPE_CHECKING:  # the parsing processes import this module: no HTTP client for them
@@ -56,18 +56,35 @@ def answer_items(
     hosts = 0
     position = _reader_position(source)
     boundary = position()
+    previous: int | None = None
     for tag, element in iter_elements(source, {"HOST", "URL", "DATETIME"}):
         if tag == "DATETIME" or tag == "URL":
             yield ("d" if tag == "DATETIME" else "u"), element.text or ""
             continue
         host = element_to_value(element)
+        number = host_number(host.get("ID") if isinstance(host, dict) else None)
+        if number is not None:
+            if previous is not None and number <= previous:  # pages resume after their last host: order matters
+                raise DataError(
+                    f"Qualys answered host {number} after host {previous}: the answer is not in ascending host ID "
+                    "order (a host repeated, or out of order); stopping so that no host is delivered twice or skipped",
+                    fix=ANSWER_FIX,
+                )
+            previous = number
         for record in convert(host):
             yield "r", record
         hosts += 1
         read = position()
-        if (hosts % hosts_per_page == 0 or read - boundary >= page_bytes) and str(host.get("ID", "")).isdigit():
+        if (hosts % hosts_per_page == 0 or read - boundary >= page_bytes) and number is not None:
             hosts, boundary = 0, read
-            yield "p", int(host["ID"])
+            yield "p", number
+
+
+def host_number(host_id: Any) -> int | None:
+    """A host ID as a number; ``None`` for one that is not a string of ASCII digits (not checked, no page ends)."""
+    if isinstance(host_id, str) and host_id.isascii() and host_id.isdigit():
+        return int(host_id)
+    return None
 
 
 def _reader_position(source: Any) -> Callable[[], int]:
@@ -101,11 +118,12 @@ def host_pages(
 
     def fetch(start: JSON | None) -> Iterator[Page]:
         id_min = int(start["id_min"]) if start else None
+        asked = AskedHosts()
         while True:
             request = dict(params)
             if id_min is not None:
                 request["id_min"] = str(id_min)
-            asked = AskedHosts(request)
+            asked.ask(request)
             host = "\0"  # no key starts with it: the first record is checked
             next_id: int | None = None
             batch: list[Record] = []
@@ -126,6 +144,7 @@ def host_pages(
                 yield Page(batch, token=None, horizon=horizon[0])
                 return
             guard_progress(id_min, next_id, ascending=True)
+            asked.follow(next_id)
             id_min = next_id
             yield Page(batch, token={"id_min": next_id}, horizon=horizon[0])
 
@@ -134,36 +153,63 @@ def host_pages(
 
 
 class AskedHosts:
-    """The host IDs a request asked for (``ids`` as one range, from ``id_min``), to check each host answered.
+    """The host IDs the requests of one pull asked for (``ids`` as one range, from ``id_min``), to check each host
+    answered.
 
-    Qualys answers only those, in ascending order. A host outside them means the parameter did not reach Qualys or
-    was not honoured (a proxy that drops a form body, a stand-in server): delivering it would send hosts already
-    delivered, or another batch's, again on every request, so the answer is refused (a :class:`DataError`).
+    Qualys answers only those, in ascending order. A host outside them, or not after the last host of the previous
+    answer, means a parameter did not reach Qualys or was not honoured (a proxy that drops a form body, a stand-in
+    server, a next-page URL whose ``id_min`` is the last host instead of the next): delivering it would send hosts
+    already delivered, or another batch's, again on every request, so the answer is refused (a :class:`DataError`).
     """
 
-    def __init__(self, request: dict[str, str]) -> None:
+    def __init__(self) -> None:
+        self.request: dict[str, str] = {}
+        self.low: int = 0
+        self.high: int | None = None
+        self.last: int | None = None  # the last host checked, in this answer or the previous ones
+
+    def ask(self, request: dict[str, str]) -> None:
+        """The next request of the pull."""
         self.request = request
         self.low, self.high = 0, None
         low, dash, high = request.get("ids", "").partition("-")
-        if dash and low.strip().isdigit() and high.strip().isdigit():
-            self.low, self.high = int(low), int(high)
-        elif low.strip().isdigit() and not dash:
-            self.low = self.high = int(low)
-        if request.get("id_min", "").isdigit():
-            self.low = max(self.low, int(request["id_min"]))
+        first, last = host_number(low.strip()), host_number(high.strip())
+        if dash and first is not None and last is not None:
+            self.low, self.high = first, last
+        elif not dash and first is not None:
+            self.low = self.high = first
+        id_min = host_number(request.get("id_min", ""))
+        if id_min is not None:
+            self.low = max(self.low, id_min)
 
     def check(self, host_id: str) -> None:
         """Refuse ``host_id`` if the request did not ask for it (IDs that are not numbers are not checked)."""
-        if not host_id.isdigit():
+        number = host_number(host_id)
+        if number is None:
             return
-        number = int(host_id)
         if number < self.low or (self.high is not None and number > self.high):
             asked = ", ".join(f"{name}={self.request[name]}" for name in ("ids", "id_min") if name in self.request)
             raise DataError(
                 f"Qualys answered host {number}, outside what was asked ({asked}): a paging parameter did not "
                 "reach Qualys or was not honoured; stopping so that no host is delivered twice",
-                fix="check that requests reach Qualys unchanged (a proxy that drops form bodies or query parameters); "
-                "nothing is lost: the next cycle resumes from the last committed page",
+                fix=ANSWER_FIX,
+            )
+        if self.last is not None and number <= self.last:
+            raise DataError(
+                f"Qualys answered host {number} after host {self.last} (id_min={self.request.get('id_min')}): the "
+                "hosts of the pull are not in ascending ID order; stopping so that no host is delivered twice",
+                fix=ANSWER_FIX,
+            )
+        self.last = number
+
+    def follow(self, id_min: int) -> None:
+        """Refuse a next-page URL whose ``id_min`` does not start after the last host answered (its page's token
+        would make the next request, or a resume from it, send that host again)."""
+        if self.last is not None and id_min <= self.last:
+            raise DataError(
+                f"Qualys' next-page URL asks for id_min={id_min}, not after host {self.last} it has just answered; "
+                "stopping so that no host is delivered twice",
+                fix=ANSWER_FIX,
             )
 
 

@@ -23,9 +23,10 @@ from typing import Literal
 from pydantic import Field, field_validator
 
 from qualys_collector.engine.source import CursorMode, ServiceSpec, TableSpec
+from qualys_collector.errors import DataError
 from qualys_collector.model import JSON, Page, Record, TableWrite, Window
 from qualys_collector.qualys.kb import brief, path_for, vulns
-from qualys_collector.qualys.paging import guard_progress
+from qualys_collector.qualys.paging import ANSWER_FIX, guard_progress
 from qualys_collector.qualys.vm import VmClient
 from qualys_collector.qualys.vm_hosts import window_params
 from qualys_collector.services.options import Flag, ServiceEntry, ServiceOptions, flag
@@ -106,6 +107,12 @@ class KnowledgeBaseSource:
                 cut: list[int | None] = [None]
                 for vuln in vulns(self.client, self.path, request, horizon, cut):
                     qid = int(str(vuln["QID"]))
+                    if id_min is not None and qid < id_min:  # id_min did not reach Qualys: each answer would repeat
+                        raise DataError(
+                            f"Qualys answered QID {qid}, below the id_min={id_min} asked: the paging parameter did not "
+                            "reach Qualys or was not honoured; stopping so that no QID is delivered twice",
+                            fix=ANSWER_FIX,
+                        )
                     if ascending and sorted_upto is not None and qid <= sorted_upto:
                         ascending = False  # resuming by id_min would skip: later pages resume where this run began
                         logger.warning("The KnowledgeBase answer is not sorted by QID (%d after %d)", qid, sorted_upto)
