@@ -50,9 +50,32 @@ def test_a_long_zero_padded_reference_cut_anywhere_is_replaced() -> None:
         b"<A>\x00\x08\x0b\x0c\x0e\x1f</A>",
         b"<A>&#0; &#x1F; &#31; &#x0b;</A>",
         b"<A>&#9;&#10;&#13;&#32;</A>",
+        "<A>\ufffe \uffff \ufffd \uffef &#xFFFF; &#xD800; &#57343; &#57344;</A>".encode(),
     ],
 )
 def test_the_fast_check_agrees_with_the_pattern(chunk: bytes) -> None:
     cleaner = ForbiddenCharacters("/x")
     assert b"".join(cleaner.chunks([chunk])) == re.sub(_FORBIDDEN, REPLACEMENT, chunk)
     assert cleaner.replaced == len(_FORBIDDEN.findall(chunk))
+
+
+def test_the_noncharacters_and_surrogates_xml_forbids_are_replaced_and_the_answer_parses() -> None:
+    """XML 1.0's Char also excludes U+FFFE, U+FFFF and the surrogates. One U+FFFF in a RESULTS failed the batch
+    on every cycle ("PCDATA invalid Char value 65535", found by review), and a surrogate written as a reference
+    (how a UTF-16 system writes an emoji: ``&#xD83D;&#xDE00;``) fails the same way. Their neighbours stay."""
+    from lxml import etree
+
+    document = (
+        "<A>a\ufffeb\uffffc &#xFFFE; &#65535; &#xD83D;&#xDE00; &#55296; &#57343; keep: \ufffd \uffef &#xFFFD; "
+        "&#xE000; &#55295; &#57344; \U0001f600</A>"
+    ).encode()
+    cleaner = ForbiddenCharacters("/x")
+    cleaned = b"".join(cleaner.chunks([document[:9], document[9:]]))
+    assert cleaner.replaced == 8
+    text = etree.fromstring(cleaned).text
+    assert text == (
+        "a\ufffdb\ufffdc \ufffd \ufffd \ufffd\ufffd \ufffd \ufffd keep: \ufffd \uffef \ufffd \ue000 \ud7ff \ue000 "
+        "\U0001f600"
+    )
+    with pytest.raises(etree.XMLSyntaxError):  # what the parser says without the replacement
+        etree.fromstring("<A>\uffff</A>".encode())
