@@ -114,3 +114,29 @@ def test_the_helper_processes_run_our_modules_whatever_the_working_directory_hol
         assert pool.parse(str(answer), str(items), None, 200).error is None
     finally:
         pool.close()
+
+
+def test_a_certificate_check_that_cannot_run_says_why_not_that_the_files_are_unreadable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The check runs in a process of its own; when that process cannot run (an interpreter without this package or
+    pyOpenSSL, as from a source checkout), the error said "cannot read the certificate files (IndexError)", which
+    sent users to their files (found by review). It now says what the process said."""
+    import subprocess
+    import sys
+
+    from qualys_collector.errors import DeliveryError
+    from qualys_collector.relay import Certs
+    from qualys_collector.sinks.devo import check_files
+
+    certs = Certs.mint(tmp_path / "certs")
+    bare = tmp_path / "bare"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(bare)], check=True)
+    monkeypatch.setattr(sys, "executable", str(bare / "bin" / "python"))  # the interpreter the check is started with
+    with pytest.raises(DeliveryError) as caught:
+        check_files("devo", certs.chain, certs.client_cert, certs.client_key)
+    assert caught.value.code == 400
+    message = str(caught.value)
+    assert "the certificate check could not run" in message
+    assert "No module named 'qualys_collector'" in message
+    assert "cannot read the certificate files" not in message

@@ -19,7 +19,9 @@ TIMEOUT = 60
 
 
 def chain_problem(chain: Path, cert: Path) -> tuple[str, str] | None:
-    """``None`` when ``chain`` signs ``cert``; else ``("chain", why)`` or ``("file", why)``."""
+    """``None`` when ``chain`` signs ``cert``; else ``("chain", why)``, ``("file", why)``, or ``("check", why)``
+    when the checking process itself could not run (``why`` ends with the last line it wrote to stderr)."""
+    done: subprocess.CompletedProcess[bytes] | None = None
     try:
         done = subprocess.run(  # noqa: S603 - our own interpreter and module, the configured file paths
             # -P: the working directory is not put first on the module path, so no package there shadows ours
@@ -30,7 +32,8 @@ def chain_problem(chain: Path, cert: Path) -> tuple[str, str] | None:
         )
         answer = json.loads(done.stdout.decode("utf-8", "replace").strip().splitlines()[-1])
     except (OSError, subprocess.TimeoutExpired, ValueError, IndexError) as exc:
-        return "file", f"the certificate check could not run ({type(exc).__name__})"
+        said = done.stderr.decode("utf-8", "replace").strip().splitlines() if done is not None else []
+        return "check", f"the certificate check could not run ({type(exc).__name__}{': ' + said[-1] if said else ''})"
     if answer is None:
         return None
     kind, message = answer

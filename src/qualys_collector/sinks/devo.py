@@ -219,6 +219,13 @@ def check_files(name: str, chain: Path, cert: Path, key: Path) -> None:
             code=ERR_CERT_CHAIN,
             fix="use the chain.crt of the same Devo domain as the certificate",
         )
+    if problem is not None and problem[0] == "check":  # the files were not looked at: say so, not "cannot read"
+        raise DeliveryError(
+            f"output {name}: {problem[1]}",
+            code=ERR_CERT_FILE,
+            fix="run the collector as installed (pip install, the image), whose interpreter has pyOpenSSL and this "
+            "package; the message above is what the check said",
+        )
     if problem is not None:
         raise DeliveryError(f"output {name}: cannot read the certificate files ({problem[1]})", code=ERR_CERT_FILE)
 
