@@ -128,3 +128,16 @@ def test_a_host_id_that_is_not_ascii_digits_ends_no_page_and_breaks_nothing() ->
     items = list(answer_items(io.BytesIO(data), converter(None), 1))
     assert [value for kind, value in items if kind == "p"] == [1, 3]
     assert sum(kind == "r" for kind, _ in items) == 4
+
+
+def test_no_page_ends_after_a_host_out_of_id_order() -> None:
+    """A page's token resumes after its last host, so once an answer is out of order (a real one is) no page may end:
+    a resume from one would skip the lower IDs still to come. The answer is still read whole."""
+    body = "".join(
+        f"<HOST><ID>{host_id}</ID><DETECTION_LIST><DETECTION><QID>1</QID></DETECTION></DETECTION_LIST></HOST>"
+        for host_id in (10, 20, 5, 30, 40)
+    )
+    data = f"<X><RESPONSE><HOST_LIST>{body}</HOST_LIST></RESPONSE></X>".encode()
+    items = list(answer_items(io.BytesIO(data), converter(None), 1))
+    assert [value for kind, value in items if kind == "p"] == [10, 20]
+    assert sum(kind == "r" for kind, _ in items) == 5
