@@ -518,62 +518,23 @@ def good_hosts(count: int) -> dict[int, str]:
 
 
 @contextlib.contextmanager
-def detection_server(
-    hosts: dict[int, str],
-    *,
-    truncate: int | None = None,
-    ignore: frozenset[str] = frozenset(),
-    answered: list[str] | None = None,
-    repeat: frozenset[int] = frozenset(),
-    inclusive: bool = False,
-    descending: bool = False,
-) -> Iterator[str]:
-    """A real HTTP server answering host list and host detection requests as Qualys does: ``ids`` from
-    ``id_min``, taken from the query or a form body, at most ``truncate`` hosts then the truncation WARNING with
-    its next-page URL. Parameters named in ``ignore`` are not honoured (a server or proxy that drops them); the path
-    of every request answered is appended to ``answered``. Misbehaving as no Qualys does: hosts in ``repeat`` are
-    sent twice in a row; ``inclusive``: the next-page URL's ``id_min`` is the last host sent, not the next;
-    ``descending``: the hosts of an answer in descending ID order (a real answer has two hosts out of order)."""
+def xml_server(answer: Callable[[str, dict[str, list[str]]], bytes]) -> Iterator[str]:
+    """A real HTTP server on loopback: ``answer(path, parameters)`` (from the query and a form body, as Qualys
+    takes them) is sent as Qualys' XML to every GET or POST. Yields its base URL."""
     import http.server
     from urllib.parse import parse_qs, urlparse
 
-    listing = (
-        b"<HOST_LIST_OUTPUT><RESPONSE><DATETIME>2026-11-30T12:00:00Z</DATETIME>"
-        b"<ID_SET><ID_RANGE>%d-%d</ID_RANGE></ID_SET></RESPONSE></HOST_LIST_OUTPUT>" % (min(hosts), max(hosts))
-    )
-
     class Answers(http.server.BaseHTTPRequestHandler):
         def do_GET(self) -> None:
-            query = parse_qs(urlparse(self.path).query)  # Qualys takes the parameters in the query or a form body
+            query = parse_qs(urlparse(self.path).query)
             length = int(self.headers.get("Content-Length") or 0)
             query.update(parse_qs(self.rfile.read(length).decode()) if length else {})
-            for name in ignore:
-                query.pop(name, None)
-            low, high = (int(v) for v in query.get("ids", [f"{min(hosts)}-{max(hosts)}"])[0].split("-"))
-            low = max(low, int(query.get("id_min", ["1"])[0]))
-            body = listing
-            if "/vm/detection/" in self.path:
-                chosen = [n for n in range(low, high + 1) if n in hosts]
-                if descending:
-                    chosen.reverse()
-                warning = ""
-                if truncate is not None and len(chosen) > truncate:
-                    chosen = chosen[:truncate]
-                    following = chosen[-1] if inclusive else chosen[-1] + 1
-                    url = f"https://qualys.invalid{urlparse(self.path).path}?action=list&id_min={following}"
-                    warning = f"<WARNING><CODE>1980</CODE><TEXT>truncated</TEXT><URL><![CDATA[{url}]]></URL></WARNING>"
-                body = (
-                    "<HOST_LIST_VM_DETECTION_OUTPUT><RESPONSE><DATETIME>2026-11-30T12:00:00Z</DATETIME><HOST_LIST>"
-                    f"{''.join(hosts[n] * (2 if n in repeat else 1) for n in chosen)}</HOST_LIST>{warning}</RESPONSE>"
-                    "</HOST_LIST_VM_DETECTION_OUTPUT>"
-                ).encode()
+            body = answer(urlparse(self.path).path, query)
             self.send_response(200)
             self.send_header("Content-Type", "text/xml;charset=UTF-8")
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
             self.wfile.write(body)
-            if answered is not None:
-                answered.append(urlparse(self.path).path)
 
         do_POST = do_GET
 
@@ -587,6 +548,57 @@ def detection_server(
     finally:
         server.shutdown()
         server.server_close()
+
+
+@contextlib.contextmanager
+def detection_server(
+    hosts: dict[int, str],
+    *,
+    truncate: int | None = None,
+    ignore: frozenset[str] = frozenset(),
+    answered: list[str] | None = None,
+    repeat: frozenset[int] = frozenset(),
+    inclusive: bool = False,
+    descending: bool = False,
+) -> Iterator[str]:
+    """An :func:`xml_server` answering host list and host detection requests as Qualys does: ``ids`` from
+    ``id_min``, at most ``truncate`` hosts then the truncation WARNING with its next-page URL. Parameters named in
+    ``ignore`` are not honoured (a server or proxy that drops them); the path of every request answered is
+    appended to ``answered``. Misbehaving as no Qualys does: hosts in ``repeat`` are sent twice in a row;
+    ``inclusive``: the next-page URL's ``id_min`` is the last host sent, not the next; ``descending``: the hosts of
+    an answer in descending ID order (a real answer has two hosts out of order)."""
+    listing = (
+        b"<HOST_LIST_OUTPUT><RESPONSE><DATETIME>2026-11-30T12:00:00Z</DATETIME>"
+        b"<ID_SET><ID_RANGE>%d-%d</ID_RANGE></ID_SET></RESPONSE></HOST_LIST_OUTPUT>" % (min(hosts), max(hosts))
+    )
+
+    def answer(path: str, query: dict[str, list[str]]) -> bytes:
+        for name in ignore:
+            query.pop(name, None)
+        low, high = (int(v) for v in query.get("ids", [f"{min(hosts)}-{max(hosts)}"])[0].split("-"))
+        low = max(low, int(query.get("id_min", ["1"])[0]))
+        body = listing
+        if "/vm/detection/" in path:
+            chosen = [n for n in range(low, high + 1) if n in hosts]
+            if descending:
+                chosen.reverse()
+            warning = ""
+            if truncate is not None and len(chosen) > truncate:
+                chosen = chosen[:truncate]
+                following = chosen[-1] if inclusive else chosen[-1] + 1
+                url = f"https://qualys.invalid{path}?action=list&id_min={following}"
+                warning = f"<WARNING><CODE>1980</CODE><TEXT>truncated</TEXT><URL><![CDATA[{url}]]></URL></WARNING>"
+            body = (
+                "<HOST_LIST_VM_DETECTION_OUTPUT><RESPONSE><DATETIME>2026-11-30T12:00:00Z</DATETIME><HOST_LIST>"
+                f"{''.join(hosts[n] * (2 if n in repeat else 1) for n in chosen)}</HOST_LIST>{warning}</RESPONSE>"
+                "</HOST_LIST_VM_DETECTION_OUTPUT>"
+            ).encode()
+        if answered is not None:
+            answered.append(path)
+        return body
+
+    with xml_server(answer) as url:
+        yield url
 
 
 def run_against(
@@ -712,48 +724,24 @@ def test_a_knowledge_base_server_that_ignores_id_min_is_refused_before_a_qid_is_
     """The KnowledgeBase pages by QID with ``id_min`` as host detection pages by host. A server that ignored it
     sent QIDs already delivered with every answer, and each retry "made progress", so ``run --once`` never ended
     (found by review: 120,900 events for 500 QIDs in 300 s). A QID below the ``id_min`` asked is refused."""
-    import http.server
-    from urllib.parse import urlparse
-
     vuln = (
         "<VULN><QID>{q}</QID><VULN_TYPE>Vulnerability</VULN_TYPE><SEVERITY_LEVEL>3</SEVERITY_LEVEL>"
         "<TITLE><![CDATA[t{q}]]></TITLE><LAST_SERVICE_MODIFICATION_DATETIME>2026-06-01T00:00:00Z"
         "</LAST_SERVICE_MODIFICATION_DATETIME></VULN>"
     )
 
-    class Answers(http.server.BaseHTTPRequestHandler):
-        """QIDs 1-1000, 400 per answer with the next-page WARNING, always from QID 1 (``id_min`` ignored)."""
+    def answer(path: str, query: dict[str, list[str]]) -> bytes:
+        """QIDs 1-400 with the next-page WARNING, always from QID 1 (``id_min`` ignored)."""
+        url = f"https://qualys.invalid{path}?action=list&id_min=401"
+        return (
+            "<KNOWLEDGE_BASE_VULN_LIST_OUTPUT><RESPONSE><DATETIME>2026-11-30T12:00:00Z</DATETIME><VULN_LIST>"
+            + "".join(vuln.format(q=q) for q in range(1, 401))
+            + f"</VULN_LIST><WARNING><CODE>1980</CODE><TEXT>cut</TEXT><URL><![CDATA[{url}]]></URL></WARNING>"
+            "</RESPONSE></KNOWLEDGE_BASE_VULN_LIST_OUTPUT>"
+        ).encode()
 
-        def do_GET(self) -> None:
-            path = urlparse(self.path).path
-            qids = list(range(1, 401))
-            url = f"https://qualys.invalid{path}?action=list&id_min=401"
-            body = (
-                "<KNOWLEDGE_BASE_VULN_LIST_OUTPUT><RESPONSE><DATETIME>2026-11-30T12:00:00Z</DATETIME><VULN_LIST>"
-                + "".join(vuln.format(q=q) for q in qids)
-                + f"</VULN_LIST><WARNING><CODE>1980</CODE><TEXT>cut</TEXT><URL><![CDATA[{url}]]></URL></WARNING>"
-                "</RESPONSE></KNOWLEDGE_BASE_VULN_LIST_OUTPUT>"
-            ).encode()
-            self.rfile.read(int(self.headers.get("Content-Length") or 0))
-            self.send_response(200)
-            self.send_header("Content-Type", "text/xml;charset=UTF-8")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        do_POST = do_GET
-
-        def log_message(self, *args: Any) -> None:
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Answers)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        url = f"http://127.0.0.1:{server.server_address[1]}"
+    with xml_server(answer) as url:
         done, qids = run_against(url, tmp_path / "state", tmp_path / "c.yaml", {}, name="knowledge_base")
-    finally:
-        server.shutdown()
-        server.server_close()
     assert done.returncode != 0
     assert b"[PullError 301]" in done.stderr
     assert b"Qualys answered QID 1, below the id_min=401 asked" in done.stderr

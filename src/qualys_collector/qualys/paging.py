@@ -6,8 +6,8 @@ from urllib.parse import parse_qs, urlsplit
 
 from qualys_collector.errors import DataError
 
-#: What to do when an answer holds items the request did not ask for, or out of their order (host detection's
-#: ``AskedHosts`` and order check, the KnowledgeBase's ``id_min`` check).
+#: What to do when an answer holds items the request did not ask for, or one twice (host detection's ``AskedHosts``
+#: and repeat check, the KnowledgeBase's ``id_min`` check).
 ANSWER_FIX = (
     "check that requests and answers pass between the collector and Qualys unchanged (a proxy that drops form bodies "
     "or query parameters, a stand-in server); nothing is lost: the next cycle resumes from the last committed page"

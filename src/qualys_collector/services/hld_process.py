@@ -89,9 +89,9 @@ class ParseProcess:
     """
 
     def __init__(self) -> None:
-        self.proc = subprocess.Popen(
+        self.proc = subprocess.Popen(  # noqa: S603 - our own interpreter and module
             # -P: the working directory is not put first on the module path, so no package there shadows ours
-            [sys.executable, "-P", "-m", "qualys_collector.qualys.parse_child"],  # CHILD_MODULE
+            [sys.executable, "-P", "-m", CHILD_MODULE],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
         )
