@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -119,9 +120,9 @@ def test_the_helper_processes_run_our_modules_whatever_the_working_directory_hol
 def test_a_certificate_check_that_cannot_run_says_why_not_that_the_files_are_unreadable(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The check runs in a process of its own; when that process cannot run (an interpreter without this package or
-    pyOpenSSL, as from a source checkout), the error said "cannot read the certificate files (IndexError)", which
-    sent users to their files (found by review). It now says what the process said."""
+    """The check runs in a process of its own; when that process cannot run (an interpreter without pyOpenSSL), the
+    error said "cannot read the certificate files (IndexError)", which sent users to their files (found by review).
+    It now says what the process said. (This package itself it finds: the collector's tree is on its path.)"""
     import subprocess
     import sys
 
@@ -138,5 +139,59 @@ def test_a_certificate_check_that_cannot_run_says_why_not_that_the_files_are_unr
     assert caught.value.code == 400
     message = str(caught.value)
     assert "the certificate check could not run" in message
-    assert "No module named 'qualys_collector'" in message
+    assert "No module named 'OpenSSL'" in message
     assert "cannot read the certificate files" not in message
+
+
+def test_the_helper_processes_run_the_collectors_own_tree_from_a_source_checkout(tmp_path: Path) -> None:
+    """A collector run from a source checkout (``python -m qualys_collector`` in ``src/``, nothing installed)
+    imports the package from its working directory, which ``-P`` keeps off its helpers' module path: they ran
+    another installed copy, or none (every batch failed: "the parsing process exited"). Here the checkout is a copy
+    of this package whose helpers leave a mark; the installed package (this test's own) leaves none."""
+    import shutil
+    import subprocess
+    import sys
+    import textwrap
+
+    import qualys_collector
+    from qualys_collector.relay import Certs
+
+    checkout = tmp_path / "checkout"
+    package = checkout / "qualys_collector"
+    shutil.copytree(Path(qualys_collector.__file__).parent, package, ignore=shutil.ignore_patterns("__pycache__"))
+    mark = tmp_path / "mark"
+    stamp = '\n    open(__import__("os").environ["QC_MARK"], "a").write(__file__ + "\\n")\n'
+    for module in ("qualys/parse_child.py", "sinks/certcheck.py"):
+        source = package / module
+        text = source.read_text()
+        assert text.count('if __name__ == "__main__":\n') == 1
+        source.write_text(text.replace('if __name__ == "__main__":\n', 'if __name__ == "__main__":' + stamp))
+    certs = Certs.mint(tmp_path / "certs")
+    answer, items = tmp_path / "answer.xml", tmp_path / "items.jsonl"
+    answer.write_bytes(
+        b"<HOST_LIST_VM_DETECTION_OUTPUT><RESPONSE><HOST_LIST/></RESPONSE></HOST_LIST_VM_DETECTION_OUTPUT>"
+    )
+    script = textwrap.dedent(
+        f"""
+        import qualys_collector
+        from qualys_collector.services.hld_process import ParsePool
+        from qualys_collector.sinks.certcheck import chain_problem
+        print(qualys_collector.__file__)
+        print(chain_problem({str(certs.chain)!r}, {str(certs.client_cert)!r}))
+        pool = ParsePool(1)
+        try:
+            print(pool.parse({str(answer)!r}, {str(items)!r}, None, 200).error)
+        finally:
+            pool.close()
+        """
+    )
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | {"QC_MARK": str(mark)}
+    done = subprocess.run(
+        [sys.executable, "-c", script], cwd=checkout, env=env, capture_output=True, text=True, check=False, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    imported, check, parsed = done.stdout.splitlines()
+    assert Path(imported).resolve().parent == package.resolve()  # the collector itself ran the checkout
+    assert (check, parsed) == ("None", "None")
+    marked = sorted(Path(line).resolve() for line in mark.read_text().splitlines())
+    assert marked == sorted([(package / "qualys/parse_child.py").resolve(), (package / "sinks/certcheck.py").resolve()])

@@ -24,7 +24,6 @@ import os
 import queue
 import shutil
 import subprocess
-import sys
 import tempfile
 import threading
 from collections.abc import Callable, Iterator
@@ -34,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from qualys_collector import children
 from qualys_collector.errors import DataError
 from qualys_collector.model import JSON, Page, Record
 from qualys_collector.qualys.detections import converter
@@ -89,9 +89,9 @@ class ParseProcess:
     """
 
     def __init__(self) -> None:
-        self.proc = subprocess.Popen(  # noqa: S603 - our own interpreter and module
-            # -P: the working directory is not put first on the module path, so no package there shadows ours
-            [sys.executable, "-P", "-m", CHILD_MODULE],
+        self.proc = subprocess.Popen(  # noqa: S603 - our own interpreter and module (see qualys_collector.children)
+            children.command(CHILD_MODULE),
+            env=children.environment(),
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
         )

@@ -14,6 +14,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from qualys_collector import children
+
 #: Seconds the checking process may take (it imports pyOpenSSL and reads two small files).
 TIMEOUT = 60
 
@@ -23,9 +25,9 @@ def chain_problem(chain: Path, cert: Path) -> tuple[str, str] | None:
     when the checking process itself could not run (``why`` ends with the last line it wrote to stderr)."""
     done: subprocess.CompletedProcess[bytes] | None = None
     try:
-        done = subprocess.run(  # noqa: S603 - our own interpreter and module, the configured file paths
-            # -P: the working directory is not put first on the module path, so no package there shadows ours
-            [sys.executable, "-P", "-m", "qualys_collector.sinks.certcheck", str(chain), str(cert)],
+        done = subprocess.run(  # noqa: S603 - our own interpreter and module (see qualys_collector.children)
+            children.command("qualys_collector.sinks.certcheck", str(chain), str(cert)),
+            env=children.environment(),
             capture_output=True,
             timeout=TIMEOUT,
             check=False,
