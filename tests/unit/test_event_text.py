@@ -43,7 +43,7 @@ def both_ways(name: str, results_max_length: int | None, tmp_path: Path) -> list
     in_thread = [v for k, v in answer_items(io.BytesIO(document), converter(results_max_length)) if k == "r"]
     source, out = tmp_path / "answer.xml", tmp_path / "items"
     source.write_bytes(document)
-    assert parse_answer(str(source), str(out), results_max_length, 200) == (None, 0)
+    assert parse_answer(str(source), str(out), results_max_length, 200) == (None, 0, ())
     with out.open("rb") as lines:
         items = list(read_items(lines))
     spooled = [v for k, v in items if k == "r"]
@@ -136,7 +136,7 @@ def test_an_answer_that_breaks_half_way_hands_back_what_came_before(tmp_path: Pa
     document = "<HOST_LIST_VM_DETECTION_OUTPUT><RESPONSE><HOST_LIST>" + "".join(hosts)
     source, out = tmp_path / "answer.xml", tmp_path / "items"
     source.write_text(document + "</HOST_LIST></RESPONSE></HOST_LIST_VM_DETECTION_OUTPUT>")
-    error, replaced = parse_answer(str(source), str(out), None, 2)
+    error, replaced, _logged = parse_answer(str(source), str(out), None, 2)
     assert error is not None
     assert "host 99" in error
     assert replaced == 0

@@ -5,13 +5,15 @@ parser, the detection conversion, orjson. Not the HTTP client, the configuration
 libcrypto, 3.7 MB of every process), nor the parent's process plumbing; a test holds it to that.
 
 One JSON line of arguments per answer in (the spooled answer, the file for its items, the RESULTS cap, hosts per
-page), one JSON line out (``[error or null, characters replaced]``). It exits when its input closes, so it never
-outlives the collector, even one killed with SIGKILL.
+page), one JSON line out (``[error or null, characters replaced, [[logger, level, message], …]]``): what the
+parser logged travels back and the collector logs it, in its own format, as the worker threads would. It exits
+when its input closes, so it never outlives the collector, even one killed with SIGKILL.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import sys
 from collections.abc import Iterable, Iterator
 from functools import partial
@@ -30,11 +32,12 @@ from qualys_collector.qualys.xml import ByteStream, ForbiddenCharacters
 
 class Parsed(NamedTuple):
     """What parsing one answer in a process gave: the message of the :class:`DataError` it raised (exceptions
-    with extra constructor arguments do not travel back between processes intact), and how many characters XML
-    1.0 forbids it replaced (the collector logs the warning)."""
+    with extra constructor arguments do not travel back between processes intact), how many characters XML
+    1.0 forbids it replaced (the collector logs the warning), and what it logged (the collector logs it)."""
 
     error: str | None
     replaced: int
+    logged: tuple[tuple[str, int, str], ...] = ()
 
 
 def parse_answer(xml_path: str, out_path: str, results_max_length: int | None, hosts_per_page: int) -> Parsed:
@@ -97,17 +100,36 @@ def read_items(lines: Iterable[bytes]) -> Iterator[AnswerItem]:
             yield item[0], item[1]
 
 
+class Kept(logging.Handler):
+    """Keeps what the parser logs (this process has no log output of its own) for the answer to the collector."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.records: list[tuple[str, int, str]] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        """Keep the record's logger, level and message."""
+        self.records.append((record.name, record.levelno, record.getMessage()))
+
+
 def main() -> None:
     """The parsing process: one JSON line of arguments per answer; one JSON line back."""
     return_large_blocks()
+    kept = Kept()
+    root = logging.getLogger("qualys_collector")
+    root.addHandler(kept)
+    root.setLevel(logging.INFO)
+    root.propagate = False  # nothing reaches stderr through Python's last-resort handler
     for line in sys.stdin.buffer:
         xml_path, out_path, results_max_length, hosts_per_page = orjson.loads(line)
+        kept.records = []
         try:
             parsed = parse_answer(xml_path, out_path, results_max_length, hosts_per_page)
         except Exception as exc:  # noqa: BLE001 - said to the collector, which logs it with its number and fix
             where = Path(out_path).parent.parent
             message = f"the parsing process failed on its spool files in {where}: {type(exc).__name__}: {exc}"
             parsed = Parsed(f"{message} (free space there, or point TMPDIR at a directory with room)", 0)
+        parsed = parsed._replace(logged=tuple(kept.records))
         sys.stdout.buffer.write(orjson.dumps(list(parsed)) + b"\n")
         sys.stdout.buffer.flush()
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import logging
 import os
 import queue
 import shutil
@@ -110,8 +111,8 @@ class ParseProcess:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 self.proc.wait(1)
             raise DataError(f"the parsing process exited (code {self.proc.poll()}) while parsing a Qualys answer")
-        error, replaced = orjson.loads(line)
-        return Parsed(error, int(replaced))
+        error, replaced, logged = orjson.loads(line)
+        return Parsed(error, int(replaced), tuple((str(n), int(level), str(text)) for n, level, text in logged))
 
     def close(self) -> None:
         """End the process (it exits on the end of its input)."""
@@ -195,6 +196,8 @@ def spooled_host_pages(
                         yield from answer_items(ByteStream(ForbiddenCharacters(path).chunks(rest)), convert)
                     return
             parsed = pool.parse(str(answer), str(items), results_max_length, HOSTS_PER_BATCH)
+            for name, level, message in parsed.logged:  # as the worker threads log it when they parse
+                logging.getLogger(name).log(level, "%s", message)
             if parsed.replaced:
                 warn_replaced(path, parsed.replaced)
             answer.unlink()
