@@ -28,7 +28,9 @@ def sim() -> Iterator[Simulator]:
     simulator.stop()
 
 
-def run_through(sim: Simulator, tmp_path: Path, proxy: str) -> subprocess.CompletedProcess[str]:
+def run_through(
+    sim: Simulator, tmp_path: Path, proxy: str | None, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     assert sim._server is not None
     url = f"http://127.0.0.1:{sim._server.server_port}"
     config = {
@@ -37,14 +39,14 @@ def run_through(sim: Simulator, tmp_path: Path, proxy: str) -> subprocess.Comple
             "qualys": {
                 "id": "p1",
                 "credentials": {"base_url": url, "username": "demo", "password": "demo"},
-                "connection": {"proxy": proxy, "max_attempts": 1},
+                "connection": {"max_attempts": 1, **({"proxy": proxy} if proxy is not None else {})},
                 "services": {"vm_scans": {"start_time_utc": "2020-01-01T00:00:00Z"}},
             }
         },
     }
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump(config))
-    return subprocess.run([*CLI, "run", "-c", str(path), "--once"], capture_output=True, text=True, timeout=60)
+    return subprocess.run([*CLI, "run", "-c", str(path), "--once"], capture_output=True, text=True, timeout=60, env=env)
 
 
 def closed_port() -> int:
@@ -113,3 +115,27 @@ def test_a_proxy_refusing_the_fim_token_request_is_named(sim: Simulator, tmp_pat
     assert "[SetupError 100]" in done.stderr
     assert f"407 Proxy Authentication Required from the proxy {proxy.url}" in done.stderr
     assert "auth_url" not in done.stderr
+
+
+def test_a_proxy_in_the_environment_is_named_as_unused_and_its_password_never_shown(
+    sim: Simulator, tmp_path: Path
+) -> None:
+    """curl, pip and most HTTP clients go through ``HTTPS_PROXY``; the collector reads ``connection.proxy`` only.
+    A host that reaches Qualys only through the environment's proxy failed with "cannot connect", far from the
+    reason. Now the start says which variable is set and not used, and how to use it; never its value."""
+    import os
+
+    with ForwardProxy(credentials=f"proxyuser:{PROXY_PASSWORD}") as proxy:
+        host, port = proxy.url.removeprefix("http://").split(":")
+        url = f"http://proxyuser:{PROXY_PASSWORD}@{host}:{port}"
+        env = {k: v for k, v in os.environ.items() if not k.lower().endswith("_proxy")}
+        done = run_through(sim, tmp_path, None, env={**env, "HTTPS_PROXY": url, "http_proxy": url})
+        forwarded = proxy.forwarded
+    assert done.returncode == 0, done.stderr
+    assert forwarded == 0  # what the warning says: Qualys was reached directly
+    for name in ("HTTPS_PROXY", "http_proxy"):
+        warned = [line for line in done.stderr.splitlines() if f"{name} is set in the environment" in line]
+        assert len(warned) == 1, done.stderr
+        assert "set connection.proxy" in warned[0]
+    assert PROXY_PASSWORD not in done.stderr
+    assert "proxyuser" not in done.stderr

@@ -9,6 +9,7 @@ request past it fails with ``ReadTimeout`` naming the deadline.
 from __future__ import annotations
 
 import logging
+import os
 import ssl
 import threading
 import time
@@ -63,6 +64,8 @@ def make_client(settings: HttpSettings, *, auth: httpx.Auth | None = None) -> ht
         proxy = httpx.URL(settings.proxy)
         if proxy.password:  # masked in its Proxy-Authorization form too, should a proxy echo it
             register_credentials(unquote(proxy.username), unquote(proxy.password))
+    else:
+        _say_environment_proxies_are_not_used()
     return httpx.Client(
         auth=auth,
         transport=DeadlineTransport(settings.timeout, verify=verify, proxy=settings.proxy),
@@ -70,6 +73,26 @@ def make_client(settings: HttpSettings, *, auth: httpx.Auth | None = None) -> ht
         headers={"User-Agent": USER_AGENT},
         follow_redirects=False,
     )
+
+
+#: Proxy variables other HTTP clients read from the environment; the collector reads ``connection.proxy`` only.
+ENVIRONMENT_PROXIES = ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy", "HTTP_PROXY", "http_proxy")
+_said: set[str] = set()
+
+
+def _say_environment_proxies_are_not_used() -> None:
+    """A warning, once per variable, when the environment sets a proxy that ``connection.proxy`` does not: curl,
+    pip and most HTTP clients would go through it, the collector goes to Qualys directly (a host that can reach
+    Qualys only through that proxy then fails with "cannot connect", far from the reason). Its value may hold the
+    proxy's password: it is never logged."""
+    for name in ENVIRONMENT_PROXIES:
+        if os.environ.get(name) and name not in _said:
+            _said.add(name)
+            logger.warning(
+                "%s is set in the environment, but the collector does not read proxies from the environment: it "
+                "connects to Qualys directly. To go through that proxy, set connection.proxy in the input's config",
+                name,
+            )
 
 
 _deadline = threading.local()
