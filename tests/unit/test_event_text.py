@@ -144,3 +144,28 @@ def test_an_answer_that_breaks_half_way_hands_back_what_came_before(tmp_path: Pa
         items = list(read_items(lines))
     assert [k for k, _v in items] == ["r", "r", "p", "r", "r", "p", "r"]
     assert [v.key for k, v in items if k == "r"] == ["1:1", "2:2", "3:3", "4:4", "5:5"]
+
+
+def test_what_a_parsing_process_logs_is_kept_within_a_bound() -> None:
+    """A parsing process hands what it logged back with its answer (the collector logs it); a hostile answer that
+    made it log without end would have grown that list with the answer. It keeps the first KEPT and a count."""
+    import logging
+
+    from qualys_collector.qualys.parse_child import KEPT, Kept
+
+    kept = Kept()
+    log = logging.getLogger("qualys_collector.qualys.test_kept")
+    log.addHandler(kept)
+    log.propagate = False
+    try:
+        for n in range(KEPT + 7):
+            log.warning("warning %d", n)
+        first = kept.take()
+        log.warning("next answer")
+        second = kept.take()
+    finally:
+        log.removeHandler(kept)
+    assert [m for _n, _l, m in first[:2]] == ["warning 0", "warning 1"]
+    assert len(first) == KEPT + 1
+    assert first[-1][2] == "... and 7 more such messages"
+    assert second == (("qualys_collector.qualys.test_kept", logging.WARNING, "next answer"),)

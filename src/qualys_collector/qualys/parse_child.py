@@ -101,15 +101,33 @@ def read_items(lines: Iterable[bytes]) -> Iterator[AnswerItem]:
 
 
 class Kept(logging.Handler):
-    """Keeps what the parser logs (this process has no log output of its own) for the answer to the collector."""
+    """Keeps what the parser logs (this process has no log output of its own) for the answer to the collector:
+    the first :data:`KEPT` records of an answer, then one line saying how many more there were (memory stays
+    bounded however many a hostile answer causes)."""
 
     def __init__(self) -> None:
         super().__init__(logging.INFO)
         self.records: list[tuple[str, int, str]] = []
+        self.dropped = 0
 
     def emit(self, record: logging.LogRecord) -> None:
         """Keep the record's logger, level and message."""
-        self.records.append((record.name, record.levelno, record.getMessage()))
+        if len(self.records) < KEPT:
+            self.records.append((record.name, record.levelno, record.getMessage()))
+        else:
+            self.dropped += 1
+
+    def take(self) -> tuple[tuple[str, int, str], ...]:
+        """The records of the answer just parsed; forget them."""
+        kept = self.records
+        if self.dropped:
+            kept.append(("qualys_collector.qualys", logging.WARNING, f"... and {self.dropped} more such messages"))
+        self.records, self.dropped = [], 0
+        return tuple(kept)
+
+
+#: Log records of one answer kept for the collector.
+KEPT = 50
 
 
 def main() -> None:
@@ -122,14 +140,13 @@ def main() -> None:
     root.propagate = False  # nothing reaches stderr through Python's last-resort handler
     for line in sys.stdin.buffer:
         xml_path, out_path, results_max_length, hosts_per_page = orjson.loads(line)
-        kept.records = []
         try:
             parsed = parse_answer(xml_path, out_path, results_max_length, hosts_per_page)
         except Exception as exc:  # noqa: BLE001 - said to the collector, which logs it with its number and fix
             where = Path(out_path).parent.parent
             message = f"the parsing process failed on its spool files in {where}: {type(exc).__name__}: {exc}"
             parsed = Parsed(f"{message} (free space there, or point TMPDIR at a directory with room)", 0)
-        parsed = parsed._replace(logged=tuple(kept.records))
+        parsed = parsed._replace(logged=kept.take())
         sys.stdout.buffer.write(orjson.dumps(list(parsed)) + b"\n")
         sys.stdout.buffer.flush()
 
