@@ -108,6 +108,9 @@ class SimConfig:
     activity_rows: int = 200
     fim_events: int = 500
     fim_incidents: int = 20
+    #: FIM events become searchable up to this long after their ``processedTime`` (each its own share of it), as
+    #: the gateway indexes them: why the FIM services wait ``settle_lag_seconds`` (30 s) behind the clock.
+    fim_index_delay: timedelta = timedelta(0)
     base: datetime = field(default_factory=lambda: datetime.now(UTC).replace(microsecond=0) - timedelta(days=3))
     span: timedelta = timedelta(days=3)
     host_interval: timedelta = timedelta(hours=24)
@@ -684,10 +687,15 @@ class Dataset:
         }
 
     def fim_events_at(self, now: datetime) -> Iterator[int]:
-        """Indexes of FIM events processed by ``now``."""
+        """Indexes of FIM events processed and indexed (searchable) by ``now``."""
         for n, (_happened, processed) in enumerate(self._fim_processed):
-            if processed <= now:
+            if processed + self.fim_index_delay(n) <= now:
                 yield n
+
+    def fim_index_delay(self, n: int) -> timedelta:
+        """How long after its ``processedTime`` event ``n`` becomes searchable (0 to ``fim_index_delay``)."""
+        most = self.config.fim_index_delay
+        return most * ((n * 7919) % 101) / 100 if most else timedelta(0)
 
     def fim_incident(self, n: int, now: datetime) -> dict[str, Any] | None:
         """Incident ``n`` as of ``now`` (``None`` before it exists); it closes (and is updated) later."""

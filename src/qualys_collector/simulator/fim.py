@@ -209,11 +209,12 @@ class FimApi:
             for n in range(self.data.config.fim_events):
                 happened, processed = self.data.fim_times(n)
                 stamps = {"processedTime": ms(processed), "dateTime": ms(happened)}
-                light.append({"_n": n, "id": self.data.fim_event_id(n), "_ms": stamps})
+                searchable = ms(processed + self.data.fim_index_delay(n))
+                light.append({"_n": n, "id": self.data.fim_event_id(n), "_ms": stamps, "_searchable": searchable})
             light.sort(key=lambda r: (r["_ms"]["processedTime"], r["id"]))
             self._light = light
         now = ms(self.clock())
-        return [r for r in self._light if r["_ms"]["processedTime"] <= now]
+        return [r for r in self._light if r["_searchable"] <= now]
 
     def search_events(self, body: dict[str, Any]) -> list[dict[str, Any]]:
         """Event search; light records when only id and the two dates are filtered or sorted on."""
