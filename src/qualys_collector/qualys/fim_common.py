@@ -45,6 +45,14 @@ def search_pages(
         if len(hits) < page_size:  # a short page ends the search, whatever its sortValues
             yield records, last
             return
+        if len(last) < len(sort):
+            raise DataError(
+                f"the gateway returned a full {what} page whose last hit has {len(last)} sort value(s) for a sort on "
+                f"{len(sort)} fields (sortValues {last!r}); continuing after it would skip the records that share its "
+                "time. Stopping before the page is delivered",
+                fix="check that requests reach the FIM gateway unchanged (a proxy that rewrites JSON bodies); "
+                "nothing is lost: the next cycle resumes from the last committed page",
+            )
         if not last or last == after:
             raise DataError(
                 f"the gateway returned a full {what} page whose last hit cannot continue the search "

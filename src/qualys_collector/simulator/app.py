@@ -338,8 +338,10 @@ class Simulator:
                     json.dumps({"message": "Malformed JSON body"}), status=400, content_type="application/json"
                 )
             result = self.fim.route(request.path, payload)
-            if self.faults.take(request.path, {"empty_sort"}) is not None and isinstance(result, list):
-                result = [{**hit, "sortValues": []} for hit in result]
+            sort_fault = self.faults.take(request.path, {"empty_sort", "short_sort"})
+            if sort_fault is not None and isinstance(result, list):
+                keep = 0 if sort_fault.kind == "empty_sort" else 1
+                result = [{**hit, "sortValues": hit.get("sortValues", [])[:keep]} for hit in result]
             text = shaping.fim_answer(result, self.shapes)
         finally:
             self._release("fim")

@@ -19,6 +19,7 @@ Kinds (each applies to requests whose path contains ``path=``, ``times=`` times,
 * ``echo`` - an error answer (VM: 400 SIMPLE_RETURN 1905; FIM: 500) whose text echoes the request's headers,
   ``Authorization`` included, as some servers and proxies do
 * ``empty_sort`` - search hits carry ``"sortValues": []`` (Qualys' own Fetch Events example)
+* ``short_sort`` - search hits carry only their first sort value (a gateway that drops the ``id`` tie-breaker)
 * ``split`` - nothing changes but the chunking: the first network write ends after ``split=`` bytes
 
 Every body fault also takes ``split=N``: the body's first write ends after N bytes, then a short pause,
@@ -80,6 +81,7 @@ def parse_fault(spec: str) -> Fault:
         "forbidden",
         "error200",
         "empty_sort",
+        "short_sort",
         "badchars",
         "trickle",
         "echo",
