@@ -240,3 +240,42 @@ def test_fim_hits_without_their_tie_breaker_sort_value_are_refused_not_skipped(t
     lines = [json.loads(line) for line in out.read_text().splitlines()] if out.exists() else []
     ids = [e["event"]["id"] for e in lines if e["tag"] == "monitor.qualys.fim.event"]
     assert ids == []  # the first full page is refused before it is committed
+
+
+def test_a_fim_event_without_a_usable_processed_time_is_delivered_and_blocks_nothing(tmp_path: Path) -> None:
+    """One event with ``"processedTime": null`` failed its page on every cycle: nothing after it was ever
+    delivered (found by review: 2,200 of 2,500, then exit 1 for ever). It is delivered as it came, with a
+    warning, and every other event with it."""
+    sim = Simulator(
+        SimConfig(seed=8, fim_events=450, fim_incidents=0, base=NOW - timedelta(days=2), span=timedelta(days=2)),
+        fim_limits=Limits(rate=100_000, window=60),
+    )
+    url = sim.start()
+    state = tmp_path / "state"
+    config = {
+        "globals": {"persistence": {"config": {"directory_name": str(state)}}},
+        "inputs": {
+            "qualys_fim": {
+                "id": "f1",
+                "credentials": {"base_url": url, "username": "demo", "password": "demo"},
+                "connection": {"max_attempts": 2},
+                "services": {"fim_events": {"start_time_utc": "2020-01-01T00:00:00Z", "page_size": 100}},
+            }
+        },
+    }
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    try:
+        sim.faults.arm(parse_fault("null_time:times=1,path=/fim/v2/events/search"))  # the first answer's first hit
+        truth = sim.truth("fim_events")
+        done = subprocess.run([*CLI, "run", "-c", str(path), "--once"], capture_output=True, text=True, timeout=120)
+    finally:
+        sim.stop()
+    assert done.returncode == 0, done.stderr
+    warned = [line for line in done.stderr.splitlines() if "has no usable processedTime (None)" in line]
+    assert len(warned) == 1, done.stderr
+    lines = [json.loads(line) for line in (state / "events.jsonl").read_text().splitlines()]
+    ids = [e["event"]["id"] for e in lines if e["tag"] == "monitor.qualys.fim.event"]
+    assert len(ids) == len(set(ids))
+    assert set(ids) == truth
+    assert sum(1 for e in lines if e["tag"] == "monitor.qualys.fim.event" and e["event"]["processedTime"] is None) == 1

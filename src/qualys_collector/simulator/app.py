@@ -338,6 +338,9 @@ class Simulator:
                     json.dumps({"message": "Malformed JSON body"}), status=400, content_type="application/json"
                 )
             result = self.fim.route(request.path, payload)
+            if self.faults.take(request.path, {"null_time"}) is not None and isinstance(result, list) and result:
+                first = result[0]
+                result = [{**first, "data": {**first["data"], "processedTime": None}}, *result[1:]]
             sort_fault = self.faults.take(request.path, {"empty_sort", "short_sort"})
             if sort_fault is not None and isinstance(result, list):
                 keep = 0 if sort_fault.kind == "empty_sort" else 1
