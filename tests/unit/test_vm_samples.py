@@ -343,3 +343,18 @@ def test_kb_brief_is_bounded() -> None:
     assert brief["CVE_COUNT"] == 400
     assert len(brief["VENDOR_REFERENCES"]) == kb.VENDOR_REF_MAX
     assert len(json.dumps(brief)) < 8 * 1024
+
+
+def test_blank_lines_spaced_markers_and_an_empty_body_in_the_real_answer_shape() -> None:
+    """The real full answer (Elastic issue 10183) with what a relay or another Qualys build may add: a blank line
+    inside the body (refused as "0 fields, header has 7", the whole answer failed on every cycle: review), marker
+    lines with trailing spaces or a CR (not recognised), and a body with no header line at all (its end marker was
+    taken for the header: "truncated answer")."""
+    real = (SAMPLES / "activity_log_csv_full_response_untruncated__elastic_issue_10183.csv").read_text()
+    expected = activity(real)
+    head, row, end = real.rstrip("\n").split("\n")[1:4]
+    spaced = f"{user_activity.BEGIN_BODY}  \r\n{head}\n\n{row}\n\n{end}\t\n"
+    assert activity(spaced) == expected
+    assert activity(f"{user_activity.BEGIN_BODY}\n{user_activity.END_BODY}\n") == []
+    with pytest.raises(DataError, match="truncated answer"):  # a body cut before its end marker still fails
+        activity(f"{user_activity.BEGIN_BODY}\n{head}\n{row}\n")

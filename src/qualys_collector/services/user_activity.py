@@ -50,9 +50,13 @@ def parse_activity_csv(text: io.TextIOBase) -> Iterator[dict[str, str] | int]:
     state = "before"
     header: list[str] = []
     for row in csv.reader(text):
-        first = row[0] if row else ""
+        if not row:  # a blank line (csv gives []): no data; refused, it failed the answer on every cycle (review)
+            continue
+        first = row[0].strip() if len(row) == 1 else row[0]  # a marker line may carry trailing spaces or a CR
         if state == "before" and first == BEGIN_BODY:
             state = "header"
+        elif state == "header" and first == END_BODY:  # an empty answer without its header line
+            state = "after"
         elif state == "header":
             header, state = row, "body"
         elif state == "body" and first == END_BODY:
