@@ -248,6 +248,12 @@ BAD = [
         "environment variable NOT_SET_ANYWHERE is not set",
         10,
     ),
+    (  # an empty password passed and came back from Qualys as a failed login (review)
+        "password: S3cr3t-Pa55",
+        'password: ""',
+        "inputs.qualys.credentials.password: the password is empty: set it, or password_file",
+        10,
+    ),
     ("    id: 12345", "    id: 'a b'", "inputs.qualys.id: id must be 1-32 letters", 10),
     ("      port: 443", "      port: 99999", "outputs.devo_1.config.port", 10),
     ("    type: devo_platform", "    type: devo_platform\n    batch_size: 0", "outputs.devo_1.batch_size", 10),
@@ -311,3 +317,8 @@ def test_validate_command_exit_codes(tmp_path: Path) -> None:
     assert bad.exit_code == 2
     missing = runner.invoke(main, ["validate", "-c", str(tmp_path / "nope.yaml")])
     assert missing.exit_code == 2
+
+
+def test_an_empty_fim_password_is_a_config_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"inputs\.qualys_fim\.credentials\.password: the password is empty"):
+        load_config(write(tmp_path, FIM_YAML.replace("password: fim-pass-word", 'password: ""')))

@@ -114,6 +114,15 @@ class Connection(Strict):
     max_wait_seconds: float = Field(default=3600.0, gt=0, le=86400)
 
 
+def _non_empty_password(value: SecretStr) -> SecretStr:
+    """An empty password passed validation and came back from Qualys as a login failure (found by review)."""
+    if not value.get_secret_value():
+        raise ValueError(
+            "the password is empty: set it, or password_file, or ${ENV_VAR} naming a variable that is set and not empty"
+        )
+    return value
+
+
 class VmCredentials(Strict):
     """``inputs.qualys.credentials``."""
 
@@ -121,6 +130,8 @@ class VmCredentials(Strict):
     base_url: str | None = None
     username: str = Field(min_length=1)
     password: SecretStr
+
+    _password = field_validator("password")(lambda value: _non_empty_password(value))
 
     @field_validator("hostname")
     @classmethod
@@ -156,6 +167,8 @@ class FimCredentials(Strict):
     password: SecretStr
     base_url: str
     auth_url: str | None = None
+
+    _password = field_validator("password")(lambda value: _non_empty_password(value))
 
     @field_validator("base_url", "auth_url")
     @classmethod
