@@ -279,3 +279,39 @@ def test_a_fim_event_without_a_usable_processed_time_is_delivered_and_blocks_not
     assert len(ids) == len(set(ids))
     assert set(ids) == truth
     assert sum(1 for e in lines if e["tag"] == "monitor.qualys.fim.event" and e["event"]["processedTime"] is None) == 1
+
+
+def test_a_fim_incident_without_its_date_is_delivered_and_blocks_nothing(tmp_path: Path) -> None:
+    """As for events: an incident without an epoch-ms ``lastUpdatedBy.date`` failed its page on every cycle."""
+    sim = Simulator(
+        SimConfig(seed=8, fim_events=60, fim_incidents=30, base=NOW - timedelta(days=2), span=timedelta(days=2)),
+        fim_limits=Limits(rate=100_000, window=60),
+    )
+    url = sim.start()
+    state = tmp_path / "state"
+    service = {"start_time_utc": "2020-01-01T00:00:00Z", "page_size": 10, "include_events": True}
+    config = {
+        "globals": {"persistence": {"config": {"directory_name": str(state)}}},
+        "inputs": {
+            "qualys_fim": {
+                "id": "f1",
+                "credentials": {"base_url": url, "username": "demo", "password": "demo"},
+                "connection": {"max_attempts": 2},
+                "services": {"fim_incidents": service},
+            }
+        },
+    }
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    try:
+        sim.faults.arm(parse_fault("null_time:times=1,path=/fim/v3/incidents/search"))
+        truth = sim.truth("fim_incidents")
+        done = subprocess.run([*CLI, "run", "-c", str(path), "--once"], capture_output=True, text=True, timeout=120)
+    finally:
+        sim.stop()
+    assert done.returncode == 0, done.stderr
+    assert sum("has no epoch-ms lastUpdatedBy.date" in line for line in done.stderr.splitlines()) == 1, done.stderr
+    lines = [json.loads(line) for line in (state / "events.jsonl").read_text().splitlines()]
+    ids = [e["event"]["id"] for e in lines if e["tag"] == "monitor.qualys.fim.incident"]
+    assert len(ids) == len(set(ids))
+    assert set(ids) == truth

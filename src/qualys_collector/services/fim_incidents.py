@@ -16,7 +16,6 @@ from typing import Any, Literal
 from pydantic import Field
 
 from qualys_collector.engine.source import CursorMode, ServiceSpec, TableSpec
-from qualys_collector.errors import DataError
 from qualys_collector.model import (
     JSON,
     Page,
@@ -25,6 +24,7 @@ from qualys_collector.model import (
     TablePrune,
     TableWrite,
     Window,
+    content_key,
     epoch_ms,
     from_epoch_ms,
 )
@@ -60,14 +60,12 @@ RETENTION = timedelta(days=460)
 PULLED = "fim_incident_ids"
 
 
-def field_ms(incident: JSON, dotted: str) -> int:
-    """An epoch-ms date field such as ``lastUpdatedBy.date``."""
+def field_ms(incident: JSON, dotted: str) -> int | None:
+    """An epoch-ms date field such as ``lastUpdatedBy.date``; ``None`` when it is missing or not a number."""
     value: Any = incident
     for part in dotted.split("."):
         value = value.get(part) if isinstance(value, dict) else None
-    if not isinstance(value, int):
-        raise DataError(f"FIM incident without an epoch-ms {dotted}: {str(incident)[:160]!r}")
-    return value
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
 class FimIncidentsSource:
@@ -95,12 +93,22 @@ class FimIncidentsSource:
             writes: dict[str, TableWrite] = {}
             for incident in incidents:
                 when = field_ms(incident, self.field)
-                key = f"{incident.get('id')}@{when}"
-                records.append(Record(data=incident, key=key, cursor=from_epoch_ms(when)))
+                if when is None:  # delivered as it came: refused, it failed its page on every cycle (review)
+                    key = f"{incident.get('id')}@content:{content_key(incident)}"
+                    logger.warning(
+                        "FIM incident %s has no epoch-ms %s: delivered as it came; it does not move the checkpoint",
+                        incident.get("id"),
+                        self.field,
+                    )
+                    records.append(Record(data=incident, key=key))
+                else:
+                    records.append(
+                        Record(data=incident, key=f"{incident.get('id')}@{when}", cursor=from_epoch_ms(when))
+                    )
                 incident_id = str(incident.get("id"))
                 if self.options.include_events and incident_id not in writes and pulled.get(incident_id) is None:
-                    records.extend(self._events(str(incident["id"])))
-                    created = field_ms(incident, "createdBy.date")
+                    records.extend(self._events(incident_id))
+                    created = field_ms(incident, "createdBy.date") or when or epoch_ms(window.end)
                     writes[incident_id] = TableWrite(PULLED, incident_id, created, stamp=created)
             logger.info("Sent %d fim_incidents events to the outbox.", len(incidents))
             more = len(incidents) == size

@@ -339,8 +339,12 @@ class Simulator:
                 )
             result = self.fim.route(request.path, payload)
             if self.faults.take(request.path, {"null_time"}) is not None and isinstance(result, list) and result:
-                first = result[0]
-                result = [{**first, "data": {**first["data"], "processedTime": None}}, *result[1:]]
+                first, data = result[0], dict(result[0]["data"])
+                if "processedTime" in data:  # an event
+                    data["processedTime"] = None
+                else:  # an incident
+                    data["lastUpdatedBy"] = {**(data.get("lastUpdatedBy") or {}), "date": None}
+                result = [{**first, "data": data}, *result[1:]]
             sort_fault = self.faults.take(request.path, {"empty_sort", "short_sort"})
             if sort_fault is not None and isinstance(result, list):
                 keep = 0 if sort_fault.kind == "empty_sort" else 1
