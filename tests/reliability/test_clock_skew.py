@@ -127,7 +127,9 @@ def _expected(sim: Simulator, ours: datetime) -> dict[str, Counter[Any]]:
 
 @pytest.mark.parametrize("capped", [True, False], ids=["capped", "uncapped"])
 @pytest.mark.parametrize("skew_minutes", [-120, -10, 10, 120])
-def test_skewed_qualys_clock_loses_nothing_in_any_service(tmp_path: Path, skew_minutes: int, capped: bool) -> None:
+def test_skewed_qualys_clock_loses_nothing_in_any_service(
+    tmp_path: Path, skew_minutes: int, capped: bool, caplog: pytest.LogCaptureFixture
+) -> None:
     sim = Simulator(
         SimConfig(
             seed=23,
@@ -169,6 +171,9 @@ def test_skewed_qualys_clock_loses_nothing_in_any_service(tmp_path: Path, skew_m
     assert all(expected.values()), {tag: len(c) for tag, c in expected.items()}
     assert not lost, {tag: (sum(c.values()), sorted(c)[:2]) for tag, c in lost_by_tag.items() if c}
     assert not duplicated, {tag: sorted(c)[:2] for tag, c in extra.items() if c}
+    behind = [r for r in caplog.records if "is behind ours: this window ends at Qualys' time" in r.getMessage()]
+    assert bool(behind) == (skew_minutes < 0)  # said when Qualys is behind, and only then
+    assert all(r.levelname == "WARNING" for r in behind)
 
 
 def test_the_simulator_sends_its_own_clock_in_the_date_header() -> None:

@@ -415,7 +415,10 @@ def _settled_end(job: Job, window: Window, cursor: BoundaryCursor, page: Page) -
     lowered = max(settled, window.start, *([cursor.max_value] if cursor.max_value is not None else []))
     if lowered >= cursor.end:
         return None
-    logger.warning(
+    # HTTP dates have whole seconds: a clock in step with ours can read up to a second behind, said only at INFO
+    level = logging.WARNING if cursor.end - lowered > timedelta(seconds=2) else logging.INFO
+    logger.log(
+        level,
         "Qualys' clock (%s) is behind ours: this window ends at Qualys' time minus the settle lag (%s, not %s); "
         "later records wait for the next window",
         page.horizon,
