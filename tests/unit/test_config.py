@@ -254,6 +254,12 @@ BAD = [
         "inputs.qualys.credentials.password: the password is empty: set it, or password_file",
         10,
     ),
+    (  # accepted, and the credentials in it ignored (review); never echoed back
+        "hostname: qualysapi.qualys.eu",
+        "base_url: https://apiuser:Url-Pw-Canary@qualysapi.qualys.eu",
+        "inputs.qualys.credentials.base_url: base_url must not carry a user name or password",
+        10,
+    ),
     ("    id: 12345", "    id: 'a b'", "inputs.qualys.id: id must be 1-32 letters", 10),
     ("      port: 443", "      port: 99999", "outputs.devo_1.config.port", 10),
     ("    type: devo_platform", "    type: devo_platform\n    batch_size: 0", "outputs.devo_1.batch_size", 10),
@@ -280,6 +286,7 @@ def test_bad_config_names_the_key_and_fix(tmp_path: Path, old: str, new: str, ex
     assert expected in str(info.value)
     assert info.value.code == code
     assert "S3cr3t-Pa55" not in str(info.value)
+    assert "Url-Pw-Canary" not in str(info.value)
 
 
 def test_a_bad_password_value_is_never_echoed(tmp_path: Path) -> None:

@@ -195,3 +195,29 @@ def test_the_helper_processes_run_the_collectors_own_tree_from_a_source_checkout
     assert (check, parsed) == ("None", "None")
     marked = sorted(Path(line).resolve() for line in mark.read_text().splitlines())
     assert marked == sorted([(package / "qualys/parse_child.py").resolve(), (package / "sinks/certcheck.py").resolve()])
+
+
+def test_a_relay_that_never_answers_the_handshake_is_not_blamed_on_the_certificates(tmp_path: Path) -> None:
+    """A relay that accepts the TCP connection and never answers (a plain-TCP port, a stalled relay) timed out in
+    the handshake with the fix "check that the certificate, key and chain are the ones Devo issued" (review).
+    A real listener on loopback that accepts and stays silent."""
+    import socket
+
+    from qualys_collector.errors import DeliveryError
+    from qualys_collector.relay import Certs
+    from qualys_collector.sinks.transport import TlsTransport
+
+    certs = Certs.mint(tmp_path / "certs")
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(1)
+        port = listener.getsockname()[1]
+        transport = TlsTransport(
+            "devo", "127.0.0.1", port, chain=certs.chain, cert=certs.client_cert, key=certs.client_key, timeout=0.5
+        )
+        with pytest.raises(DeliveryError) as caught:
+            transport.connect()
+    assert "timed out" in str(caught.value)
+    assert caught.value.fix is not None
+    assert "did not answer the TLS handshake" in caught.value.fix
+    assert "certificate, key and chain" not in caught.value.fix

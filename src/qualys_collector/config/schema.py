@@ -42,6 +42,11 @@ def _is_loopback(host: str | None) -> bool:
 def check_url(value: str, *, what: str) -> str:
     """Validate an API URL: https, or plain http only towards a loopback host (tests, simulator)."""
     parts = urlsplit(value)
+    if parts.username is not None or parts.password is not None:  # never echoed: it may hold a password
+        raise ValueError(
+            f"{what} must not carry a user name or password (user:password@host): they would be ignored; give the "
+            "API user as username and password (or password_file) and the URL as https://host[:port]"
+        )
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ValueError(f"{what} must be a URL like https://host[:port]; got {value!r}")
     if parts.scheme == "http" and not _is_loopback(parts.hostname):

@@ -148,11 +148,21 @@ class TlsTransport(TcpTransport):
             sock.close()
             self._context = None
             reason = exc.reason if isinstance(exc, ssl.SSLError) and exc.reason else exc
+            if isinstance(exc, TimeoutError):  # a relay that takes the connection and never answers: no certificate
+                fix = (  # was looked at yet (review: the fix sent users to their certificates)
+                    "the relay accepted the connection but did not answer the TLS handshake: check that the address "
+                    "and port are the relay's TLS port and that it runs (a plain-TCP port, a stalled relay or a "
+                    "firewall that drops packets does this); events stay in the outbox"
+                )
+            else:
+                fix = (
+                    "check that the certificate, key and chain are the ones Devo issued for this domain, "
+                    "and the relay's address; events stay in the outbox"
+                )
             raise DeliveryError(
                 f"output {self.name}: the TLS handshake with {self.endpoint} failed ({reason})",
                 code=ERR_CONNECT,
-                fix="check that the certificate, key and chain are the ones Devo issued for this domain, "
-                "and the relay's address; events stay in the outbox",
+                fix=fix,
             ) from exc
 
     def settle(self, tls: ssl.SSLSocket) -> None:
