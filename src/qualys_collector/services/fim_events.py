@@ -98,7 +98,9 @@ class FimEventsSource:
             answered = self.client.server_time
             sent += len(events)
             more = len(events) == self.options.page_size
-            logger.info("Sent %d fim_events events to the outbox.", len(events))
+            logger.info(
+                "Received %d fim_events events from the gateway (the statistics line counts those sent).", len(events)
+            )
             yield Page(
                 [to_record(e) for e in events],
                 token={"searchAfter": last} if more else None,

@@ -110,7 +110,12 @@ class FimIncidentsSource:
                     records.extend(self._events(incident_id))
                     created = field_ms(incident, "createdBy.date") or when or epoch_ms(window.end)
                     writes[incident_id] = TableWrite(PULLED, incident_id, created, stamp=created)
-            logger.info("Sent %d fim_incidents events to the outbox.", len(incidents))
+            logger.info(
+                "Received %d fim_incidents and %d of their events from the gateway (the statistics line counts those "
+                "sent).",
+                len(incidents),
+                len(records) - len(incidents),
+            )
             more = len(incidents) == size
             yield Page(
                 records,
