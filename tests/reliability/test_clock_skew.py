@@ -188,3 +188,61 @@ def test_the_simulator_sends_its_own_clock_in_the_date_header() -> None:
         sim.stop()
     assert parse_iso_datetime(answer.json()["now"]) == NOW - timedelta(hours=2)
     assert answer.headers["Date"] == "Mon, 01 Jun 2026 10:00:00 GMT"
+
+
+def test_a_capped_window_cut_by_qualys_clock_waits_its_period_instead_of_asking_again_at_once(tmp_path: Path) -> None:
+    """With ``max_window_seconds`` and Qualys' clock further behind than it, each capped window was cut to Qualys'
+    time and then counted as "behind" (it reached its end), so the next, empty, window followed at once, for ever
+    (found by review: 12,498 gateway calls and a 26 MB log in 90 s). A cut window waits its period."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import yaml
+
+    from qualys_collector.model import utcnow
+
+    ours = utcnow().replace(microsecond=0)
+    sim = Simulator(
+        SimConfig(
+            seed=5, hosts=1, fim_events=300, fim_incidents=0, base=ours - timedelta(days=1), span=timedelta(days=1)
+        ),
+        fim_limits=Limits(rate=100_000, window=60),
+    )
+    sim.frozen = ours - timedelta(hours=2)  # Qualys two hours behind; the collector runs on the real clock
+    url = sim.start()
+    state = tmp_path / "state"
+    service = {
+        "start_time_utc": format_seed_datetime(ours - timedelta(hours=3)),
+        "max_window_seconds": 3600,
+        "request_period_in_seconds": 600,
+    }
+    config = {
+        "globals": {"persistence": {"config": {"directory_name": str(state)}}},
+        "inputs": {
+            "qualys_fim": {
+                "id": "5",
+                "credentials": {"base_url": url, "username": "demo", "password": "demo"},
+                "services": {"fim_events": service},
+            }
+        },
+    }
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "qualys_collector", "run", "-c", str(path)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        time.sleep(8)
+        searches = sum(n for key, n in sim.statuses.items() if key.startswith("/fim/v2/events/search"))
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _out, err = proc.communicate(timeout=60)
+        sim.stop()
+    assert searches >= 1, err[-2000:]
+    assert searches <= 5, f"{searches} searches in 8 s with a 600 s period"
+    assert "is behind ours: this window ends at Qualys' time" in err
