@@ -353,7 +353,7 @@ def test_blank_lines_spaced_markers_and_an_empty_body_in_the_real_answer_shape()
     real = (SAMPLES / "activity_log_csv_full_response_untruncated__elastic_issue_10183.csv").read_text()
     expected = activity(real)
     head, row, end = real.rstrip("\n").split("\n")[1:4]
-    spaced = f"{user_activity.BEGIN_BODY}  \r\n{head}\n\n{row}\n\n{end}\t\n"
+    spaced = f"{user_activity.BEGIN_BODY}  \r\n \n{head}\n\n{row}\n   \n{end}\t\n"
     assert activity(spaced) == expected
     assert activity(f"{user_activity.BEGIN_BODY}\n{user_activity.END_BODY}\n") == []
     with pytest.raises(DataError, match="truncated answer"):  # a body cut before its end marker still fails

@@ -50,8 +50,8 @@ def parse_activity_csv(text: io.TextIOBase) -> Iterator[dict[str, str] | int]:
     state = "before"
     header: list[str] = []
     for row in csv.reader(text):
-        if not row:  # a blank line (csv gives []): no data; refused, it failed the answer on every cycle (review)
-            continue
+        if not row or (len(row) == 1 and not row[0].strip()):  # a blank or whitespace-only line: no data; refused,
+            continue  # it failed the answer on every cycle (review)
         first = row[0].strip() if len(row) == 1 else row[0]  # a marker line may carry trailing spaces or a CR
         if state == "before" and first == BEGIN_BODY:
             state = "header"
