@@ -17,6 +17,9 @@ from dataclasses import dataclass
 from qualys_collector.errors import SourceError, StopRequested
 
 logger = logging.getLogger("qualys_collector.qualys")
+#: Jitter from its own generator: the global one is left alone (a test drawing random data in another thread saw
+#: it change under its feet).
+_JITTER = random.Random()  # noqa: S311 - jitter, not crypto
 
 
 class Action(enum.Enum):
@@ -101,7 +104,7 @@ class RetryPolicy:
     def backoff(self, attempt: int) -> float:
         """Exponential backoff with full jitter for ``attempt`` (1-based)."""
         ceiling = float(min(self.max_backoff, self.base_backoff * 2.0 ** (attempt - 1)))
-        return ceiling / 2 + random.uniform(0, ceiling / 2)  # noqa: S311 - jitter, not crypto
+        return ceiling / 2 + _JITTER.uniform(0, ceiling / 2)
 
     def give_up_or_wait(
         self,
@@ -124,7 +127,7 @@ class RetryPolicy:
     def limit_wait(self, seconds: float | None) -> float:
         """A wait Qualys asked for, capped, with a little jitter; ``concurrency_wait`` when it said nothing."""
         base = self.concurrency_wait if seconds is None else max(0.0, seconds)
-        return min(self.max_wait, base + random.uniform(0, min(2.0, base / 10 + 0.1)))  # noqa: S311
+        return min(self.max_wait, base + _JITTER.uniform(0, min(2.0, base / 10 + 0.1)))
 
 
 def pause(seconds: float, stop: threading.Event | None, why: str, sleep: Callable[[float], None] | None = None) -> None:
