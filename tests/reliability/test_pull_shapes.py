@@ -259,26 +259,33 @@ def test_a_fim_event_without_a_usable_processed_time_is_delivered_and_blocks_not
                 "id": "f1",
                 "credentials": {"base_url": url, "username": "demo", "password": "demo"},
                 "connection": {"max_attempts": 2},
-                "services": {"fim_events": {"start_time_utc": "2020-01-01T00:00:00Z", "page_size": 100}},
+                "services": {"fim_events": {"start_time_utc": "2020-01-01T00:00:00Z", "page_size": 1000}},
             }
         },
     }
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump(config))
     try:
-        sim.faults.arm(parse_fault("null_time:times=1,path=/fim/v2/events/search"))  # the first answer's first hit
+        # the newest event, timeless for ever: every later window starts at or before its real time
+        sim.faults.arm(parse_fault("null_time:times=1,path=/fim/v2/events/search"))
         truth = sim.truth("fim_events")
-        done = subprocess.run([*CLI, "run", "-c", str(path), "--once"], capture_output=True, text=True, timeout=120)
+        # three cycles: a record with no time is remembered by its key, not delivered by every window covering it
+        # (review of the first version: up to 14 copies of one event)
+        runs = [
+            subprocess.run([*CLI, "run", "-c", str(path), "--once"], capture_output=True, text=True, timeout=120)
+            for _ in range(3)
+        ]
     finally:
         sim.stop()
-    assert done.returncode == 0, done.stderr
+    done = runs[0]
+    assert all(run.returncode == 0 for run in runs), [run.stderr[-1500:] for run in runs]
     warned = [line for line in done.stderr.splitlines() if "has no usable processedTime (None)" in line]
-    assert len(warned) == 1, done.stderr
+    assert len(warned) >= 1, done.stderr
     lines = [json.loads(line) for line in (state / "events.jsonl").read_text().splitlines()]
     ids = [e["event"]["id"] for e in lines if e["tag"] == "monitor.qualys.fim.event"]
     assert len(ids) == len(set(ids))
     assert set(ids) == truth
-    assert sum(1 for e in lines if e["tag"] == "monitor.qualys.fim.event" and e["event"]["processedTime"] is None) == 1
+    assert sum(1 for e in lines if e["tag"] == "monitor.qualys.fim.event" and e["event"]["processedTime"] is None) >= 1
 
 
 def test_a_fim_incident_without_its_date_is_delivered_and_blocks_nothing(tmp_path: Path) -> None:
@@ -289,7 +296,7 @@ def test_a_fim_incident_without_its_date_is_delivered_and_blocks_nothing(tmp_pat
     )
     url = sim.start()
     state = tmp_path / "state"
-    service = {"start_time_utc": "2020-01-01T00:00:00Z", "page_size": 10, "include_events": True}
+    service = {"start_time_utc": "2020-01-01T00:00:00Z", "page_size": 100, "include_events": True}
     config = {
         "globals": {"persistence": {"config": {"directory_name": str(state)}}},
         "inputs": {
@@ -304,13 +311,17 @@ def test_a_fim_incident_without_its_date_is_delivered_and_blocks_nothing(tmp_pat
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump(config))
     try:
-        sim.faults.arm(parse_fault("null_time:times=1,path=/fim/v3/incidents/search"))
+        sim.faults.arm(parse_fault("null_time:times=1,path=/fim/v3/incidents/search"))  # the newest, for ever
         truth = sim.truth("fim_incidents")
-        done = subprocess.run([*CLI, "run", "-c", str(path), "--once"], capture_output=True, text=True, timeout=120)
+        runs = [
+            subprocess.run([*CLI, "run", "-c", str(path), "--once"], capture_output=True, text=True, timeout=120)
+            for _ in range(3)
+        ]
     finally:
         sim.stop()
-    assert done.returncode == 0, done.stderr
-    assert sum("has no epoch-ms lastUpdatedBy.date" in line for line in done.stderr.splitlines()) == 1, done.stderr
+    done = runs[0]
+    assert all(run.returncode == 0 for run in runs), [run.stderr[-1500:] for run in runs]
+    assert sum("has no epoch-ms lastUpdatedBy.date" in line for line in done.stderr.splitlines()) >= 1, done.stderr
     lines = [json.loads(line) for line in (state / "events.jsonl").read_text().splitlines()]
     ids = [e["event"]["id"] for e in lines if e["tag"] == "monitor.qualys.fim.incident"]
     assert len(ids) == len(set(ids))

@@ -13,11 +13,14 @@ from datetime import timedelta
 
 from pydantic import Field, field_validator
 
-from qualys_collector.engine.source import CursorMode, ServiceSpec
-from qualys_collector.model import JSON, Page, Record, Window, content_key, parse_iso_datetime
+from qualys_collector.engine.source import CursorMode, ServiceSpec, TableSpec
+from qualys_collector.model import JSON, Page, Record, SourceState, Window, content_key, parse_iso_datetime
 from qualys_collector.qualys.fim import FimClient
-from qualys_collector.qualys.fim_common import logger, qql_time, search_pages
+from qualys_collector.qualys.fim_common import logger, once_untimed, qql_time, search_pages
 from qualys_collector.services.options import ServiceEntry, ServiceOptions
+
+#: Keys of records delivered without a usable time (:func:`~qualys_collector.qualys.fim_common.once_untimed`).
+UNTIMED = "fim_untimed_event_ids"
 
 SPEC = ServiceSpec(
     name="fim_events",
@@ -26,6 +29,7 @@ SPEC = ServiceSpec(
     mode=CursorMode.RECORD,
     is_sorted=True,
     default_lookback=timedelta(days=1),
+    tables=(TableSpec(UNTIMED),),
 )
 
 
@@ -86,7 +90,7 @@ class FimEventsSource:
         span = f"processedTime: ['{qql_time(window.start)}'..'{qql_time(window.end)}']"
         return f"({self.options.filter}) and {span}" if self.options.filter else span
 
-    def pages(self, window: Window, token: JSON | None, extra: JSON) -> Iterator[Page]:
+    def pages(self, window: Window, token: JSON | None, extra: SourceState) -> Iterator[Page]:
         """Keyset pages; each page's token is its last ``sortValues``."""
         self.client.check_token()
         before = self.client.requests
@@ -101,11 +105,13 @@ class FimEventsSource:
             logger.info(
                 "Received %d fim_events events from the gateway (the statistics line counts those sent).", len(events)
             )
+            records, writes = once_untimed([to_record(e) for e in events], extra.table(UNTIMED), UNTIMED, window.end)
             yield Page(
-                [to_record(e) for e in events],
+                records,
                 token={"searchAfter": last} if more else None,
                 requests=self.client.requests - before,
                 horizon=answered,
+                writes=writes,
             )
             before = self.client.requests
 

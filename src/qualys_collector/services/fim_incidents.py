@@ -29,8 +29,11 @@ from qualys_collector.model import (
     from_epoch_ms,
 )
 from qualys_collector.qualys.fim import FimClient
-from qualys_collector.qualys.fim_common import logger, search_pages
+from qualys_collector.qualys.fim_common import logger, once_untimed, search_pages
 from qualys_collector.services.options import ServiceEntry, ServiceOptions
+
+#: Keys of records delivered without a usable time (:func:`~qualys_collector.qualys.fim_common.once_untimed`).
+UNTIMED = "fim_untimed_incident_keys"
 
 SPEC = ServiceSpec(
     name="fim_incidents",
@@ -39,7 +42,10 @@ SPEC = ServiceSpec(
     mode=CursorMode.RECORD,
     is_sorted=True,
     default_lookback=timedelta(days=1),
-    tables=(TableSpec("fim_incident_ids", legacy_extra_key="events_pulled"),),
+    tables=(
+        TableSpec("fim_incident_ids", legacy_extra_key="events_pulled"),
+        TableSpec(UNTIMED),
+    ),
 )
 
 
@@ -117,11 +123,15 @@ class FimIncidentsSource:
                 len(records) - len(incidents),
             )
             more = len(incidents) == size
+            records, untimed = once_untimed(records, extra.table(UNTIMED), UNTIMED, window.end)
+            pulled_writes: list[TableWrite | TablePrune] = (
+                [*writes.values(), TablePrune(PULLED, retained_since)] if self.options.include_events else []
+            )
             yield Page(
                 records,
                 token={"searchAfter": last} if more else None,
                 requests=self.client.requests - before,
-                writes=[*writes.values(), TablePrune(PULLED, retained_since)] if self.options.include_events else (),
+                writes=[*untimed, *pulled_writes],
                 horizon=answered,
             )
             before = self.client.requests

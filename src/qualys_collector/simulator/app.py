@@ -88,6 +88,8 @@ class Simulator:
         self.fim = fimapi.FimApi(self.data, self.now)
         self.requests: Counter[str] = Counter()
         self.statuses: Counter[str] = Counter()
+        #: Ids of FIM records the ``null_time`` fault has made timeless (in every answer after it struck).
+        self.untimed: set[str] = set()
         #: every VM API call that passed authentication and the limits: (resource, parameters), in arrival order
         self.vm_calls: list[tuple[str, dict[str, str]]] = []
         #: the same calls with their method and path (API version included): what reached the wire
@@ -338,13 +340,11 @@ class Simulator:
                     json.dumps({"message": "Malformed JSON body"}), status=400, content_type="application/json"
                 )
             result = self.fim.route(request.path, payload)
-            if self.faults.take(request.path, {"null_time"}) is not None and isinstance(result, list) and result:
-                first, data = result[0], dict(result[0]["data"])
-                if "processedTime" in data:  # an event
-                    data["processedTime"] = None
-                else:  # an incident
-                    data["lastUpdatedBy"] = {**(data.get("lastUpdatedBy") or {}), "date": None}
-                result = [{**first, "data": data}, *result[1:]]
+            if isinstance(result, list) and result:
+                if self.faults.take(request.path, {"null_time"}) is not None:
+                    self.untimed.add(str(result[-1]["data"].get("id")))  # the newest; from now on, in every answer
+                if self.untimed:
+                    result = [_untimed(hit) if str(hit["data"].get("id")) in self.untimed else hit for hit in result]
             sort_fault = self.faults.take(request.path, {"empty_sort", "short_sort"})
             if sort_fault is not None and isinstance(result, list):
                 keep = 0 if sort_fault.kind == "empty_sort" else 1
@@ -610,3 +610,14 @@ def _split_at(chunks: Iterator[bytes], at: int | None) -> Iterator[bytes]:
 def _chain(first: str, rest: Iterator[str]) -> Iterator[str]:
     yield first
     yield from rest
+
+
+def _untimed(hit: dict[str, Any]) -> dict[str, Any]:
+    """A search hit whose record has no time: ``processedTime`` null (an event), ``lastUpdatedBy.date`` null (an
+    incident)."""
+    data = dict(hit["data"])
+    if "processedTime" in data:
+        data["processedTime"] = None
+    else:
+        data["lastUpdatedBy"] = {**(data.get("lastUpdatedBy") or {}), "date": None}
+    return {**hit, "data": data}

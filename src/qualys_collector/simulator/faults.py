@@ -20,7 +20,8 @@ Kinds (each applies to requests whose path contains ``path=``, ``times=`` times,
   ``Authorization`` included, as some servers and proxies do
 * ``empty_sort`` - search hits carry ``"sortValues": []`` (Qualys' own Fetch Events example)
 * ``short_sort`` - search hits carry only their first sort value (a gateway that drops the ``id`` tie-breaker)
-* ``null_time`` - the first hit of a search answer has no time: ``"processedTime": null`` (an event),
+* ``null_time`` - the last hit of a search answer (its newest) has no time from then on, in every answer:
+  ``"processedTime": null`` (an event),
   ``lastUpdatedBy.date`` null (an incident)
 * ``split`` - nothing changes but the chunking: the first network write ends after ``split=`` bytes
 
