@@ -11,10 +11,10 @@ from __future__ import annotations
 import ipaddress
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
 from qualys_collector.services.options import ServiceOptions
 from qualys_collector.sinks.registry import Output
@@ -128,15 +128,17 @@ def _non_empty_password(value: SecretStr) -> SecretStr:
     return value
 
 
+#: A password that may not be empty (both inputs' credentials).
+Password = Annotated[SecretStr, AfterValidator(_non_empty_password)]
+
+
 class VmCredentials(Strict):
     """``inputs.qualys.credentials``."""
 
     hostname: str | None = None
     base_url: str | None = None
     username: str = Field(min_length=1)
-    password: SecretStr
-
-    _password = field_validator("password")(lambda value: _non_empty_password(value))
+    password: Password
 
     @field_validator("hostname")
     @classmethod
@@ -169,11 +171,9 @@ class FimCredentials(Strict):
     """``inputs.qualys_fim.credentials``."""
 
     username: str = Field(min_length=1)
-    password: SecretStr
+    password: Password
     base_url: str
     auth_url: str | None = None
-
-    _password = field_validator("password")(lambda value: _non_empty_password(value))
 
     @field_validator("base_url", "auth_url")
     @classmethod
