@@ -9,6 +9,7 @@ import time
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -105,30 +106,50 @@ def test_run_once_fails_numbered_on_an_http_200_error_split_inside_the_root_tag(
     assert Checkpoint.from_json(stored).value == parse_seed_datetime("2020-01-01T00:00:00Z")  # not skipped
 
 
-def test_fim_hits_with_empty_sort_values_end_on_the_short_page(tmp_path: Path) -> None:
-    """Qualys' Fetch Events example shows ``"sortValues": []``: the last (short) page ends the search."""
-    sim = Simulator(
-        SimConfig(seed=8, fim_events=300, fim_incidents=6, base=NOW - timedelta(days=2), span=timedelta(days=2)),
-        fim_limits=Limits(rate=100_000, window=60),
+def fim_sim(events: int, incidents: int) -> Simulator:
+    """A FIM simulator (not started) with ``events`` events and ``incidents`` incidents over the last two days."""
+    config = SimConfig(
+        seed=8, fim_events=events, fim_incidents=incidents, base=NOW - timedelta(days=2), span=timedelta(days=2)
     )
-    url = sim.start()
-    sim.faults.arm(parse_fault("empty_sort:times=-1"))
+    return Simulator(config, fim_limits=Limits(rate=100_000, window=60))
+
+
+def fim_pulls(
+    url: str, tmp_path: Path, services: dict[str, Any], connection: dict[str, Any] | None = None, cycles: int = 1
+) -> tuple[list[subprocess.CompletedProcess[str]], list[dict[str, Any]]]:
+    """``cycles`` runs of ``run --once`` of a FIM input against ``url``; the runs and the lines of its file output."""
     state = tmp_path / "state"
-    start = {"start_time_utc": "2020-01-01T00:00:00Z"}
     config = {
         "globals": {"persistence": {"config": {"directory_name": str(state)}}},
         "inputs": {
             "qualys_fim": {
                 "id": "f1",
                 "credentials": {"base_url": url, "username": "demo", "password": "demo"},
-                "services": {"fim_events": start, "fim_incidents": {**start, "include_events": True}},
+                **({"connection": connection} if connection is not None else {}),
+                "services": services,
             }
         },
     }
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump(config))
+    runs = [
+        subprocess.run([*CLI, "run", "-c", str(path), "--once"], capture_output=True, text=True, timeout=120)
+        for _ in range(cycles)
+    ]
+    out = state / "events.jsonl"
+    return runs, [json.loads(line) for line in out.read_text().splitlines()] if out.exists() else []
+
+
+def test_fim_hits_with_empty_sort_values_end_on_the_short_page(tmp_path: Path) -> None:
+    """Qualys' Fetch Events example shows ``"sortValues": []``: the last (short) page ends the search."""
+    sim = fim_sim(300, 6)
+    url = sim.start()
+    sim.faults.arm(parse_fault("empty_sort:times=-1"))
+    start = {"start_time_utc": "2020-01-01T00:00:00Z"}
     try:
-        done = subprocess.run([*CLI, "run", "-c", str(path), "--once"], capture_output=True, text=True, timeout=120)
+        (done,), lines = fim_pulls(
+            url, tmp_path, {"fim_events": start, "fim_incidents": {**start, "include_events": True}}
+        )
         truth_events = sim.truth("fim_events")
         truth_incidents = sim.truth("fim_incidents")
         served = sim.statuses
@@ -136,7 +157,6 @@ def test_fim_hits_with_empty_sort_values_end_on_the_short_page(tmp_path: Path) -
         sim.stop()
     assert done.returncode == 0, done.stderr
     assert "sortValues" not in done.stderr
-    lines = [json.loads(line) for line in (state / "events.jsonl").read_text().splitlines()]
     events = {e["event"]["id"] for e in lines if e["tag"] == "monitor.qualys.fim.event"}
     incidents = {e["event"]["id"] for e in lines if e["tag"] == "monitor.qualys.fim.incident"}
     assert events == truth_events  # every event of the one short page
@@ -209,35 +229,17 @@ def test_fim_hits_without_their_tie_breaker_sort_value_are_refused_not_skipped(t
     that sent only the time made the next page start after every record of that time (found by review: 2,000 of
     2,500 events lost, exit 0, no word). A full page whose last hit lacks a sort value is now refused before it is
     delivered: a numbered error, and nothing delivered twice or skipped past."""
-    sim = Simulator(
-        SimConfig(seed=8, fim_events=600, fim_incidents=0, base=NOW - timedelta(days=2), span=timedelta(days=2)),
-        fim_limits=Limits(rate=100_000, window=60),
-    )
+    sim = fim_sim(600, 0)
     url = sim.start()
     sim.faults.arm(parse_fault("short_sort:times=-1,path=/fim/v2/events/search"))
-    state = tmp_path / "state"
-    config = {
-        "globals": {"persistence": {"config": {"directory_name": str(state)}}},
-        "inputs": {
-            "qualys_fim": {
-                "id": "f1",
-                "credentials": {"base_url": url, "username": "demo", "password": "demo"},
-                "connection": {"max_attempts": 1},
-                "services": {"fim_events": {"start_time_utc": "2020-01-01T00:00:00Z", "page_size": 100}},
-            }
-        },
-    }
-    path = tmp_path / "config.yaml"
-    path.write_text(yaml.safe_dump(config))
+    service = {"start_time_utc": "2020-01-01T00:00:00Z", "page_size": 100}
     try:
-        done = subprocess.run([*CLI, "run", "-c", str(path), "--once"], capture_output=True, text=True, timeout=120)
+        (done,), lines = fim_pulls(url, tmp_path, {"fim_events": service}, {"max_attempts": 1})
     finally:
         sim.stop()
     assert done.returncode != 0, done.stderr
     assert "[PullError 301]" in done.stderr
     assert "has 1 sort value(s) for a sort on 2 fields" in done.stderr
-    out = state / "events.jsonl"
-    lines = [json.loads(line) for line in out.read_text().splitlines()] if out.exists() else []
     ids = [e["event"]["id"] for e in lines if e["tag"] == "monitor.qualys.fim.event"]
     assert ids == []  # the first full page is refused before it is committed
 
@@ -246,42 +248,22 @@ def test_a_fim_event_without_a_usable_processed_time_is_delivered_and_blocks_not
     """One event with ``"processedTime": null`` failed its page on every cycle: nothing after it was ever
     delivered (found by review: 2,200 of 2,500, then exit 1 for ever). It is delivered as it came, with a
     warning, and every other event with it."""
-    sim = Simulator(
-        SimConfig(seed=8, fim_events=450, fim_incidents=0, base=NOW - timedelta(days=2), span=timedelta(days=2)),
-        fim_limits=Limits(rate=100_000, window=60),
-    )
+    sim = fim_sim(450, 0)
     url = sim.start()
-    state = tmp_path / "state"
-    config = {
-        "globals": {"persistence": {"config": {"directory_name": str(state)}}},
-        "inputs": {
-            "qualys_fim": {
-                "id": "f1",
-                "credentials": {"base_url": url, "username": "demo", "password": "demo"},
-                "connection": {"max_attempts": 2},
-                "services": {"fim_events": {"start_time_utc": "2020-01-01T00:00:00Z", "page_size": 1000}},
-            }
-        },
-    }
-    path = tmp_path / "config.yaml"
-    path.write_text(yaml.safe_dump(config))
+    service = {"start_time_utc": "2020-01-01T00:00:00Z", "page_size": 1000}
     try:
         # the newest event, timeless for ever: every later window starts at or before its real time
         sim.faults.arm(parse_fault("null_time:times=1,path=/fim/v2/events/search"))
         truth = sim.truth("fim_events")
         # three cycles: a record with no time is remembered by its key, not delivered by every window covering it
         # (review of the first version: up to 14 copies of one event)
-        runs = [
-            subprocess.run([*CLI, "run", "-c", str(path), "--once"], capture_output=True, text=True, timeout=120)
-            for _ in range(3)
-        ]
+        runs, lines = fim_pulls(url, tmp_path, {"fim_events": service}, {"max_attempts": 2}, cycles=3)
     finally:
         sim.stop()
     done = runs[0]
     assert all(run.returncode == 0 for run in runs), [run.stderr[-1500:] for run in runs]
     warned = [line for line in done.stderr.splitlines() if "has no usable processedTime (None)" in line]
     assert len(warned) >= 1, done.stderr
-    lines = [json.loads(line) for line in (state / "events.jsonl").read_text().splitlines()]
     ids = [e["event"]["id"] for e in lines if e["tag"] == "monitor.qualys.fim.event"]
     assert len(ids) == len(set(ids))
     assert set(ids) == truth
@@ -290,39 +272,18 @@ def test_a_fim_event_without_a_usable_processed_time_is_delivered_and_blocks_not
 
 def test_a_fim_incident_without_its_date_is_delivered_and_blocks_nothing(tmp_path: Path) -> None:
     """As for events: an incident without an epoch-ms ``lastUpdatedBy.date`` failed its page on every cycle."""
-    sim = Simulator(
-        SimConfig(seed=8, fim_events=60, fim_incidents=30, base=NOW - timedelta(days=2), span=timedelta(days=2)),
-        fim_limits=Limits(rate=100_000, window=60),
-    )
+    sim = fim_sim(60, 30)
     url = sim.start()
-    state = tmp_path / "state"
     service = {"start_time_utc": "2020-01-01T00:00:00Z", "page_size": 100, "include_events": True}
-    config = {
-        "globals": {"persistence": {"config": {"directory_name": str(state)}}},
-        "inputs": {
-            "qualys_fim": {
-                "id": "f1",
-                "credentials": {"base_url": url, "username": "demo", "password": "demo"},
-                "connection": {"max_attempts": 2},
-                "services": {"fim_incidents": service},
-            }
-        },
-    }
-    path = tmp_path / "config.yaml"
-    path.write_text(yaml.safe_dump(config))
     try:
         sim.faults.arm(parse_fault("null_time:times=1,path=/fim/v3/incidents/search"))  # the newest, for ever
         truth = sim.truth("fim_incidents")
-        runs = [
-            subprocess.run([*CLI, "run", "-c", str(path), "--once"], capture_output=True, text=True, timeout=120)
-            for _ in range(3)
-        ]
+        runs, lines = fim_pulls(url, tmp_path, {"fim_incidents": service}, {"max_attempts": 2}, cycles=3)
     finally:
         sim.stop()
     done = runs[0]
     assert all(run.returncode == 0 for run in runs), [run.stderr[-1500:] for run in runs]
     assert sum("has no epoch-ms lastUpdatedBy.date" in line for line in done.stderr.splitlines()) >= 1, done.stderr
-    lines = [json.loads(line) for line in (state / "events.jsonl").read_text().splitlines()]
     ids = [e["event"]["id"] for e in lines if e["tag"] == "monitor.qualys.fim.incident"]
     assert len(ids) == len(set(ids))
     assert set(ids) == truth
