@@ -16,6 +16,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,25 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.reliability
 CLI = [sys.executable, "-m", "qualys_collector"]
 DETECTION = "/api/5.0/fo/asset/host/vm/detection/"
 KEYS = {"vuln.qualys.hosts": "ID", "vuln.qualys.hostdetections": "@detection_key"}
+#: The collectors a test started: one still running when its test ends (a failed assertion) is killed then.
+RUNNING: list[subprocess.Popen[str]] = []
+
+
+@pytest.fixture(autouse=True)
+def _no_collector_left_running() -> Iterator[None]:
+    yield
+    for proc in RUNNING:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate(timeout=30)
+    RUNNING.clear()
+
+
+def run_collector(cfg: Path) -> subprocess.Popen[str]:
+    """``run -c cfg`` in the background (killed after its test if it is still running)."""
+    proc = subprocess.Popen([*CLI, "run", "-c", str(cfg)], cwd=REPO, stderr=subprocess.PIPE, text=True)
+    RUNNING.append(proc)
+    return proc
 
 
 def config(tmp_path: Path, url: str, services: dict[str, Any]) -> Path:
@@ -45,7 +65,10 @@ def config(tmp_path: Path, url: str, services: dict[str, Any]) -> Path:
 def delivered(tmp_path: Path, tag: str) -> Counter[str]:
     """Record keys of the events delivered with ``tag``, with how often each was delivered."""
     path = tmp_path / "events.jsonl"
-    lines = [json.loads(x) for x in path.read_text().splitlines()] if path.exists() else []
+    # only whole lines: polled while the collector still writes, the file may end inside a line (CI read one so, and
+    # the failed test left its collector running into the next tests)
+    whole = path.read_text().split("\n")[:-1] if path.exists() else []
+    lines = [json.loads(x) for x in whole if x]
     return Counter(str(line["event"][KEYS[tag]]) for line in lines if line["tag"] == tag)
 
 
@@ -88,7 +111,7 @@ def test_sigterm_between_cycles_exits_within_5_s_and_the_next_run_delivers_only_
         "vuln.qualys.hosts": sim.truth("host_list"),
         "vuln.qualys.hostdetections": sim.truth("host_list_detection"),
     }
-    proc = subprocess.Popen([*CLI, "run", "-c", str(cfg)], cwd=REPO, stderr=subprocess.PIPE, text=True)
+    proc = run_collector(cfg)
     deadline = time.monotonic() + 90
     while (
         time.monotonic() < deadline
@@ -140,7 +163,7 @@ def test_sigterm_while_a_page_is_still_arriving_exits_within_5_s_and_a_restart_d
         tmp_path, url, {"host_list_detection": {"start_time_utc": "2020-01-01T00:00:00Z", "truncation_limit": 5}}
     )
     truth = sim.truth("host_list_detection")
-    proc = subprocess.Popen([*CLI, "run", "-c", str(cfg)], cwd=REPO, stderr=subprocess.PIPE, text=True)
+    proc = run_collector(cfg)
     deadline = time.monotonic() + 60
     while sim.requests.get(DETECTION, 0) < 2 and time.monotonic() < deadline:
         time.sleep(0.02)
