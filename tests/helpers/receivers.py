@@ -85,7 +85,7 @@ class Receiver:
         if not self.out.exists():
             return []
         bodies = []
-        for raw in self.out.read_text(encoding="utf-8").splitlines():
+        for raw in self.out.read_text(encoding="utf-8").split("\n")[:-1]:  # whole lines (see Rsyslog.lines)
             match = LINE.match(raw)
             if match is None:
                 raise AssertionError(f"{self.name} stored a line not in Devo's format: {raw[:200]!r}")
