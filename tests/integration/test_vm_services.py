@@ -245,6 +245,34 @@ def test_user_activity_rows_sharing_a_second_arrive_once_across_cycles(sim: Simu
     assert max(expected.values()) == 2
 
 
+def test_user_activity_rows_with_odd_fields_or_dates_arrive_once_and_stop_nothing(
+    sim: Simulator, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Rows with a field past the header or a ``Date`` that is not one (fault ``odd_rows``, in every answer). Each
+    failed its answer on every cycle, and nothing older was ever delivered (review: "activity log row has 8 fields,
+    header has 7"); a timeless row kept as it came but not remembered came again in every window covering it."""
+    sim.faults.arm(parse_fault("odd_rows:path=activity_log,times=-1"))
+    r = run(sim, tmp_path, {"user_activity": {"start_time_utc": START, "truncation_limit": 40}})
+    assert r.cycle()
+    advance(sim, 30)
+    assert r.cycle()
+    assert r.cycle()
+    names = ("Action", "Module", "Details", "User Name", "User Role", "User IP")
+    events = [e["event"] for e in r.events()]
+    rows = Counter("|".join(e[k] for k in names) for e in events)
+    truth = list(sim.data.activity(sim.now(), None, None))
+    assert rows == Counter("|".join(row[1:]) for _id, row in truth)  # every row once, the odd ones too
+    extra = [e for e in events if "@extra_fields" in e]
+    timeless = [e for e in events if e["Date"] == "N/A"]
+    assert len(extra) == sum(1 for rid, _row in truth if rid % 5 == 0) > 0
+    assert all(e["@extra_fields"] == ["unexpected"] for e in extra)
+    assert len(timeless) == sum(1 for rid, _row in truth if rid % 7 == 0 or rid in sim.untimed_rows)
+    assert sim.untimed_rows - {rid for rid, _row in truth if rid % 7 == 0}  # the newest row, read by every window
+    said = [m.getMessage() for m in caplog.records]
+    assert any("field count" in m and "@extra_fields" in m for m in said)
+    assert any("without a usable Date" in m for m in said)
+
+
 @pytest.mark.reliability
 @pytest.mark.parametrize(
     "fault",

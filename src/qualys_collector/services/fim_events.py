@@ -14,12 +14,13 @@ from datetime import timedelta
 from pydantic import Field, field_validator
 
 from qualys_collector.engine.source import CursorMode, ServiceSpec, TableSpec
+from qualys_collector.engine.untimed import once_untimed
 from qualys_collector.model import JSON, Page, Record, SourceState, Window, content_key, parse_iso_datetime
 from qualys_collector.qualys.fim import FimClient
-from qualys_collector.qualys.fim_common import logger, once_untimed, qql_time, search_pages
+from qualys_collector.qualys.fim_common import logger, qql_time, search_pages
 from qualys_collector.services.options import ServiceEntry, ServiceOptions
 
-#: Keys of records delivered without a usable time (:func:`~qualys_collector.qualys.fim_common.once_untimed`).
+#: Keys of records delivered without a usable time (:func:`~qualys_collector.engine.untimed.once_untimed`).
 UNTIMED = "fim_untimed_event_ids"
 
 SPEC = ServiceSpec(

@@ -16,6 +16,7 @@ from typing import Any, Literal
 from pydantic import Field
 
 from qualys_collector.engine.source import CursorMode, ServiceSpec, TableSpec
+from qualys_collector.engine.untimed import once_untimed
 from qualys_collector.model import (
     JSON,
     Page,
@@ -29,10 +30,10 @@ from qualys_collector.model import (
     from_epoch_ms,
 )
 from qualys_collector.qualys.fim import FimClient
-from qualys_collector.qualys.fim_common import logger, once_untimed, search_pages
+from qualys_collector.qualys.fim_common import logger, search_pages
 from qualys_collector.services.options import ServiceEntry, ServiceOptions
 
-#: Keys of records delivered without a usable time (:func:`~qualys_collector.qualys.fim_common.once_untimed`).
+#: Keys of records delivered without a usable time (:func:`~qualys_collector.engine.untimed.once_untimed`).
 UNTIMED = "fim_untimed_incident_keys"
 
 SPEC = ServiceSpec(

@@ -90,6 +90,8 @@ class Simulator:
         self.statuses: Counter[str] = Counter()
         #: Ids of FIM records the ``null_time`` fault has made timeless (in every answer after it struck).
         self.untimed: set[str] = set()
+        #: Activity-log rows the ``odd_rows`` fault has made timeless (their ids), besides every seventh.
+        self.untimed_rows: set[int] = set()
         #: every VM API call that passed authentication and the limits: (resource, parameters), in arrival order
         self.vm_calls: list[tuple[str, dict[str, str]]] = []
         #: the same calls with their method and path (API version included): what reached the wire
@@ -240,7 +242,8 @@ class Simulator:
             if resource == "scan":
                 chunks: Iterator[str] = vm.scan_list(self.data, now, params)
             elif resource == "activity_log":
-                chunks = vm.activity_log(self.data, now, params, base_url)
+                odd = self.untimed_rows if self.faults.active(request.path, "odd_rows") else None
+                chunks = vm.activity_log(self.data, now, params, base_url, odd_rows=odd)
             elif resource == KB_RESOURCE:
                 chunks = vm.kb_list(self.data, now, params, base_url)
             else:

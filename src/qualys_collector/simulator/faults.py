@@ -23,6 +23,9 @@ Kinds (each applies to requests whose path contains ``path=``, ``times=`` times,
 * ``null_time`` - the last hit of a search answer (its newest) has no time from then on, in every answer:
   ``"processedTime": null`` (an event),
   ``lastUpdatedBy.date`` null (an incident)
+* ``odd_rows`` - activity-log rows past the header's seven fields (an eighth, ``unexpected``, on rows whose id is a
+  multiple of 5) and with a ``Date`` that is not one (``N/A``: multiples of 7, and the newest row of each first
+  page from then on), in every answer while armed
 * ``split`` - nothing changes but the chunking: the first network write ends after ``split=`` bytes
 
 Every body fault also takes ``split=N``: the body's first write ends after N bytes, then a short pause,
@@ -90,6 +93,7 @@ def parse_fault(spec: str) -> Fault:
         "trickle",
         "echo",
         "split",
+        "odd_rows",
     }
     if fault.kind not in known:
         raise ValueError(f"unknown fault kind {fault.kind!r}; use one of {', '.join(sorted(known))}")

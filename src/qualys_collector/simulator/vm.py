@@ -729,8 +729,15 @@ def _csv_line(fields: list[str]) -> str:
     return buffer.getvalue()
 
 
-def activity_log(data: Dataset, now: datetime, params: Mapping[str, str], base_url: str) -> Iterator[str]:
-    """The activity log CSV, newest first, paged back in time with ``id_max``."""
+def activity_log(
+    data: Dataset, now: datetime, params: Mapping[str, str], base_url: str, *, odd_rows: set[int] | None = None
+) -> Iterator[str]:
+    """The activity log CSV, newest first, paged back in time with ``id_max``.
+
+    With ``odd_rows`` (the fault's memory), rows whose id is a multiple of 5 carry an eighth field past the
+    header's seven, and a ``Date`` of ``N/A`` those whose id is a multiple of 7 or in ``odd_rows``; the newest row of
+    an answer's first page joins ``odd_rows`` (it is newer than every timed row, so the next window covers it
+    again)."""
     check_params(params, ACTIVITY_PARAMS)
     if params.get("output_format", "CSV").upper() != "CSV":
         raise ApiError(400, 1905, f"parameter output_format has invalid value: {params['output_format']}")
@@ -752,8 +759,12 @@ def activity_log(data: Dataset, now: datetime, params: Mapping[str, str], base_u
     yield "----BEGIN_RESPONSE_BODY_CSV\n"
     yield _csv_line(["Date", "Action", "Module", "Details", "User Name", "User Role", "User IP"])
     page = rows[:limit] if limit else rows
-    for _row_id, fields in page:
-        yield _csv_line(fields)
+    if odd_rows is not None and page and id_max is None:
+        odd_rows.add(page[0][0])
+    for row_id, fields in page:
+        if odd_rows is not None and (row_id % 7 == 0 or row_id in odd_rows):
+            fields = ["N/A", *fields[1:]]
+        yield _csv_line([*fields, "unexpected"] if odd_rows is not None and row_id % 5 == 0 else fields)
     yield "----END_RESPONSE_BODY_CSV\n"
     if limit and len(rows) > limit:
         url = f"{base_url}?{urlencode({**params, 'id_max': str(rows[limit][0])}, safe=',:')}"
