@@ -169,3 +169,40 @@ def test_what_a_parsing_process_logs_is_kept_within_a_bound() -> None:
     assert len(first) == KEPT + 1
     assert first[-1][2] == "... and 7 more such messages"
     assert second == (("qualys_collector.qualys.test_kept", logging.WARNING, "next answer"),)
+
+
+def test_an_answer_with_forbidden_characters_is_read_again_cleaned_and_its_first_reading_forgotten(
+    tmp_path: Path,
+) -> None:
+    """The parsing process reads an answer as it came and cleans it only once the parser refuses it: then the
+    items are those of the cleaned answer, the count is the answer's, and what the first reading logged before the
+    parser stopped (here the warning for hosts out of order) is said once, not twice."""
+    import logging
+
+    from qualys_collector.qualys.parse_child import Kept
+
+    host = "<HOST><ID>{n}</ID><DNS>{dns}</DNS><DETECTION_LIST>{d}</DETECTION_LIST></HOST>"
+    detection = "<DETECTION><UNIQUE_VULN_ID>{n}</UNIQUE_VULN_ID><QID>1</QID><RESULTS>{r}</RESULTS></DETECTION>"
+    hosts = [
+        host.format(n=n, dns=f"h{n}", d=detection.format(n=n, r="ok" if n != 2 else "bell\x07 &#x1; ref"))
+        for n in (5, 3, 2, 9)  # 3 after 5: the answer is not sorted, logged once
+    ]
+    document = "<HOST_LIST_VM_DETECTION_OUTPUT><RESPONSE><HOST_LIST>" + "".join(hosts)
+    source, out = tmp_path / "answer.xml", tmp_path / "items"
+    source.write_text(document + "</HOST_LIST></RESPONSE></HOST_LIST_VM_DETECTION_OUTPUT>")
+    kept = Kept()
+    log = logging.getLogger("qualys_collector")
+    log.addHandler(kept)
+    try:
+        error, replaced, _logged = parse_answer(str(source), str(out), None, 1, kept.take)
+    finally:
+        log.removeHandler(kept)
+    assert error is None
+    assert replaced == 2
+    with out.open("rb") as lines:
+        items = list(read_items(lines))
+    records = [v for k, v in items if k == "r"]
+    assert [r.key for r in records] == ["5:5", "3:3", "2:2", "9:9"]  # each once: the file was written anew
+    assert "bell\ufffd \ufffd ref" in records[2].raw
+    said = [message for _name, _level, message in kept.take()]
+    assert sum("not sorted by host ID" in m for m in said) == 1

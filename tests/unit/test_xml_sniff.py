@@ -79,3 +79,33 @@ def test_the_noncharacters_and_surrogates_xml_forbids_are_replaced_and_the_answe
     )
     with pytest.raises(etree.XMLSyntaxError):  # what the parser says without the replacement
         etree.fromstring("<A>\uffff</A>".encode())
+
+
+#: Every character the cleaner replaces, raw (UTF-8) and as references in each of the forms it matches.
+_RAW = [bytes([b]) for b in range(32) if b not in (9, 10, 13)] + ["\ufffe".encode(), "\uffff".encode()]
+_REFERENCES = [
+    *(f"&#{b};".encode() for b in range(32) if b not in (9, 10, 13)),
+    *(f"&#x{b:X};".encode() for b in range(32) if b not in (9, 10, 13)),
+    b"&#x0001;",
+    b"&#00031;",
+    *(f"&#x{c:x};".encode() for c in (0xD800, 0xDBFF, 0xDC00, 0xDFFF, 0xFFFE, 0xFFFF)),
+    *(f"&#{c};".encode() for c in (55296, 56319, 56320, 57343, 65534, 65535)),
+]
+
+
+@pytest.mark.parametrize("place", ["<A>x{}y</A>", "<A><![CDATA[x{}y]]></A>", "<A b='x{}y'/>", "<A><!-- x{}y --></A>"])
+def test_the_parser_refuses_every_character_the_cleaner_replaces(place: str) -> None:
+    """The parsing process parses an answer as it came and cleans it only once the parser refuses it; that is
+    right only if the hardened parser refuses every character :data:`_FORBIDDEN` matches, wherever it stands
+    (a reference is markup only in text and attributes: in CDATA and comments it is plain text, left as it is)."""
+    import io
+
+    from qualys_collector.errors import DataError
+    from qualys_collector.qualys.xml import iter_elements
+
+    markup = "CDATA" in place or "--" in place
+    for char in _RAW + ([] if markup else _REFERENCES):
+        document = place.replace("{}", "\x00").encode().replace(b"\x00", char)
+        assert _FORBIDDEN.search(document), document
+        with pytest.raises(DataError):
+            list(iter_elements(io.BytesIO(b"<R>" + document + b"</R>"), {"A"}))
