@@ -26,6 +26,7 @@ from qualys_collector.engine.cursor import BoundaryCursor
 from qualys_collector.engine.obfuscate import Obfuscation
 from qualys_collector.engine.outbox import Outbox
 from qualys_collector.engine.pipeline import EventBuilder, Pipeline, Stage
+from qualys_collector.engine.qualys_clock import QualysClock
 from qualys_collector.engine.source import CursorMode, PageSource, ServiceSpec
 from qualys_collector.engine.store import Transaction
 from qualys_collector.engine.summary import SUMMARY_TAG, add_counts, summary_event
@@ -82,6 +83,8 @@ class Job:
     max_event_bytes: int | None = None
     #: The end of a backfill's range ``[start_time, until)``; ``None`` for the live service.
     until: datetime | None = None
+    #: How far behind ours Qualys' clock ran in this job's recent answers (record-mode windows end by it).
+    qualys_clock: QualysClock = field(default_factory=QualysClock, compare=False, repr=False)
 
     @property
     def label(self) -> str:
@@ -243,10 +246,11 @@ def run_cycle(
     else:
         if checkpoint.value is None:  # pragma: no cover - initial() always sets a value
             raise ValueError("checkpoint without a start value")
+        theirs = now + _behind(job, now)
         if job.until is not None:  # a backfill: its windows end at the end of its range at the latest
-            planned = plan_window(checkpoint.value, min(now - job.settle_lag, job.until), max_span=job.max_span)
+            planned = plan_window(checkpoint.value, min(theirs - job.settle_lag, job.until), max_span=job.max_span)
         else:
-            planned = plan_window(checkpoint.value, now, settle_lag=job.settle_lag, max_span=job.max_span)
+            planned = plan_window(checkpoint.value, theirs, settle_lag=job.settle_lag, max_span=job.max_span)
         if planned is None:
             logger.info("The backfill is complete" if checkpoint.complete else "The data is up to date!")
             stats.completed = True
@@ -276,7 +280,7 @@ def run_cycle(
     pages = job.source.pages(window, token, SourceState(checkpoint.extra, tables))
     completed = False
     for page in pages:
-        lowered = _settled_end(job, window, cursor, page)
+        lowered = _settled_end(job, window, cursor, page, clock())
         if lowered is not None:  # records at or past it are deferred: the next window asks for them again
             window, progress = replace(window, end=lowered), replace(progress, end=lowered)
             cursor.end = lowered
@@ -399,7 +403,20 @@ def _summary(job: Job, window: Window, progress: WindowProgress, pulling_id: int
     return event
 
 
-def _settled_end(job: Job, window: Window, cursor: BoundaryCursor, page: Page) -> datetime | None:
+def _behind(job: Job, now: datetime) -> timedelta:
+    """How far behind ours a record-mode job plans on Qualys' clock (see :mod:`.qualys_clock`); said at INFO."""
+    if job.spec.mode is not CursorMode.RECORD:
+        return timedelta(0)
+    behind = job.qualys_clock.behind(now)
+    if behind < -timedelta(seconds=2):
+        logger.info(
+            "Qualys' clock ran %.0f s behind ours in a recent answer: the window is planned on that time",
+            -behind.total_seconds(),
+        )
+    return behind
+
+
+def _settled_end(job: Job, window: Window, cursor: BoundaryCursor, page: Page, ours: datetime) -> datetime | None:
     """A record-mode window's end cut to Qualys' own clock minus the settle lag, when a page shows that clock
     behind ours; ``None`` when the end stands.
 
@@ -409,10 +426,17 @@ def _settled_end(job: Job, window: Window, cursor: BoundaryCursor, page: Page) -
     never asked for (found by review: 1,042 of 1,193 FIM events lost with Qualys 45 s behind). Each page carries
     Qualys' time when it answered (its ``Date``); before the page's records are judged, the end becomes that time
     minus the lag, so records past it are deferred to a later window, as records past our own end are.
+
+    Answers from nodes whose clocks disagree, or a page without a ``Date``, are judged on the most-behind offset of
+    the recent answers (``job.qualys_clock``, which this page's ``Date``, received at ``ours``, joins first).
     """
-    if job.spec.mode is not CursorMode.RECORD or page.horizon is None:
+    if job.spec.mode is not CursorMode.RECORD:
         return None
-    settled = (page.horizon - job.settle_lag).replace(microsecond=0)
+    if page.horizon is not None:
+        job.qualys_clock.observe(ours, page.horizon)
+    remembered = ours + job.qualys_clock.behind(ours)
+    theirs = remembered if page.horizon is None else min(page.horizon, remembered)
+    settled = (theirs - job.settle_lag).replace(microsecond=0)
     if settled >= cursor.end:
         return None
     lowered = max(settled, window.start, *([cursor.max_value] if cursor.max_value is not None else []))
@@ -424,7 +448,7 @@ def _settled_end(job: Job, window: Window, cursor: BoundaryCursor, page: Page) -
         level,
         "Qualys' clock (%s) is behind ours: this window ends at Qualys' time minus the settle lag (%s, not %s); "
         "later records wait for the next window",
-        page.horizon,
+        theirs,
         lowered,
         cursor.end,
     )

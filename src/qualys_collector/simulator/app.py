@@ -85,6 +85,10 @@ class Simulator:
         self.require_requested_with = require_requested_with
         self.offset = timedelta(0)
         self.frozen: datetime | None = None
+        #: Shifts of the ``Date`` header from the clock, one per answer in turn (answers from nodes whose clocks
+        #: disagree behind one address); the records keep the clock's time.
+        self.date_shifts: list[timedelta] = []
+        self._dates_sent = 0
         self.fim = fimapi.FimApi(self.data, self.now)
         self.requests: Counter[str] = Counter()
         self.statuses: Counter[str] = Counter()
@@ -107,6 +111,15 @@ class Simulator:
     def now(self) -> datetime:
         """The simulator's clock (real time plus an offset tests can move)."""
         return (self.frozen or datetime.now(UTC)) + self.offset
+
+    def next_date_shift(self) -> timedelta:
+        """The shift of the next answer's ``Date`` (:attr:`date_shifts` in turn; none when empty)."""
+        with self._lock:
+            if not self.date_shifts:
+                return timedelta(0)
+            shift = self.date_shifts[self._dates_sent % len(self.date_shifts)]
+            self._dates_sent += 1
+            return shift
 
     # ------------------------------------------------------------------ limits
 
@@ -483,7 +496,9 @@ class Simulator:
 
         def date_time_string(_handler: Any, timestamp: float | None = None) -> str:
             """The HTTP ``Date`` header on the simulator's clock, as a skewed Qualys would send it."""
-            return formatdate(sim.now().timestamp() if timestamp is None else timestamp, usegmt=True)
+            if timestamp is not None:
+                return formatdate(timestamp, usegmt=True)
+            return formatdate((sim.now() + sim.next_date_shift()).timestamp(), usegmt=True)
 
         handler = type(
             "Handler",

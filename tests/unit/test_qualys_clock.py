@@ -1,0 +1,34 @@
+"""The offsets of Qualys' clock a record-mode job remembers (engine/qualys_clock.py)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from qualys_collector.engine.qualys_clock import MEMORY, QualysClock
+
+T = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
+S = timedelta(seconds=1)
+
+
+def test_the_most_behind_answer_of_the_memory_counts_until_it_is_forgotten() -> None:
+    clock = QualysClock()
+    assert clock.behind(T) == timedelta(0)
+    clock.observe(T, T - 45 * S)  # a node 45 s behind
+    clock.observe(T + 10 * S, T + 10 * S)  # then one in step
+    clock.observe(T + 20 * S, T + 5 * S)  # and one 15 s behind
+    assert clock.behind(T + 30 * S) == -45 * S
+    assert clock.behind(T + MEMORY + 5 * S) == -15 * S  # the 45 s answer is older than the memory
+    assert clock.behind(T + MEMORY + 25 * S) == timedelta(0)
+    clock.observe(T, T + 30 * S)  # ahead of ours: never planned ahead
+    assert clock.behind(T) == timedelta(0)
+
+
+def test_a_date_far_in_the_past_is_not_remembered() -> None:
+    """A broken proxy's ``Thu, 01 Jan 1970`` would hold the service back for the whole memory; it cuts its own page
+    only (engine/cycle.py)."""
+    clock = QualysClock()
+    clock.observe(T, datetime(1970, 1, 1, tzinfo=UTC))
+    clock.observe(T, T - timedelta(days=2))
+    assert clock.behind(T) == timedelta(0)
+    clock.observe(T, T - timedelta(hours=2))  # two hours behind is a clock, not a broken header
+    assert clock.behind(T) == -timedelta(hours=2)
