@@ -9,8 +9,10 @@ clock behind ours, windows that ended on our clock alone lost those still uninde
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections import Counter
+from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta
 from functools import partial
 from pathlib import Path
@@ -48,35 +50,37 @@ def _config(url: str, state: Path, capped: bool) -> Any:
         },
     }
     fim = {"fim_events": {**start, "page_size": 100}, "fim_incidents": dict(start)}
-    raw = {
-        "globals": {"persistence": {"config": {"directory_name": str(state)}}},
-        "inputs": {
-            "qualys": {
-                "id": "7",
-                "credentials": {"base_url": url, "username": "demo", "password": "demo"},
-                "services": vm,
-            },
-            "qualys_fim": {
-                "id": "5",
-                "credentials": {"base_url": url, "username": "demo", "password": "demo"},
-                "services": fim,
-            },
-        },
-    }
+    return _inputs(url, state, vm=vm, fim=fim)
+
+
+def _inputs(url: str, state: Path, *, vm: dict[str, Any] | None = None, fim: dict[str, Any] | None = None) -> Any:
+    """The configuration of a VM input (id 7) with services ``vm`` and a FIM input (id 5) with ``fim``."""
+    inputs: dict[str, Any] = {}
+    credentials = {"base_url": url, "username": "demo", "password": "demo"}
+    if vm:
+        inputs["qualys"] = {"id": "7", "credentials": credentials, "services": vm}
+    if fim:
+        inputs["qualys_fim"] = {"id": "5", "credentials": credentials, "services": fim}
+    raw = {"globals": {"persistence": {"config": {"directory_name": str(state)}}}, "inputs": inputs}
     return build_config(raw, warnings=[])
 
 
-def _cycle(url: str, state: Path, capped: bool, ours: datetime) -> None:
-    config = _config(url, state, capped)
-    clients = partial(build_client, policy=FAST)
-    jobs = build_jobs(config, clock=lambda: ours, sleep=lambda s: None, clients=clients)
-    collector = Collector(config, clock=lambda: ours, jobs=jobs)
+@contextlib.contextmanager
+def _collector(config: Any, clock: Callable[[], datetime]) -> Iterator[Collector]:
+    """The collector as ``run`` builds it, on ``clock``; its clients closed at the end."""
+    jobs = build_jobs(config, clock=clock, sleep=lambda s: None, clients=partial(build_client, policy=FAST))
+    collector = Collector(config, clock=clock, jobs=jobs)
     try:
-        assert collector.run_once()
+        yield collector
     finally:
         collector.close()
         for client in {id(j.source.client): j.source.client for j in jobs}.values():
             client.close()
+
+
+def _cycle(url: str, state: Path, capped: bool, ours: datetime) -> None:
+    with _collector(_config(url, state, capped), lambda: ours) as collector:
+        assert collector.run_once()
 
 
 def _delivered(state: Path) -> dict[str, Counter[Any]]:
@@ -270,33 +274,17 @@ def test_answers_from_nodes_whose_clocks_disagree_lose_no_fim_event(tmp_path: Pa
     url = sim.start()
     state = tmp_path / "state"
     start = NOW - timedelta(minutes=30)
-    raw = {
-        "globals": {"persistence": {"config": {"directory_name": str(state)}}},
-        "inputs": {
-            "qualys_fim": {
-                "id": "5",
-                "credentials": {"base_url": url, "username": "demo", "password": "demo"},
-                "services": {"fim_events": {"start_time_utc": format_seed_datetime(start), "page_size": 50}},
-            }
-        },
-    }
-    config = build_config(raw, warnings=[])
+    config = _inputs(url, state, fim={"fim_events": {"start_time_utc": format_seed_datetime(start), "page_size": 50}})
     moments = [NOW + timedelta(seconds=7 * i) for i in range(60)]
     clock = {"ours": moments[0]}
-    jobs = build_jobs(
-        config, clock=lambda: clock["ours"], sleep=lambda s: None, clients=partial(build_client, policy=FAST)
-    )
-    collector = Collector(config, clock=lambda: clock["ours"], jobs=jobs)
     try:
-        for ours in moments:
-            clock["ours"] = ours
-            sim.frozen = ours - behind
-            assert collector.run_once()
+        with _collector(config, lambda: clock["ours"]) as collector:
+            for ours in moments:
+                clock["ours"] = ours
+                sim.frozen = ours - behind
+                assert collector.run_once()
         truth = sim.truth("fim_events", start, moments[-1] - behind - FIM_LAG)
     finally:
-        collector.close()
-        for client in {id(j.source.client): j.source.client for j in jobs}.values():
-            client.close()
         sim.stop()
     delivered = _delivered(state).get("monitor.qualys.fim.event", Counter())
     lost = set(truth) - set(delivered)
