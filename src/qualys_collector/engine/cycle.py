@@ -410,7 +410,8 @@ def _behind(job: Job, now: datetime) -> timedelta:
     behind = job.qualys_clock.behind(now)
     if behind < -timedelta(seconds=2):
         logger.info(
-            "Qualys' clock ran %.0f s behind ours in a recent answer: the window is planned on that time",
+            "An answer of the last hour was %.0f s behind our clock when it was read (Qualys' clock, or the time "
+            "the answer took): the window is planned on that time",
             -behind.total_seconds(),
         )
     return behind

@@ -8,6 +8,10 @@ the next checkpoint (found by review: 929 of 1,188 FIM events lost when answers 
 and one 45 s behind). So each answer's offset is remembered for :data:`MEMORY`, and windows are planned, and cut,
 on the most-behind offset remembered: a window ends a little earlier and nothing is lost.
 
+An offset is taken when the page is read, after its answer arrived whole: a slow answer looks behind by the time
+it took (the ``Date`` is stamped when it starts). That errs on the side that loses nothing: windows end that much
+earlier for the memory, and records wait that much longer.
+
 A ``Date`` more than :data:`IMPLAUSIBLE` behind ours (``Thu, 01 Jan 1970`` from a broken proxy) is not
 remembered: it cuts its own page's window only, as before, so one broken answer does not hold a service back for
 the whole memory.
