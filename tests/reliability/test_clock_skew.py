@@ -252,43 +252,56 @@ def test_a_capped_window_cut_by_qualys_clock_waits_its_period_instead_of_asking_
     assert "is behind ours: this window ends at Qualys' time" in err
 
 
-def test_answers_from_nodes_whose_clocks_disagree_lose_no_fim_event(tmp_path: Path) -> None:
-    """Qualys 45 s behind ours, events searchable up to 15 s after their time, and every other answer's ``Date`` in
-    step with ours (another node behind the same address). A window answered by that node ended on our clock, in the
+BEHIND = timedelta(seconds=45)
+
+
+@pytest.mark.parametrize(
+    "phases",
+    [
+        [([BEHIND, timedelta(0)], 60)],  # every other answer's Date in step with ours, then Qualys' own
+        [([], 10), ([BEHIND], 40)],  # Qualys' own Date, then a restart and only Dates in step with ours
+    ],
+    ids=["alternating", "restart"],
+)
+def test_answers_from_nodes_whose_clocks_disagree_lose_no_fim_event(
+    tmp_path: Path, phases: list[tuple[list[timedelta], int]]
+) -> None:
+    """Qualys 45 s behind ours, events searchable up to 15 s after their time, and answers whose ``Date`` is in step
+    with ours (another node behind the same address). A window answered by that node ended on our clock, in the
     future of the clock that stamps the events, and the events indexed late fell below the next checkpoint (found by
-    review: 929 of 1,188 lost). Windows now end on the most-behind clock of the recent answers."""
-    behind = timedelta(seconds=45)
+    review: 929 of 1,188 lost). Windows now end on the most-behind clock of the last hour's answers, and a restarted
+    collector remembers it from the checkpoint (each phase is a new collector on the same state)."""
     sim = Simulator(
         SimConfig(
             seed=31,
             hosts=1,
-            fim_events=20000,  # one every 2 s
+            fim_events=21600,  # one every 2 s, until an hour after the test's first moment
             fim_incidents=0,
             fim_index_delay=timedelta(seconds=15),
             base=NOW - timedelta(hours=11),
-            span=timedelta(hours=11),
+            span=timedelta(hours=12),
         ),
         fim_limits=Limits(rate=100_000, window=60),
     )
-    sim.date_shifts = [behind, timedelta(0)]  # in step with ours, then Qualys' own time
     url = sim.start()
     state = tmp_path / "state"
     start = NOW - timedelta(minutes=30)
     config = _inputs(url, state, fim={"fim_events": {"start_time_utc": format_seed_datetime(start), "page_size": 50}})
-    moments = [NOW + timedelta(seconds=7 * i) for i in range(60)]
-    clock = {"ours": moments[0]}
+    clock = {"ours": NOW}
     try:
-        with _collector(config, lambda: clock["ours"]) as collector:
-            for ours in moments:
-                clock["ours"] = ours
-                sim.frozen = ours - behind
-                assert collector.run_once()
-        truth = sim.truth("fim_events", start, moments[-1] - behind - FIM_LAG)
+        for shifts, count in phases:
+            sim.date_shifts = shifts
+            with _collector(config, lambda: clock["ours"]) as collector:
+                for _ in range(count):
+                    clock["ours"] += timedelta(seconds=7)
+                    sim.frozen = clock["ours"] - BEHIND
+                    assert collector.run_once()
+        truth = sim.truth("fim_events", start, clock["ours"] - BEHIND - FIM_LAG)
     finally:
         sim.stop()
     delivered = _delivered(state).get("monitor.qualys.fim.event", Counter())
     lost = set(truth) - set(delivered)
     record_reliability(compared=len(truth), lost=len(lost), duplicated=sum(delivered.values()) - len(delivered))
-    assert len(truth) > 300
+    assert len(truth) > 1000  # the catch-up from 30 minutes back, then 7 s of events per cycle
     assert not lost, f"{len(lost)} of {len(truth)} lost"
     assert max(delivered.values()) == 1

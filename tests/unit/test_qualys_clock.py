@@ -32,3 +32,22 @@ def test_a_date_far_in_the_past_is_not_remembered() -> None:
     assert clock.behind(T) == timedelta(0)
     clock.observe(T, T - timedelta(hours=2))  # two hours behind is a clock, not a broken header
     assert clock.behind(T) == -timedelta(hours=2)
+
+
+def test_what_is_remembered_survives_a_restart_within_the_memory_only() -> None:
+    clock = QualysClock()
+    clock.observe(T, T - S / 2)  # in step (HTTP dates have whole seconds): nothing worth keeping
+    assert clock.remembered() is None
+    clock.observe(T + S, T - 44 * S)
+    kept = clock.remembered()
+    assert kept == (T + S, -45 * S)
+    restarted = QualysClock()
+    restarted.recall(*kept, T + 10 * S)
+    assert restarted.behind(T + 10 * S) == -45 * S
+    late = QualysClock()
+    late.recall(*kept, T + MEMORY + 2 * S)  # the answer is older than the memory
+    assert late.behind(T + MEMORY + 2 * S) == timedelta(0)
+    busy = QualysClock()
+    busy.observe(T + 5 * S, T - 5 * S)
+    busy.recall(*kept, T + 10 * S)  # a memory that has its own answers keeps them
+    assert busy.behind(T + 10 * S) == -10 * S

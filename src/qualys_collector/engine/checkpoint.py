@@ -10,7 +10,7 @@ backfill is complete once ``value`` reached it with no window under way.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from qualys_collector.model import JSON, format_seed_datetime, parse_iso_datetime
@@ -46,6 +46,9 @@ class Checkpoint:
     window: WindowProgress | None = None
     extra: JSON = field(default_factory=dict)
     until: datetime | None = None
+    #: When the most-behind answer of the last hour was read, and how far behind ours Qualys' clock then was
+    #: (:mod:`~qualys_collector.engine.qualys_clock`), so that a restart plans on it too.
+    behind: tuple[datetime, timedelta] | None = None
 
     @classmethod
     def initial(
@@ -90,6 +93,8 @@ class Checkpoint:
             data["extra"] = self.extra
         if self.until is not None:
             data["until_str"] = _fmt(self.until)
+        if self.behind is not None:
+            data["qualys_behind"] = {"seen": _fmt(self.behind[0]), "seconds": self.behind[1].total_seconds()}
         return data
 
     @classmethod
@@ -110,7 +115,13 @@ class Checkpoint:
                 counters={str(k): int(v) for k, v in (w.get("counters") or {}).items()},
                 source_counters=dict(w.get("source_counters") or {}),
             )
+        behind = None
+        if isinstance(data.get("qualys_behind"), dict):
+            seen, seconds = _parse(data["qualys_behind"].get("seen")), data["qualys_behind"].get("seconds")
+            if seen is not None and isinstance(seconds, int | float):
+                behind = (seen, timedelta(seconds=seconds))
         return cls(
+            behind=behind,
             start_time=_parse(data.get("start_time_str")),
             value=_parse(data.get("last_event_time_str")),
             ids=tuple(data.get("last_ids") or ()),

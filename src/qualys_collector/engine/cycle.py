@@ -238,6 +238,8 @@ def run_cycle(
     now = clock()
     stats = CycleStats(pulling_id=epoch_ms(now))
     checkpoint = load_checkpoint(job, outbox, now)
+    if checkpoint.behind is not None:  # after a restart: what the answers before it showed of Qualys' clock
+        job.qualys_clock.recall(*checkpoint.behind, now)
     progress = checkpoint.window
     if progress is not None:
         window = Window(start=progress.start, end=progress.end, capped=progress.capped)
@@ -246,11 +248,7 @@ def run_cycle(
     else:
         if checkpoint.value is None:  # pragma: no cover - initial() always sets a value
             raise ValueError("checkpoint without a start value")
-        theirs = now + _behind(job, now)
-        if job.until is not None:  # a backfill: its windows end at the end of its range at the latest
-            planned = plan_window(checkpoint.value, min(theirs - job.settle_lag, job.until), max_span=job.max_span)
-        else:
-            planned = plan_window(checkpoint.value, theirs, settle_lag=job.settle_lag, max_span=job.max_span)
+        planned = _plan(job, checkpoint.value, now)
         if planned is None:
             logger.info("The backfill is complete" if checkpoint.complete else "The data is up to date!")
             stats.completed = True
@@ -303,7 +301,7 @@ def run_cycle(
                 new = checkpoint.with_window(progress)
             tx.add_events(job.spec.name, events)
             _store_boundary(tx, job, cursor, new)
-            tx.save_checkpoint(job.spec.name, new.to_json())
+            tx.save_checkpoint(job.spec.name, _with_clock(job, new).to_json())
         stats.add(counts)
         logger.info(stats.line(partial=True))
         if on_page is not None:
@@ -331,7 +329,7 @@ def run_cycle(
         with outbox.transaction(job.scope) as tx:
             _store_boundary(tx, job, cursor, new)
             tx.add_events(job.spec.name, [_summary(job, window, progress, stats.pulling_id)])
-            tx.save_checkpoint(job.spec.name, new.to_json())
+            tx.save_checkpoint(job.spec.name, _with_clock(job, new).to_json())
         stats.summaries += 1
     stats.completed = True
     # a capped window cut short by Qualys' clock (``_settled_end``) is not behind: what follows has not settled yet,
@@ -403,18 +401,36 @@ def _summary(job: Job, window: Window, progress: WindowProgress, pulling_id: int
     return event
 
 
-def _behind(job: Job, now: datetime) -> timedelta:
-    """How far behind ours a record-mode job plans on Qualys' clock (see :mod:`.qualys_clock`); said at INFO."""
+def _with_clock(job: Job, checkpoint: Checkpoint) -> Checkpoint:
+    """``checkpoint`` with what the job's answers showed of Qualys' clock (record-mode jobs)."""
     if job.spec.mode is not CursorMode.RECORD:
-        return timedelta(0)
-    behind = job.qualys_clock.behind(now)
-    if behind < -timedelta(seconds=2):
-        logger.info(
-            "An answer of the last hour was %.0f s behind our clock when it was read (Qualys' clock, or the time "
-            "the answer took): the window is planned on that time",
+        return checkpoint
+    return replace(checkpoint, behind=job.qualys_clock.remembered())
+
+
+def _plan(job: Job, start: datetime, now: datetime) -> Window | None:
+    """The next window from ``start``: it ends at ``now`` minus the settle lag (a backfill's at its range's end at the
+    latest), ``now`` being Qualys' time for a record-mode job when its answers of the last hour showed that clock
+    behind ours (:mod:`.qualys_clock`; said when it moves the end)."""
+
+    def plan(clock: datetime) -> Window | None:
+        if job.until is not None:  # a backfill: its windows end at the end of its range at the latest
+            return plan_window(start, min(clock - job.settle_lag, job.until), max_span=job.max_span)
+        return plan_window(start, clock, settle_lag=job.settle_lag, max_span=job.max_span)
+
+    behind = job.qualys_clock.behind(now) if job.spec.mode is CursorMode.RECORD else timedelta(0)
+    planned = plan(now + behind)
+    ours = plan(now) if behind < -timedelta(seconds=2) else None
+    if ours is not None and (planned is None or planned.end < ours.end):
+        logger.warning(
+            "Qualys' clock is behind ours: this window ends at Qualys' time minus the settle lag (%s, not %s), "
+            "%.0f s behind ours as the furthest-behind answer of the last hour showed it (the time it took to "
+            "arrive included)",
+            planned.end if planned is not None else "no window yet",
+            ours.end,
             -behind.total_seconds(),
         )
-    return behind
+    return planned
 
 
 def _settled_end(job: Job, window: Window, cursor: BoundaryCursor, page: Page, ours: datetime) -> datetime | None:

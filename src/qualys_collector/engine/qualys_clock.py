@@ -12,6 +12,9 @@ An offset is taken when the page is read, after its answer arrived whole: a slow
 it took (the ``Date`` is stamped when it starts). That errs on the side that loses nothing: windows end that much
 earlier for the memory, and records wait that much longer.
 
+The most-behind offset and when it was seen go into the checkpoint with every page (:meth:`QualysClock.remembered`),
+so a restarted collector plans its first window on it too (:meth:`QualysClock.recall`).
+
 A ``Date`` more than :data:`IMPLAUSIBLE` behind ours (``Thu, 01 Jan 1970`` from a broken proxy) is not
 remembered: it cuts its own page's window only, as before, so one broken answer does not hold a service back for
 the whole memory.
@@ -48,6 +51,18 @@ class QualysClock:
         """How far behind ours Qualys' clock was at most in the remembered answers (``0`` when never behind)."""
         self._forget(ours)
         return min(timedelta(0), self._seen[0][1]) if self._seen else timedelta(0)
+
+    def remembered(self) -> tuple[datetime, timedelta] | None:
+        """When the most-behind answer remembered was read and its offset; ``None`` when none was a second or more
+        behind (an HTTP ``Date`` has whole seconds: a clock in step reads up to a second behind)."""
+        if not self._seen or self._seen[0][1] > -timedelta(seconds=1):
+            return None
+        return self._seen[0]
+
+    def recall(self, seen: datetime, offset: timedelta, ours: datetime) -> None:
+        """What :meth:`remembered` said before a restart, into a memory that holds nothing yet."""
+        if not self._seen and ours - seen <= MEMORY and -IMPLAUSIBLE <= offset < timedelta(0):
+            self._seen.append((seen, offset))
 
     def _forget(self, ours: datetime) -> None:
         while self._seen and ours - self._seen[0][0] > MEMORY:
