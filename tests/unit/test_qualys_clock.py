@@ -47,7 +47,29 @@ def test_what_is_remembered_survives_a_restart_within_the_memory_only() -> None:
     late = QualysClock()
     late.recall(*kept, T + MEMORY + 2 * S)  # the answer is older than the memory
     assert late.behind(T + MEMORY + 2 * S) == timedelta(0)
+    future = QualysClock()
+    future.recall(*kept, T - timedelta(days=1))  # seen "tomorrow": our clock was set back since; not kept for a day
+    assert future.behind(T - timedelta(days=1)) == timedelta(0)
     busy = QualysClock()
     busy.observe(T + 5 * S, T - 5 * S)
     busy.recall(*kept, T + 10 * S)  # a memory that has its own answers keeps them
     assert busy.behind(T + 10 * S) == -10 * S
+
+
+def test_a_damaged_offset_in_a_checkpoint_is_ignored() -> None:
+    """It only ends windows earlier: a checkpoint whose ``qualys_behind`` cannot be read loads without it."""
+    from qualys_collector.engine.checkpoint import Checkpoint
+
+    base = Checkpoint(start_time=None, value=T, behind=(T, -45 * S)).to_json()
+    assert Checkpoint.from_json(base).behind == (T, -45 * S)
+    for damaged in (
+        "x",
+        {"seen": "garbage", "seconds": -3},
+        {"seen": 5, "seconds": -3},
+        {"seen": base["last_event_time_str"]},
+        {"seen": base["last_event_time_str"], "seconds": float("inf")},
+        {"seen": base["last_event_time_str"], "seconds": True},
+        {"seen": None, "seconds": -3},
+    ):
+        assert Checkpoint.from_json({**base, "qualys_behind": damaged}).behind is None, damaged
+        assert Checkpoint.from_json({**base, "qualys_behind": damaged}).value == T

@@ -115,13 +115,8 @@ class Checkpoint:
                 counters={str(k): int(v) for k, v in (w.get("counters") or {}).items()},
                 source_counters=dict(w.get("source_counters") or {}),
             )
-        behind = None
-        if isinstance(data.get("qualys_behind"), dict):
-            seen, seconds = _parse(data["qualys_behind"].get("seen")), data["qualys_behind"].get("seconds")
-            if seen is not None and isinstance(seconds, int | float):
-                behind = (seen, timedelta(seconds=seconds))
         return cls(
-            behind=behind,
+            behind=_behind(data.get("qualys_behind")),
             start_time=_parse(data.get("start_time_str")),
             value=_parse(data.get("last_event_time_str")),
             ids=tuple(data.get("last_ids") or ()),
@@ -129,6 +124,22 @@ class Checkpoint:
             extra=dict(data.get("extra") or {}),
             until=_parse(data.get("until_str")),
         )
+
+
+def _behind(value: Any) -> tuple[datetime, timedelta] | None:
+    """A stored ``qualys_behind``; ``None`` for one that is missing or damaged (it only ends windows earlier: without
+    it the next answers measure Qualys' clock again)."""
+    if not isinstance(value, dict):
+        return None
+    seconds = value.get("seconds")
+    try:
+        seen = _parse(value.get("seen"))
+        offset = (
+            timedelta(seconds=seconds) if isinstance(seconds, int | float) and not isinstance(seconds, bool) else None
+        )
+    except (AttributeError, TypeError, ValueError, OverflowError):
+        return None
+    return (seen, offset) if seen is not None and offset is not None else None
 
 
 def _fmt(value: datetime | None) -> str | None:

@@ -61,7 +61,7 @@ class QualysClock:
 
     def recall(self, seen: datetime, offset: timedelta, ours: datetime) -> None:
         """What :meth:`remembered` said before a restart, into a memory that holds nothing yet."""
-        if not self._seen and ours - seen <= MEMORY and -IMPLAUSIBLE <= offset < timedelta(0):
+        if not self._seen and timedelta(0) <= ours - seen <= MEMORY and -IMPLAUSIBLE <= offset < timedelta(0):
             self._seen.append((seen, offset))
 
     def _forget(self, ours: datetime) -> None:
